@@ -1,0 +1,301 @@
+"""The `hpsearch` command: each command parses its options, calls one library function and
+formats what it returns. Errors of the user's input become one `Error: ...` line and exit 1
+(a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import click
+import optuna
+import torch
+
+from hpsearch import __version__
+from hpsearch.config import load_study_config
+from hpsearch.errors import HPSearchError
+from hpsearch.objective import ATTR_VAL_ACCURACY
+from hpsearch.params import Value, parse_assignment
+from hpsearch.storage import STORAGE_ENV, mask_url, resolve_storage_url
+from hpsearch.study import (
+    SearchOutcome,
+    TrialCounts,
+    list_studies,
+    retrain_trial,
+    run_search,
+)
+from hpsearch.training import FitResult, train_single
+
+STORAGE_HELP = (f"Storage URL (default: ${STORAGE_ENV}, else sqlite:///hpsearch.db), e.g. "
+                "sqlite:///runs/wine.db or postgresql+psycopg://user@host/db.")
+
+
+def _storage_option(function: Callable) -> Callable:
+    return click.option("--storage", metavar="URL", help=STORAGE_HELP)(function)
+
+
+def _user_errors(function: Callable) -> Callable:
+    """Turn HPSearchError into a one-line click error, unless --debug asks for the traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except HPSearchError as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hpsearch")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every trial (Optuna's INFO logs).")
+def cli(debug: bool, verbose: bool) -> None:
+    """Search jointly over optimizers, learning rates and LR schedules for PyTorch training.
+
+    Studies are Optuna studies in an RDB (SQLite by default), so optuna-dashboard and pandas
+    read them too. Example:
+
+    \b
+        hpsearch optimize --study wine --trials 200
+        hpsearch train --study wine --set optimizer=adam --set lr=0.1 --set scheduler=plateau
+        hpsearch studies
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME|PATH",
+              help="A study in studies/ (wine, digits, ...) or a path to a study .toml file.")
+@click.option("--trials", type=int, default=100, show_default=True,
+              help="Target number of finished trials (complete + pruned + diverged) of the "
+                   "study: re-running continues up to it.")
+@_storage_option
+@click.option("--name", help="Store the study under this name instead of the file's name.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch CPU threads (1 is fastest for small models).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
+             quiet: bool) -> None:
+    """Search a study's joint optimizer x schedule space, persisted in the storage.
+
+    Resumable: run the same command again after an interruption and it runs only the
+    trials still missing to reach --trials. Example:
+
+    \b
+        hpsearch optimize --study wine --trials 200
+        hpsearch optimize --study studies/wine.toml --trials 50 --storage sqlite:///w.db
+    """
+    config = load_study_config(study)
+    if name:
+        config = config.renamed(name)
+    url = resolve_storage_url(storage)
+    torch.set_num_threads(max(1, threads))
+    progress = _ProgressBar(config.name, trials, disable=quiet)
+    try:
+        outcome = run_search(config, url, trials, on_trial_end=progress.trial_finished,
+                             on_start=progress.start)
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo(f"Interrupted. Finished trials are stored in {mask_url(url)}; run the same "
+                   "command again to continue.", err=True)
+        raise SystemExit(130) from None
+    progress.close()
+    _print_outcome(outcome, url)
+
+
+class _ProgressBar:
+    """tqdm bar of finished trials with the best validation loss so far (to stderr)."""
+
+    def __init__(self, study_name: str, target: int, disable: bool):
+        self.study_name = study_name
+        self.target = target
+        self.disable = disable
+        self.bar = None
+        self.best = math.inf
+
+    def start(self, counts: TrialCounts) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.target, initial=min(counts.finished, self.target),
+                        desc=self.study_name, unit="trial", disable=self.disable or None,
+                        dynamic_ncols=True)
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.bar is None or trial.state not in (optuna.trial.TrialState.COMPLETE,
+                                                   optuna.trial.TrialState.PRUNED):
+            return
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value < self.best:
+            self.best = trial.value
+        if math.isfinite(self.best):
+            self.bar.set_postfix_str(f"best val loss {self.best:.4g}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_outcome(outcome: SearchOutcome, url: str) -> None:
+    c = outcome.counts
+    name = outcome.study.study_name
+    ran = f"ran {outcome.ran} trials in {outcome.seconds:.1f} s" if outcome.ran else \
+        "nothing to run: the target was already reached"
+    click.echo(f"Study {name!r} in {mask_url(url)}: {c.finished} of {outcome.target} finished "
+               f"trials ({ran}).")
+    click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
+               f"failed {c.failed}")
+    best = outcome.best_trial
+    if best is None:
+        click.echo("No complete trial yet: every trial was pruned, diverged or failed.")
+        return
+    accuracy = best.user_attrs.get(ATTR_VAL_ACCURACY)
+    line = f"Best trial #{best.number}: validation loss {best.value:.5g}"
+    if accuracy is not None:
+        line += f", validation accuracy {accuracy:.4f}"
+    click.echo(line)
+    _print_params(best.params)
+
+
+def _print_params(params: Mapping[str, Value]) -> None:
+    width = max(len(k) for k in params)
+    for key, value in params.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        click.echo(f"  {key:<{width}}  {shown}")
+
+
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME|PATH",
+              help="A study file (with --set), or a stored study's name (with --trial).")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="Fix one parameter (repeatable); the others take the study's fixed values, "
+                   "else their defaults.")
+@click.option("--trial", "trial_number", type=int,
+              help="Re-train trial N of the stored study with its exact parameters and seed.")
+@click.option("--seed", type=int, help="Seed for the weights and batch order (default: the "
+                                       "study's seed).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Print every K-th epoch.")
+@_storage_option
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@_user_errors
+def train(study: str, assignments: tuple[str, ...], trial_number: int | None, seed: int | None,
+          every: int, storage: str | None, threads: int) -> None:
+    """Train ONE configuration with the search's training loop, printing every epoch.
+
+    Example (seed 004's wine run, and seed 003's linear regression):
+
+    \b
+        hpsearch train --study wine --set optimizer=adam --set lr=0.1 \\
+            --set scheduler=plateau --every 10
+        hpsearch train --study linreg --set scheduler=none
+        hpsearch train --study wine --trial 17      # re-train stored trial 17
+    """
+    torch.set_num_threads(max(1, threads))
+    if trial_number is not None:
+        if assignments or seed is not None:
+            raise HPSearchError("--trial re-trains a stored trial as it was: it takes no --set "
+                                "or --seed")
+        url = resolve_storage_url(storage)
+        again = retrain_trial(study, url, trial_number)
+        state = again.trial.state.name.lower()
+        click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, "
+                   f"seed {again.trial.user_attrs.get('seed')}).")
+        _print_params(again.params)
+        _print_history(again.run.result, every)
+        if again.stored_loss is not None and again.retrained_loss is not None:
+            difference = again.retrained_loss - again.stored_loss
+            same = "identical" if difference == 0 else f"differs by {difference:.3g}"
+            click.echo(f"Epoch {again.epoch}: stored validation loss {again.stored_loss:.6g}, "
+                       f"re-trained {again.retrained_loss:.6g} ({same}).")
+        return
+    config = load_study_config(study)
+    given = dict(parse_assignment(text) for text in assignments)
+    params, run = train_single(config, given, seed)
+    click.echo(f"Training {config.name} ({config.data.dataset}, {config.training.epochs} "
+               f"epochs, seed {config.seed if seed is None else seed}):")
+    _print_params(params)
+    _print_history(run.result, every)
+    if isinstance(run.model, torch.nn.Sequential) and len(run.model) == 1:
+        layer = run.model[0]
+        click.echo(f"Weights: {[round(w, 4) for w in layer.weight.detach()[0].tolist()]}")
+        click.echo(f"Bias:    {layer.bias.detach()[0].item():.4f}")
+
+
+def _print_history(result: FitResult, every: int) -> None:
+    classify = result.last is not None and result.last.val_accuracy is not None
+    click.echo(f"{'epoch':>5}  {'lr':>10}  {'train_loss':>10}  {'val_loss':>10}"
+               + (f"  {'val_acc':>7}" if classify else ""))
+    for stats in result.history:
+        if stats.epoch % every and stats is not result.last:
+            continue
+        line = (f"{stats.epoch:>5}  {stats.lr:>10.6f}  {stats.train_loss:>10.5f}  "
+                f"{stats.val_loss:>10.5f}")
+        if classify:
+            line += f"  {stats.val_accuracy:>7.4f}"
+        click.echo(line)
+    if result.end_reason != "completed":
+        click.echo(f"Stopped: {result.detail or result.end_reason}")
+
+
+@cli.command()
+@_storage_option
+@_user_errors
+def studies(storage: str | None) -> None:
+    """List the studies in a storage, with trial counts and best values.
+
+    Example:
+
+    \b
+        hpsearch studies --storage sqlite:///hpsearch.db
+    """
+    url = resolve_storage_url(storage)
+    rows = list_studies(url)
+    if not rows:
+        click.echo(f"No studies in {mask_url(url)}.")
+        return
+    click.echo(f"Studies in {mask_url(url)}:")
+    header = (f"{'study':<20} {'trials':>6} {'complete':>8} {'pruned':>6} {'diverged':>8} "
+              f"{'failed':>6} {'running':>7} {'best value':>11} {'best #':>6}  created")
+    click.echo(header)
+    for row in rows:
+        c = row.counts
+        best = f"{row.best_value:.5g}" if row.best_value is not None else "-"
+        number = str(row.best_trial) if row.best_trial is not None else "-"
+        click.echo(f"{row.name:<20} {c.total:>6} {c.complete:>8} {c.pruned:>6} "
+                   f"{c.diverged:>8} {c.failed:>6} {c.running:>7} {best:>11} {number:>6}  "
+                   f"{row.created}")
+
+
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME|PATH", help="A study file.")
+@_user_errors
+def space(study: str) -> None:
+    """Show a study's search space: every parameter, its domain and default.
+
+    Example:
+
+    \b
+        hpsearch space --study wine
+    """
+    config = load_study_config(study)
+    click.echo(f"Search space of {config.name} (optimizers: {', '.join(config.space.optimizers)};"
+               f" schedulers: {', '.join(config.space.schedulers)}):")
+    params = config.space.relevant()
+    width = max(len(p.name) for p in params)
+    for param in params:
+        default = "" if callable(param.default) else f"  (default {param.default!r})"
+        click.echo(f"  {param.name:<{width}}  {param.describe()}{default}  {param.help}")
+
+
+def main() -> None:
+    cli(prog_name="hpsearch")

@@ -1,0 +1,285 @@
+"""Study files: load `studies/NAME.toml` (or a path), validate every key, freeze a StudyConfig.
+
+Study files are data only: they name datasets, models, optimizers and schedulers from the
+registries and never carry code.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpsearch.data import DATASETS, Dataset, load_dataset
+from hpsearch.errors import ConfigError
+from hpsearch.models import MODELS
+from hpsearch.space import SearchSpace
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
+
+# Where `--study NAME` looks, in order: ./studies, $HPSEARCH_STUDIES, the studies beside the
+# package (a source checkout).
+BUNDLED_STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    valid_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    scale: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "mlp"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 100
+    batch_size: int = 0  # 0: full batch
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    kind: str = "tpe"
+    startup_trials: int = 10
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    kind: str = "median"
+    startup_trials: int = 5  # finished trials before pruning starts
+    warmup_epochs: int = 10  # epochs of every trial that are never pruned
+    percentile: float = 25.0  # percentile pruner: keep the best `percentile` %
+    patience: int = 10  # patient pruner: epochs without improvement
+    reduction_factor: int = 3  # successive halving / hyperband
+    min_epochs: int = 1  # successive halving / hyperband: the smallest budget
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study file. `as_dict()` is what the study stores as its config: a study
+    document in the study file's own shape, so `parse_study(config.as_dict())` gives it back."""
+
+    name: str
+    description: str
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    search: Mapping[str, Any]  # as written: optimizers, schedulers, params
+    space: SearchSpace
+    sampler: SamplerConfig
+    pruner: PrunerConfig
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        def plain(section: Any) -> dict[str, Any]:
+            return {k: _plain(v) for k, v in vars(section).items()}
+
+        return {
+            "name": self.name, "description": self.description, "seed": self.seed,
+            "data": plain(self.data),
+            "model": {"kind": self.model.kind, **_plain(self.model.options)},
+            "training": plain(self.training), "search": _plain(self.search),
+            "sampler": plain(self.sampler), "pruner": plain(self.pruner),
+        }
+
+    def load_data(self) -> Dataset:
+        """The study's dataset, split and scaled as the study file says."""
+        d = self.data
+        return load_dataset(
+            d.dataset, d.options, valid_fraction=d.valid_fraction,
+            test_fraction=d.test_fraction, split_seed=d.split_seed, scale=d.scale,
+        )
+
+    def renamed(self, name: str) -> StudyConfig:
+        return StudyConfig(**{**vars(self), "name": name})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def study_path(name_or_path: str) -> Path:
+    """The study file for `--study`: a path to a .toml file, or the name of a known study."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise ConfigError(f"study file {name_or_path} does not exist")
+        return candidate
+    for folder in study_folders():
+        path = folder / f"{name_or_path}.toml"
+        if path.is_file():
+            return path
+    known = ", ".join(known_studies()) or "none"
+    raise ConfigError(f"study {name_or_path!r} is unknown; known: {known}")
+
+
+def study_folders() -> list[Path]:
+    folders = [Path("studies")]
+    if os.environ.get("HPSEARCH_STUDIES"):
+        folders.append(Path(os.environ["HPSEARCH_STUDIES"]))
+    folders.append(BUNDLED_STUDIES)
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def known_studies() -> list[str]:
+    return sorted({p.stem for folder in study_folders() for p in folder.glob("*.toml")})
+
+
+def load_study_config(name_or_path: str) -> StudyConfig:
+    path = study_path(name_or_path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_study(document, default_name=path.stem, source=str(path))
+
+
+class _Table:
+    """Reads one TOML table, checking types; `done()` rejects the keys nobody asked for."""
+
+    def __init__(self, raw: Any, where: str):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a table; got {raw!r}")
+        self.raw = dict(raw)
+        self.where = where
+        self.known: list[str] = []
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.known.append(key)
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = getattr(kind, "__name__", " or ".join(k.__name__ for k in kind))
+            raise ConfigError(f"{self.where}.{key} must be {expected}; got {value!r}")
+        return value
+
+    def number(self, key: str, default: Any, low: float, high: float | None = None,
+               integer: bool = False, low_open: bool = False) -> Any:
+        value = self.get(key, int if integer else float, default)
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high):
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            if high is not None:
+                bound += f" and <= {high:g}"
+            raise ConfigError(f"{self.where}.{key} must be {bound}; got {value!r}")
+        return value
+
+    def choice(
+        self, key: str, choices: tuple[str, ...] | Mapping[str, Any], default: str | None
+    ) -> str:
+        value = self.get(key, str, default)
+        if value is None:
+            raise ConfigError(f"{self.where}: missing key {key!r}; one of {', '.join(choices)}")
+        if value not in choices:
+            raise ConfigError(
+                f"{self.where}.{key} {value!r} is unknown; known: {', '.join(choices)}"
+            )
+        return value
+
+    def rest(self) -> dict[str, Any]:
+        """The keys not read so far (free-form options)."""
+        return {k: v for k, v in self.raw.items() if k not in self.known}
+
+    def done(self) -> None:
+        unknown = [k for k in self.raw if k not in self.known]
+        if unknown:
+            raise ConfigError(
+                f"{self.where}: unknown key {unknown[0]!r}; known: {', '.join(self.known)}"
+            )
+
+
+def parse_study(document: Mapping[str, Any], default_name: str, source: str = "") -> StudyConfig:
+    """Validate a study document (a parsed TOML file) into a StudyConfig."""
+    where = source or "study"
+    top = _Table(document, where)
+    name = top.get("name", str, default_name)
+    description = top.get("description", str, "")
+    seed = top.number("seed", 0, 0, integer=True)
+
+    data_table = _Table(top.get("data", dict, None) or _missing(where, "data"), f"{where} [data]")
+    dataset = data_table.choice("dataset", DATASETS, None)
+    data = DataConfig(
+        dataset=dataset,
+        options=data_table.get("options", dict, {}),
+        valid_fraction=data_table.number("valid_fraction", 0.2, 0.0, 0.9, low_open=True),
+        test_fraction=data_table.number("test_fraction", 0.2, 0.0, 0.9),
+        split_seed=data_table.number("split_seed", 0, 0, integer=True),
+        scale=data_table.get("scale", bool, True),
+    )
+    data_table.done()
+    if data.valid_fraction + data.test_fraction >= 0.95:
+        raise ConfigError(f"{where} [data]: valid_fraction + test_fraction must leave rows to "
+                          f"train on; got {data.valid_fraction + data.test_fraction:g}")
+
+    model_table = _Table(top.get("model", dict, {}), f"{where} [model]")
+    model = ModelConfig(kind=model_table.choice("kind", MODELS, "mlp"), options=model_table.rest())
+
+    training_table = _Table(top.get("training", dict, {}), f"{where} [training]")
+    training = TrainingConfig(
+        epochs=training_table.number("epochs", 100, 1, integer=True),
+        batch_size=training_table.number("batch_size", 0, 0, integer=True),
+    )
+    training_table.done()
+
+    search_table = _Table(top.get("search", dict, {}), f"{where} [search]")
+    optimizers = search_table.get("optimizers", list, None)
+    schedulers = search_table.get("schedulers", list, None)
+    overrides = search_table.get("params", dict, {})
+    search_table.done()
+    space = SearchSpace.build(optimizers, schedulers, overrides, where=f"{where} [search] ")
+    search = {
+        "optimizers": list(space.optimizers), "schedulers": list(space.schedulers),
+        "params": dict(overrides),
+    }
+
+    sampler_table = _Table(top.get("sampler", dict, {}), f"{where} [sampler]")
+    sampler = SamplerConfig(
+        kind=sampler_table.choice("kind", SAMPLERS, "tpe"),
+        startup_trials=sampler_table.number("startup_trials", 10, 0, integer=True),
+    )
+    sampler_table.done()
+    if sampler.kind == "grid":
+        space.configurations()  # raises if a parameter has no finite set of values
+
+    pruner_table = _Table(top.get("pruner", dict, {}), f"{where} [pruner]")
+    pruner = PrunerConfig(
+        kind=pruner_table.choice("kind", PRUNERS, "median"),
+        startup_trials=pruner_table.number("startup_trials", 5, 0, integer=True),
+        warmup_epochs=pruner_table.number("warmup_epochs", 10, 0, integer=True),
+        percentile=pruner_table.number("percentile", 25.0, 0.0, 100.0, low_open=True),
+        patience=pruner_table.number("patience", 10, 0, integer=True),
+        reduction_factor=pruner_table.number("reduction_factor", 3, 2, integer=True),
+        min_epochs=pruner_table.number("min_epochs", 1, 1, integer=True),
+    )
+    pruner_table.done()
+    top.done()
+    return StudyConfig(
+        name=name, description=description, seed=seed, data=data, model=model,
+        training=training, search=search, space=space, sampler=sampler, pruner=pruner,
+        source=source,
+    )
+
+
+def _missing(where: str, table: str) -> Any:
+    raise ConfigError(f"{where}: missing table [{table}]")

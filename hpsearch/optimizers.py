@@ -1,0 +1,133 @@
+"""OPTIMIZERS: name -> how to build the torch optimizer, and the parameters it adds to the space.
+
+The learning rate and weight decay are common to all optimizers and live in `space.py`;
+`momentum`, `beta1` and `beta2` are shared by name between the optimizers that have them, so
+the dashboard and the reports can compare them across optimizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hpsearch.params import Param, Value
+
+MOMENTUM = Param(
+    "momentum", "float", "momentum factor (SGD, RMSprop)", default=0.0,
+    low=0.0, high=0.99, bounds=(0.0, 1.0),
+)
+BETA1 = Param(
+    "beta1", "float", "first-moment decay of the Adam family", default=0.9,
+    low=0.8, high=0.99, bounds=(0.0, 0.9999),
+)
+BETA2 = Param(
+    "beta2", "float", "second-moment decay of the Adam family", default=0.999,
+    low=0.9, high=0.9999, log=True, bounds=(1e-6, 0.999999),
+)
+AMSGRAD = Param(
+    "amsgrad", "categorical", "use the AMSGrad variant (Adam, AdamW)", default=False,
+    choices=(False, True),
+)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A torch optimizer as hpsearch searches it."""
+
+    name: str
+    torch_class: type[torch.optim.Optimizer]
+    default_lr: float
+    help: str
+    params: tuple[Param, ...] = ()
+    # Turns the trial's parameters into the optimizer's keyword arguments (lr and weight decay
+    # are passed by `build`).
+    options: Callable[[Mapping[str, Value]], dict[str, Any]] = lambda params: {}
+
+    def build(
+        self, param_groups: Iterable[Any], lr: float, weight_decay: float,
+        params: Mapping[str, Value],
+    ) -> torch.optim.Optimizer:
+        return self.torch_class(
+            param_groups, lr=lr, weight_decay=weight_decay, **self.options(params)
+        )
+
+
+def _betas(params: Mapping[str, Value]) -> dict[str, Any]:
+    return {"betas": (params["beta1"], params["beta2"])}
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec(
+            "sgd", torch.optim.SGD, 0.01, "stochastic gradient descent, with momentum/Nesterov",
+            params=(
+                MOMENTUM,
+                Param(
+                    "sgd_nesterov", "categorical", "Nesterov momentum (only with momentum > 0)",
+                    default=False, choices=(False, True),
+                    when=lambda p: p["momentum"] > 0,
+                ),
+            ),
+            options=lambda p: {
+                "momentum": p["momentum"], "nesterov": bool(p.get("sgd_nesterov", False)),
+            },
+        ),
+        OptimizerSpec(
+            "adam", torch.optim.Adam, 1e-3, "Adam (L2 weight decay)",
+            params=(BETA1, BETA2, AMSGRAD),
+            options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
+        ),
+        OptimizerSpec(
+            "adamw", torch.optim.AdamW, 1e-3, "AdamW (decoupled weight decay)",
+            params=(BETA1, BETA2, AMSGRAD),
+            options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
+        ),
+        OptimizerSpec(
+            "nadam", torch.optim.NAdam, 2e-3, "Adam with Nesterov momentum",
+            params=(BETA1, BETA2), options=_betas,
+        ),
+        OptimizerSpec(
+            "radam", torch.optim.RAdam, 1e-3, "rectified Adam (built-in variance warm-up)",
+            params=(BETA1, BETA2), options=_betas,
+        ),
+        OptimizerSpec(
+            "adamax", torch.optim.Adamax, 2e-3, "Adam with the infinity norm",
+            params=(BETA1, BETA2), options=_betas,
+        ),
+        OptimizerSpec(
+            "rmsprop", torch.optim.RMSprop, 1e-2, "RMSprop, with momentum and centered variant",
+            params=(
+                Param(
+                    "rmsprop_alpha", "float", "smoothing constant of the squared gradients",
+                    default=0.99, low=0.8, high=0.999, bounds=(0.0, 1.0),
+                ),
+                MOMENTUM,
+                Param(
+                    "rmsprop_centered", "categorical", "normalise by the gradient's variance",
+                    default=False, choices=(False, True),
+                ),
+            ),
+            options=lambda p: {
+                "alpha": p["rmsprop_alpha"], "momentum": p["momentum"],
+                "centered": p["rmsprop_centered"],
+            },
+        ),
+        OptimizerSpec(
+            "adagrad", torch.optim.Adagrad, 1e-2, "Adagrad (per-parameter accumulated scale)",
+        ),
+        OptimizerSpec(
+            "adadelta", torch.optim.Adadelta, 1.0, "Adadelta (windowed Adagrad; lr near 1)",
+            params=(
+                Param(
+                    "adadelta_rho", "float", "decay of the running averages", default=0.9,
+                    low=0.8, high=0.99, bounds=(0.0, 1.0),
+                ),
+            ),
+            options=lambda p: {"rho": p["adadelta_rho"]},
+        ),
+    ]
+}
