@@ -69,7 +69,9 @@ def cli(debug: bool, verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    # Optuna's own warnings are tracebacks of failed trials (Ctrl-C included): hpsearch
+    # reports failures in its summary instead; --verbose shows everything.
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
 
 @cli.command()
@@ -154,6 +156,11 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
                f"trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
                f"failed {c.failed}")
+    if c.failed:
+        failed = [t for t in outcome.study.get_trials(deepcopy=False)
+                  if t.state == optuna.trial.TrialState.FAIL]
+        reason = failed[-1].system_attrs.get("fail_reason", "no reason recorded")
+        click.echo(f"  last failure (trial #{failed[-1].number}): {reason.splitlines()[-1]}")
     best = outcome.best_trial
     if best is None:
         click.echo("No complete trial yet: every trial was pruned, diverged or failed.")

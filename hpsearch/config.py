@@ -170,7 +170,8 @@ class _Table:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            expected = getattr(kind, "__name__", " or ".join(k.__name__ for k in kind))
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            expected = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{self.where}.{key} must be {expected}; got {value!r}")
         return value
 
@@ -260,7 +261,10 @@ def parse_study(document: Mapping[str, Any], default_name: str, source: str = ""
     )
     sampler_table.done()
     if sampler.kind == "grid":
-        space.configurations()  # raises if a parameter has no finite set of values
+        try:
+            space.configurations()
+        except ConfigError as exc:
+            raise ConfigError(f"{where} [sampler]: {exc}") from None
 
     pruner_table = _Table(top.get("pruner", dict, {}), f"{where} [pruner]")
     pruner = PrunerConfig(

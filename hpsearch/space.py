@@ -83,9 +83,6 @@ class SearchSpace:
             params[USE_WEIGHT_DECAY.name] = params[USE_WEIGHT_DECAY.name].overridden(
                 params[WEIGHT_DECAY.name].fixed[0] > 0
             )
-        elif not params[WEIGHT_DECAY.name].low > 0:
-            raise ConfigError(f"{where}weight_decay: a searched range needs low > 0 (log scale);"
-                              " to turn weight decay off write weight_decay = 0")
         return cls(params)
 
     @property

@@ -54,11 +54,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs["pool_pre_ping"] = True
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ModuleNotFoundError as exc:
-        extra = DRIVER_EXTRAS.get(exc.name or "", "")
-        hint = f"; install it with: pip install 'hpsearch[{extra}]'" if extra else ""
-        raise StorageError(f"storage {mask_url(url)}: driver {exc.name!r} is not installed"
-                           f"{hint}") from None
+    except ImportError as exc:
+        # Optuna re-raises the driver's ModuleNotFoundError as a generic ImportError.
+        missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
+        raise _missing_driver(url, getattr(missing, "name", None)) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
             RuntimeError, ValueError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: "
@@ -69,20 +68,22 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
         parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:  # before ArgumentError: it is a subclass
+        raise StorageError(f"storage {mask_url(url)}: unknown database kind "
+                           f"{url.split(':', 1)[0]!r}") from None
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(
             f"{mask_url(url)!r} is not a storage URL; expected e.g. {DEFAULT_STORAGE}, "
             "postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
         ) from None
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise StorageError(f"storage {mask_url(url)}: unknown database kind "
-                           f"{url.split(':', 1)[0]!r}") from None
-    except ModuleNotFoundError as exc:
-        extra = DRIVER_EXTRAS.get(exc.name or "", "")
-        hint = f"; install it with: pip install 'hpsearch[{extra}]'" if extra else ""
-        raise StorageError(f"storage {mask_url(url)}: driver {exc.name!r} is not installed"
-                           f"{hint}") from None
     return parsed
+
+
+def _missing_driver(url: str, module: str | None) -> StorageError:
+    extra = DRIVER_EXTRAS.get(module or "", "")
+    hint = f"; install it with: pip install 'hpsearch[{extra}]'" if extra else ""
+    return StorageError(f"storage {mask_url(url)}: its database driver {module!r} is not "
+                        f"installed{hint}")
 
 
 def _prepare_sqlite(parsed: URL) -> None:

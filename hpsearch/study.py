@@ -208,7 +208,7 @@ def run_search(
     study = open_study(config, storage_url, data.fingerprint)
     counts = count_trials(study.get_trials(deepcopy=False))
     if config.sampler.kind == "grid":
-        target = min(target, _enqueue_grid(study, config))
+        target = min(target, _enqueue_grid(study, config, target))
     if on_start is not None:
         on_start(counts)
     remaining = target - counts.finished
@@ -225,14 +225,20 @@ def run_search(
                          time.perf_counter() - started)
 
 
-def _enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
-    """Queue every grid configuration the study has not run (or is not running) yet; failed
-    ones are queued again. Returns the size of the grid."""
+def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:
+    """Queue the grid configurations the study still needs to reach `target`: those it has
+    not run, is not running and has not queued (failed ones count as not run). Returns the
+    size of the grid."""
     grid = config.space.configurations()
-    taken = [t.params for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
-    for params in grid:
-        if params not in taken:
-            study.enqueue_trial(params)
+    trials = study.get_trials(deepcopy=False)
+    # A queued trial has no params yet: Optuna keeps them in the "fixed_params" system attr.
+    taken = [t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING
+             else t.params for t in trials if t.state != TrialState.FAIL]
+    counts = count_trials(trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    needed = min(target, len(grid)) - counts.finished - waiting
+    for params in [c for c in grid if c not in taken][:max(needed, 0)]:
+        study.enqueue_trial(params)
     return len(grid)
 
 

@@ -1,0 +1,178 @@
+"""The `hpsearch` command as a user runs it: outputs, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import cli
+
+
+def run(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+@pytest.mark.parametrize("command", [[], ["optimize"], ["train"], ["studies"], ["space"]])
+def test_every_command_explains_itself_with_an_example(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and "hpsearch " in result.output
+
+
+def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_path):
+    path = write_study()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = run("optimize", "--study", str(path), "--trials", "6", "--storage", url)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert re.match(rf"Study 'small' in {re.escape(url)}: 6 of 6 finished trials \(ran 6 trials "
+                    r"in [\d.]+ s\)\.", lines[0])
+    assert re.match(r"  complete \d, pruned \d, diverged 0, failed 0", lines[1])
+    assert re.match(r"Best trial #\d+: validation loss [\d.]+, validation accuracy [\d.]+",
+                    lines[2])
+    assert any(line.split() [:1] == ["optimizer"] for line in lines[3:])
+    assert any(line.split()[:1] == ["scheduler"] for line in lines[3:])
+    again = run("optimize", "--study", str(path), "--trials", "8", "--storage", url)
+    assert "8 of 8 finished trials (ran 2 trials" in again.output
+    studies = run("studies", "--storage", url)
+    assert studies.exit_code == 0
+    row = studies.output.splitlines()[2].split()
+    assert row[:2] == ["small", "8"]
+
+
+def test_storage_comes_from_the_environment_when_not_given(write_study, tmp_path):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    result = run("optimize", "--study", str(write_study()), "--trials", "2", "--quiet",
+                 env={"HPSEARCH_STORAGE": url})
+    assert result.exit_code == 0, result.output
+    assert optuna.load_study(study_name="small", storage=url).trials
+
+
+def test_train_reproduces_seed_004s_printout():
+    result = run("train", "--study", "wine", "--set", "optimizer=adam", "--set", "lr=0.1",
+                 "--set", "scheduler=plateau", "--every", "10")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()
+            if re.match(r"\s+\d+0\s", line)]
+    assert [int(r[0]) for r in rows] == list(range(10, 101, 10))
+    lrs = [float(r[1]) for r in rows]
+    assert lrs[0] == 0.1 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4
+    assert "plateau_patience  10" in result.output
+
+
+def test_train_reproduces_seed_003s_linear_regression():
+    result = run("train", "--study", "linreg", "--set", "scheduler=none", "--every", "100")
+    assert result.exit_code == 0, result.output
+    weights = re.search(r"Weights: \[(.*)\]", result.output).group(1)
+    assert [float(w) for w in weights.split(",")] == pytest.approx([0, 2, 4, 6, 8], abs=0.03)
+    final = result.output.splitlines()[-3].split()
+    assert final[0] == "100" and float(final[2]) == pytest.approx(0.04, abs=0.006)
+
+
+def test_train_trial_retrains_a_stored_trial(small_study):
+    url, name = small_study
+    best = optuna.load_study(study_name=name, storage=url).best_trial
+    result = run("train", "--study", name, "--trial", str(best.number), "--storage", url,
+                 "--every", "12")
+    assert result.exit_code == 0, result.output
+    assert f"Epoch 12: stored validation loss {best.value:.6g}, re-trained {best.value:.6g} " \
+           "(identical)." in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["optimize", "--study", "wien"], "Error: study 'wien' is unknown; known: "),
+        (["optimize", "--study", "wine", "--trials", "0"],
+         "Error: --trials must be >= 1; got 0"),
+        (["optimize", "--study", "wine", "--storage", "sqlite:////no/such/dir/x.db"],
+         "Error: cannot open storage sqlite:////no/such/dir/x.db: folder /no/such/dir does "
+         "not exist"),
+        (["optimize", "--study", "wine", "--storage", "sqlite:////proc/x.db"],
+         "Error: cannot open storage sqlite:////proc/x.db: unable to open database file"),
+        (["optimize", "--study", "wine", "--storage", "not a url"],
+         "Error: 'not a url' is not a storage URL; expected e.g. sqlite:///hpsearch.db"),
+        (["train", "--study", "wine", "--set", "optimizer=adamm"],
+         "Error: optimizer must be one of sgd, adam, adamw, nadam, radam, adamax, rmsprop, "
+         "adagrad, adadelta; got 'adamm'"),
+        (["train", "--study", "wine", "--set", "lr"], "Error: --set expects name=value; got 'lr'"),
+        (["train", "--study", "wine", "--set", "optimizer=adam", "--set", "momentum=0.9"],
+         "Error: parameter 'momentum' does not apply to optimizer 'adam' with scheduler 'none'"),
+        (["studies", "--storage", "mysql+nosuchdriver://u@h/db"],
+         "Error: storage mysql+nosuchdriver://u@h/db: unknown database kind "
+         "'mysql+nosuchdriver'"),
+        (["studies", "--storage", "mssql+pyodbc://u:pw@h/db"],
+         "Error: storage mssql+pyodbc://u:***@h/db: its database driver 'pyodbc' is not "
+         "installed"),
+        (["studies", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/db"],
+         "Error: cannot open storage postgresql+psycopg://u:***@127.0.0.1:1/db: connection "
+         "failed: connection to server at \"127.0.0.1\", port 1 failed: Connection refused"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_1(args, error):
+    result = run(*args)
+    assert result.exit_code == 1
+    assert result.output.startswith(error), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "optimize", "--study", "wien")
+    assert result.exit_code == 1 and result.exception is not None
+    assert "study 'wien' is unknown" in str(result.exception)
+
+
+def test_bad_input_leaves_an_existing_study_intact(small_study, tmp_path, write_study):
+    url, name = small_study
+    before = [(t.number, t.state, t.value) for t in optuna.load_study(
+        study_name=name, storage=url).trials]
+    bad = write_study("small", text="[data]\ndataset = 'wine'\n[search]\noptimizers = ['x']\n")
+    result = run("optimize", "--study", str(bad), "--storage", url)
+    assert result.exit_code == 1
+    after = [(t.number, t.state, t.value) for t in optuna.load_study(
+        study_name=name, storage=url).trials]
+    assert after == before
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path):
+    path = write_study(text=(Path(__file__).parent.parent / "studies/wine.toml").read_text())
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
+               "--trials", "40", "--storage", url, "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until a few trials are stored
+        time.sleep(0.5)
+        try:
+            done = [t for t in optuna.load_study(study_name="small", storage=url).trials
+                    if t.state.is_finished()]
+        except KeyError:
+            continue
+        if len(done) >= 3:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Interrupted. Finished trials are stored in sqlite:///" in stderr
+    assert "Traceback" not in stderr
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    assert all(t.state != TrialState.RUNNING for t in trials)
+    finished_before = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert 3 <= finished_before < 40
+    result = run("optimize", "--study", str(path), "--trials", str(finished_before + 2),
+                 "--storage", url, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"{finished_before + 2} of {finished_before + 2} finished trials (ran 2 trials" \
+        in result.output

@@ -1,0 +1,45 @@
+"""Storage URLs: resolution order, masking, SQLite set up for concurrent readers."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from hpsearch.errors import StorageError
+from hpsearch.storage import DEFAULT_STORAGE, mask_url, open_storage, resolve_storage_url
+
+
+def test_resolution_order(monkeypatch):
+    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+    assert resolve_storage_url(None) == DEFAULT_STORAGE == "sqlite:///hpsearch.db"
+    monkeypatch.setenv("HPSEARCH_STORAGE", "sqlite:///env.db")
+    assert resolve_storage_url(None) == "sqlite:///env.db"
+    assert resolve_storage_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://ann:s3cret@db.example/hp", "postgresql+psycopg://ann:***@db.example/hp"),
+        ("mysql+pymysql://root@127.0.0.1/test", "mysql+pymysql://root@127.0.0.1/test"),
+        ("sqlite:///hpsearch.db", "sqlite:///hpsearch.db"),
+    ],
+)
+def test_passwords_are_masked(url, shown):
+    assert mask_url(url) == shown
+
+
+def test_sqlite_files_are_switched_to_wal(tmp_path):
+    path = tmp_path / "w.db"
+    open_storage(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(StorageError, match="file is not a database"):
+        open_storage(f"sqlite:///{path}")
+    assert path.read_text().startswith("these are my notes")
