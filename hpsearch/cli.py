@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,13 +20,14 @@ from hpsearch.objective import ATTR_VAL_ACCURACY
 from hpsearch.params import Value, parse_assignment
 from hpsearch.storage import STORAGE_ENV, mask_url, resolve_storage_url
 from hpsearch.study import (
+    Progress,
     SearchOutcome,
     TrialCounts,
     list_studies,
     retrain_trial,
     run_search,
 )
-from hpsearch.training import FitResult, train_single
+from hpsearch.training import DEVICES, FitResult, train_single
 
 STORAGE_HELP = (f"Storage URL (default: ${STORAGE_ENV}, else sqlite:///hpsearch.db), e.g. "
                 "sqlite:///runs/wine.db or postgresql+psycopg://user@host/db.")
@@ -83,19 +83,28 @@ def cli(debug: bool, verbose: bool) -> None:
 @_storage_option
 @click.option("--name", help="Store the study under this name instead of the file's name.")
 @click.option("--threads", type=int, default=1, show_default=True,
-              help="torch CPU threads (1 is fastest for small models).")
+              help="torch CPU threads (1 is fastest for small models; each worker uses 1).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes on this machine sharing the study (about one per core).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where trials train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
-             quiet: bool) -> None:
+             workers: int, device: str, quiet: bool) -> None:
     """Search a study's joint optimizer x schedule space, persisted in the storage.
 
     Resumable: run the same command again after an interruption and it runs only the
-    trials still missing to reach --trials. Example:
+    trials still missing to reach --trials. Several workers (--workers, or the same command
+    on other machines with one PostgreSQL/MySQL --storage) share the study; the trial of a
+    killed worker is failed and retried once its heartbeat is stale. Example:
 
     \b
         hpsearch optimize --study wine --trials 200
+        hpsearch optimize --study wine --trials 200 --workers 2
         hpsearch optimize --study studies/wine.toml --trials 50 --storage sqlite:///w.db
+        hpsearch optimize --study wine --trials 500 --workers 4 \\
+            --storage postgresql+psycopg://hp@db.example/hpsearch
     """
     config = load_study_config(study)
     if name:
@@ -104,14 +113,18 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
     torch.set_num_threads(max(1, threads))
     progress = _ProgressBar(config.name, trials, disable=quiet)
     try:
-        outcome = run_search(config, url, trials, on_trial_end=progress.trial_finished,
-                             on_start=progress.start)
+        outcome = run_search(config, url, trials, on_progress=progress.update,
+                             on_start=progress.start, workers=workers, device=device)
     except KeyboardInterrupt:
         progress.close()
         click.echo(f"Interrupted. Finished trials are stored in {mask_url(url)}; run the same "
                    "command again to continue.", err=True)
         raise SystemExit(130) from None
     progress.close()
+    # Imported here: plotly and the dashboard are not needed before the search ends.
+    from hpsearch.dashboard import refresh_dashboard
+
+    refresh_dashboard(outcome.study)
     _print_outcome(outcome, url)
 
 
@@ -123,7 +136,6 @@ class _ProgressBar:
         self.target = target
         self.disable = disable
         self.bar = None
-        self.best = math.inf
 
     def start(self, counts: TrialCounts) -> None:
         from tqdm import tqdm
@@ -132,15 +144,12 @@ class _ProgressBar:
                         desc=self.study_name, unit="trial", disable=self.disable or None,
                         dynamic_ncols=True)
 
-    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.bar is None or trial.state not in (optuna.trial.TrialState.COMPLETE,
-                                                   optuna.trial.TrialState.PRUNED):
+    def update(self, progress: Progress) -> None:
+        if self.bar is None:
             return
-        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value < self.best:
-            self.best = trial.value
-        if math.isfinite(self.best):
-            self.bar.set_postfix_str(f"best val loss {self.best:.4g}", refresh=False)
-        self.bar.update(1)
+        if progress.best_value is not None:
+            self.bar.set_postfix_str(f"best val loss {progress.best_value:.4g}", refresh=False)
+        self.bar.update(min(progress.finished, self.target) - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -152,6 +161,8 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
     name = outcome.study.study_name
     ran = f"ran {outcome.ran} trials in {outcome.seconds:.1f} s" if outcome.ran else \
         "nothing to run: the target was already reached"
+    if outcome.ran and outcome.workers > 1:
+        ran += f" with {outcome.workers} workers"
     click.echo(f"Study {name!r} in {mask_url(url)}: {c.finished} of {outcome.target} finished "
                f"trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
@@ -194,9 +205,12 @@ def _print_params(params: Mapping[str, Value]) -> None:
               help="Print every K-th epoch.")
 @_storage_option
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--device", type=click.Choice(DEVICES), default=None,
+              help="Where to train: auto, cpu, cuda, mps (default: auto; with --trial: the "
+                   "device the trial ran on).")
 @_user_errors
 def train(study: str, assignments: tuple[str, ...], trial_number: int | None, seed: int | None,
-          every: int, storage: str | None, threads: int) -> None:
+          every: int, storage: str | None, threads: int, device: str | None) -> None:
     """Train ONE configuration with the search's training loop, printing every epoch.
 
     Example (seed 004's wine run, and seed 003's linear regression):
@@ -213,7 +227,7 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
             raise HPSearchError("--trial re-trains a stored trial as it was: it takes no --set "
                                 "or --seed")
         url = resolve_storage_url(storage)
-        again = retrain_trial(study, url, trial_number)
+        again = retrain_trial(study, url, trial_number, device=device)
         state = again.trial.state.name.lower()
         click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, "
                    f"seed {again.trial.user_attrs.get('seed')}).")
@@ -227,7 +241,7 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
         return
     config = load_study_config(study)
     given = dict(parse_assignment(text) for text in assignments)
-    params, run = train_single(config, given, seed)
+    params, run = train_single(config, given, seed, device=device or "auto")
     click.echo(f"Training {config.name} ({config.data.dataset}, {config.training.epochs} "
                f"epochs, seed {config.seed if seed is None else seed}):")
     _print_params(params)
@@ -272,14 +286,16 @@ def studies(storage: str | None) -> None:
         return
     click.echo(f"Studies in {mask_url(url)}:")
     header = (f"{'study':<20} {'trials':>6} {'complete':>8} {'pruned':>6} {'diverged':>8} "
-              f"{'failed':>6} {'running':>7} {'best value':>11} {'best #':>6}  created")
+              f"{'failed':>6} {'running':>7} {'queued':>6} {'best value':>11} {'best #':>6}  "
+              "created")
     click.echo(header)
     for row in rows:
         c = row.counts
         best = f"{row.best_value:.5g}" if row.best_value is not None else "-"
         number = str(row.best_trial) if row.best_trial is not None else "-"
         click.echo(f"{row.name:<20} {c.total:>6} {c.complete:>8} {c.pruned:>6} "
-                   f"{c.diverged:>8} {c.failed:>6} {c.running:>7} {best:>11} {number:>6}  "
+                   f"{c.diverged:>8} {c.failed:>6} {c.running:>7} {c.waiting:>6} {best:>11} "
+                   f"{number:>6}  "
                    f"{row.created}")
 
 
@@ -302,6 +318,114 @@ def space(study: str) -> None:
     for param in params:
         default = "" if callable(param.default) else f"  (default {param.default!r})"
         click.echo(f"  {param.name:<{width}}  {param.describe()}{default}  {param.help}")
+
+
+@cli.command()
+@click.option("--study", "study", metavar="NAME",
+              help="Open this stored study's page (default: the list of studies); only its "
+                   "note and figures are refreshed.")
+@_storage_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. Any other lets other machines in: the dashboard "
+                   "has no login and can modify studies.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--refresh", "refresh_only", is_flag=True,
+              help="Only rewrite the hpsearch notes and figures, then exit (no server): "
+                   "updates a dashboard that is already open, e.g. while a search runs.")
+@_user_errors
+def dashboard(study: str | None, storage: str | None, host: str, port: int,
+              refresh_only: bool) -> None:
+    """Serve optuna-dashboard on the storage, with hpsearch's notes and figures.
+
+    On start, the note of each hpsearch study (its config and which schedule and optimizer
+    win) and its figures (lr and validation-loss curves of the best trial per scheduler,
+    final loss by scheduler and by optimizer) are rewritten from the trials stored so far;
+    a finished `hpsearch optimize` rewrites them too. Trials appear live while a search runs.
+    Example:
+
+    \b
+        hpsearch dashboard --study wine
+        hpsearch dashboard --study wine --refresh     # update the note during a search
+        hpsearch dashboard --host 0.0.0.0 --port 8081 --storage sqlite:///runs/wine.db
+    """
+    # Imported here: the dashboard's server and plotly are not needed by the other commands.
+    from hpsearch.dashboard import refresh_studies, start_dashboard
+
+    url = resolve_storage_url(storage)
+    if refresh_only:
+        names = refresh_studies(url, study)
+        click.echo(f"Refreshed the notes and figures of {', '.join(names)} in {mask_url(url)}."
+                   if names else f"No hpsearch study in {mask_url(url)}: nothing to refresh.")
+        return
+    server = start_dashboard(url, study, host, port)
+    if server.is_public:
+        click.echo(f"Warning: listening on {host}: anyone who can reach port {server.port} of "
+                   "this machine can open the dashboard. It has no authentication and can "
+                   "modify and delete studies.", err=True)
+    refreshed = f"; notes and figures refreshed: {', '.join(server.refreshed)}" \
+        if server.refreshed else ""
+    click.echo(f"optuna-dashboard on {mask_url(url)}{refreshed}")
+    click.echo(f"Open {server.url}  (Ctrl-C to stop)")
+    server.serve_forever()
+    click.echo("Dashboard stopped.")
+
+
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@click.option("--top", type=int, default=10, show_default=True,
+              help="Trials in the leaderboard.")
+@click.option("--by", "by", multiple=True, metavar="scheduler|optimizer|pair",
+              help="Which 'who wins' table to show (repeatable; default: all three).")
+@click.option("--format", "fmt", default="table", show_default=True,
+              metavar="table|markdown|csv", help="Aligned text, GitHub markdown, or CSV.")
+@_storage_option
+@_user_errors
+def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | None) -> None:
+    """Which schedule and optimizer win: leaderboard, per-group summaries and a verdict.
+
+    The summaries give, per scheduler, optimizer or optimizer x scheduler pair, the trial
+    counts by state and the best and median validation loss of the complete trials; the
+    verdict says in words who leads, by how much, and on how many trials. Example:
+
+    \b
+        hpsearch report --study wine
+        hpsearch report --study wine --top 5 --by scheduler --format markdown
+    """
+    # Imported here: pandas and matplotlib are not needed by the other commands.
+    from hpsearch.export import SUMMARY_BY, build_report, renderer
+
+    render = renderer(fmt)
+    click.echo(render(build_report(study, resolve_storage_url(storage), top, by or SUMMARY_BY)))
+
+
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@click.option("--out", "out", required=True, metavar="FOLDER",
+              help="Folder to write to (created if needed; files of the same names are "
+                   "replaced).")
+@click.option("--top", type=int, default=10, show_default=True,
+              help="Trials in the leaderboard.")
+@_storage_option
+@_user_errors
+def export(study: str, out: str, top: int, storage: str | None) -> None:
+    """Write a study's report as CSV, markdown and PNG files, with a report.md linking them.
+
+    trials.csv has every trial (parameters as columns); leaderboard, schedulers, optimizers
+    and pairs come as .csv (full precision) and .md; the plots are PNG. Example:
+
+    \b
+        hpsearch export --study wine --out results/wine
+    """
+    # Imported here: pandas and matplotlib are not needed by the other commands.
+    from hpsearch.export import export_report
+
+    exported = export_report(study, resolve_storage_url(storage), out, top)
+    click.echo(f"Wrote {len(exported.files)} files for study {study!r} to {exported.folder}:")
+    click.echo("  " + " ".join(exported.files))
+    for title, why in exported.skipped.items():
+        click.echo(f"Skipped {title.lower()}: {why}.")
+    click.echo(f"Read {exported.folder / 'report.md'}")
 
 
 def main() -> None:

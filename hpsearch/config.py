@@ -1,7 +1,11 @@
 """Study files: load `studies/NAME.toml` (or a path), validate every key, freeze a StudyConfig.
 
-Study files are data only: they name datasets, models, optimizers and schedulers from the
-registries and never carry code.
+Study files are data only: they name datasets (or a CSV/Parquet file), models, optimizers and
+schedulers from the registries and never carry code. They may name the user's own code, which
+is imported (never read from the file): a model factory (`[model] factory = "pkg.mod:fn"`) and
+plugin modules that register optimizers or schedulers (`[plugins] modules = ["pkg.hp"]`). The
+plugins are imported before anything else is checked, so a stored study that names them parses
+again wherever they are installed.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpsearch.data import DATASETS, Dataset, load_dataset
+from hpsearch.data import DATASETS, IMPUTE, TASKS, Dataset, TableSource, load_dataset, load_table
 from hpsearch.errors import ConfigError
-from hpsearch.models import MODELS
-from hpsearch.space import SearchSpace
+from hpsearch.models import MODELS, is_factory_path, searched_params
+from hpsearch.plugins import load_plugins
+from hpsearch.space import BATCH_SIZE, SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
@@ -28,18 +33,32 @@ BUNDLED_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str
+    dataset: str  # a DATASETS name; for a file, the file's name
     options: Mapping[str, Any] = field(default_factory=dict)
     valid_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
     scale: bool = True
+    table: TableSource | None = None  # a CSV/Parquet file instead of a registered dataset
+
+    def as_dict(self) -> dict[str, Any]:
+        split = {"valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction,
+                 "split_seed": self.split_seed, "scale": self.scale}
+        if self.table is None:
+            return {"dataset": self.dataset, "options": _plain(self.options), **split}
+        table = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.table).items()
+                 if v is not None}
+        return {**table, **split}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "mlp"
+    kind: str = "mlp"  # a MODELS name, or a user's factory as "package.module:function"
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        key = "factory" if is_factory_path(self.kind) else "kind"
+        return {key: self.kind, **_plain(self.options)}
 
 
 @dataclass(frozen=True)
@@ -81,26 +100,31 @@ class StudyConfig:
     sampler: SamplerConfig
     pruner: PrunerConfig
     source: str = ""
+    plugins: tuple[str, ...] = ()  # modules imported before the rest is checked
 
     def as_dict(self) -> dict[str, Any]:
         def plain(section: Any) -> dict[str, Any]:
             return {k: _plain(v) for k, v in vars(section).items()}
 
-        return {
+        document = {
             "name": self.name, "description": self.description, "seed": self.seed,
-            "data": plain(self.data),
-            "model": {"kind": self.model.kind, **_plain(self.model.options)},
+            "data": self.data.as_dict(), "model": self.model.as_dict(),
             "training": plain(self.training), "search": _plain(self.search),
             "sampler": plain(self.sampler), "pruner": plain(self.pruner),
         }
+        # Only where used: the stored configs of older studies have no [plugins].
+        if self.plugins:
+            document["plugins"] = {"modules": list(self.plugins)}
+        return document
 
     def load_data(self) -> Dataset:
         """The study's dataset, split and scaled as the study file says."""
         d = self.data
-        return load_dataset(
-            d.dataset, d.options, valid_fraction=d.valid_fraction,
-            test_fraction=d.test_fraction, split_seed=d.split_seed, scale=d.scale,
-        )
+        split = {"valid_fraction": d.valid_fraction, "test_fraction": d.test_fraction,
+                 "split_seed": d.split_seed, "scale": d.scale}
+        if d.table is not None:
+            return load_table(d.table, **split)
+        return load_dataset(d.dataset, d.options, **split)
 
     def renamed(self, name: str) -> StudyConfig:
         return StudyConfig(**{**vars(self), "name": name})
@@ -149,7 +173,7 @@ def load_study_config(name_or_path: str) -> StudyConfig:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_study(document, default_name=path.stem, source=str(path))
+    return parse_study(document, default_name=path.stem, source=str(path), base_dir=path.parent)
 
 
 class _Table:
@@ -210,37 +234,50 @@ class _Table:
             )
 
 
-def parse_study(document: Mapping[str, Any], default_name: str, source: str = "") -> StudyConfig:
-    """Validate a study document (a parsed TOML file) into a StudyConfig."""
+def parse_study(
+    document: Mapping[str, Any], default_name: str, source: str = "",
+    base_dir: Path | None = None,
+) -> StudyConfig:
+    """Validate a study document (a parsed TOML file) into a StudyConfig. A relative data
+    path is relative to `base_dir` (the study file's folder; default: the current folder)."""
     where = source or "study"
     top = _Table(document, where)
     name = top.get("name", str, default_name)
     description = top.get("description", str, "")
     seed = top.number("seed", 0, 0, integer=True)
 
+    plugins_table = _Table(top.get("plugins", dict, {}), f"{where} [plugins]")
+    plugins = tuple(_strings(plugins_table, "modules"))
+    plugins_table.done()
+    load_plugins(plugins, f"{where} [plugins]: ")
+
     data_table = _Table(top.get("data", dict, None) or _missing(where, "data"), f"{where} [data]")
-    dataset = data_table.choice("dataset", DATASETS, None)
-    data = DataConfig(
-        dataset=dataset,
-        options=data_table.get("options", dict, {}),
-        valid_fraction=data_table.number("valid_fraction", 0.2, 0.0, 0.9, low_open=True),
-        test_fraction=data_table.number("test_fraction", 0.2, 0.0, 0.9),
-        split_seed=data_table.number("split_seed", 0, 0, integer=True),
-        scale=data_table.get("scale", bool, True),
-    )
+    data = _data_config(data_table, base_dir)
     data_table.done()
     if data.valid_fraction + data.test_fraction >= 0.95:
         raise ConfigError(f"{where} [data]: valid_fraction + test_fraction must leave rows to "
                           f"train on; got {data.valid_fraction + data.test_fraction:g}")
 
     model_table = _Table(top.get("model", dict, {}), f"{where} [model]")
-    model = ModelConfig(kind=model_table.choice("kind", MODELS, "mlp"), options=model_table.rest())
+    if "factory" in model_table.raw:
+        if "kind" in model_table.raw:
+            raise ConfigError(f"{where} [model]: give kind (a built-in model) or factory (your "
+                              "own), not both")
+        kind = model_table.get("factory", str, None)
+        if not is_factory_path(kind):
+            raise ConfigError(f"{where} [model].factory must be 'package.module:function'; "
+                              f"got {kind!r}")
+    else:
+        kind = model_table.choice("kind", MODELS, "mlp")
+    model = ModelConfig(kind=kind, options=model_table.rest())
+    model_params = searched_params(kind, model.options, f"{where} [model]: ")
 
     training_table = _Table(top.get("training", dict, {}), f"{where} [training]")
     training = TrainingConfig(
         epochs=training_table.number("epochs", 100, 1, integer=True),
         batch_size=training_table.number("batch_size", 0, 0, integer=True),
     )
+    batch_size_fixed = "batch_size" in training_table.raw
     training_table.done()
 
     search_table = _Table(top.get("search", dict, {}), f"{where} [search]")
@@ -248,7 +285,11 @@ def parse_study(document: Mapping[str, Any], default_name: str, source: str = ""
     schedulers = search_table.get("schedulers", list, None)
     overrides = search_table.get("params", dict, {})
     search_table.done()
-    space = SearchSpace.build(optimizers, schedulers, overrides, where=f"{where} [search] ")
+    if batch_size_fixed and BATCH_SIZE.name in overrides:
+        raise ConfigError(f"{where}: batch_size is in [training] and in [search.params]; keep "
+                          "one ([search.params] to search it or record it in every trial)")
+    space = SearchSpace.build(optimizers, schedulers, overrides, where=f"{where} [search] ",
+                              model_params=model_params)
     search = {
         "optimizers": list(space.optimizers), "schedulers": list(space.schedulers),
         "params": dict(overrides),
@@ -281,8 +322,58 @@ def parse_study(document: Mapping[str, Any], default_name: str, source: str = ""
     return StudyConfig(
         name=name, description=description, seed=seed, data=data, model=model,
         training=training, search=search, space=space, sampler=sampler, pruner=pruner,
-        source=source,
+        source=source, plugins=plugins,
     )
+
+
+def _data_config(table: _Table, base_dir: Path | None) -> DataConfig:
+    """[data]: a registered dataset (`dataset`), or a CSV/Parquet file (`path`, `target`)."""
+    if "path" in table.raw and "dataset" in table.raw:
+        raise ConfigError(f"{table.where}: give dataset (a registered one) or path (a CSV or "
+                          "Parquet file), not both")
+    source = None
+    if "path" not in table.raw and "dataset" not in table.raw:
+        raise ConfigError(f"{table.where}: missing key 'dataset' (one of {', '.join(DATASETS)})"
+                          " or 'path' (a CSV or Parquet file)")
+    if "path" in table.raw:
+        path = Path(table.get("path", str, None))
+        # Relative to the study file, so a study and its data move together; stored resolved.
+        resolved = os.path.normpath(path if path.is_absolute() else
+                                    Path(base_dir or Path.cwd()).absolute() / path)
+        target = table.get("target", str, None)
+        if target is None:
+            raise ConfigError(f"{table.where}: missing key 'target' (the column to predict)")
+        impute = table.get("impute", str, None)
+        if impute is not None and impute not in IMPUTE:
+            raise ConfigError(f"{table.where}.impute {impute!r} is unknown; known: "
+                              f"{', '.join(IMPUTE)}")
+        separator = table.get("separator", str, None)
+        if separator is not None and len(separator) != 1:
+            raise ConfigError(f"{table.where}.separator must be one character; "
+                              f"got {separator!r}")
+        source = TableSource(
+            path=resolved, target=target, task=table.choice("task", TASKS, "auto"),
+            impute=impute, drop=tuple(_strings(table, "drop")),
+            max_categories=table.number("max_categories", 50, 2, integer=True),
+            separator=separator,
+        )
+    return DataConfig(
+        dataset=source.label if source else table.choice("dataset", DATASETS, None),
+        options=table.get("options", dict, {}) if source is None else {},
+        valid_fraction=table.number("valid_fraction", 0.2, 0.0, 0.9, low_open=True),
+        test_fraction=table.number("test_fraction", 0.2, 0.0, 0.9),
+        split_seed=table.number("split_seed", 0, 0, integer=True),
+        scale=table.get("scale", bool, True),
+        table=source,
+    )
+
+
+def _strings(table: _Table, key: str) -> list[str]:
+    values = table.get(key, list, [])
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{table.where}.{key} must be a list of names; got {value!r}")
+    return values
 
 
 def _missing(where: str, table: str) -> Any:

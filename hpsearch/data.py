@@ -1,15 +1,21 @@
-"""DATASETS: name -> loader, and the train/validation/test split every trial of a study shares.
+"""DATASETS: name -> loader; CSV/Parquet files; the train/validation/test split every trial of a
+study shares.
 
-The split is seeded and (for classification) stratified; feature scaling is fit on the
-training split only, so validation and test stay unseen. The test split is never used by the
-search.
+The split is seeded and (for classification) stratified; everything learned from the data
+(feature scaling, imputed values, the categories of text columns) is fit on the training split
+only, so validation and test stay unseen. The test split is never used by the search.
+
+A file is checked before anything trains, and each problem is one line naming it: a missing
+file or target column, a target with one class, values that can't be encoded, missing values
+(never silently dropped: impute them explicitly, or fix the file).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.features)
 
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.features.to(device), self.target.to(device))
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -49,6 +58,19 @@ class Dataset:
     n_features: int
     n_outputs: int
     fingerprint: str  # identifies the exact splits: stored with the study
+    feature_names: tuple[str, ...] = ()  # a file's columns as encoded (`color=red`, ...)
+    classes: tuple[str, ...] = ()  # classification: the label of each output, in order
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.features.device
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data on `device` (itself if it is there already)."""
+        if self.device == torch.device(device):
+            return self
+        return replace(self, train=self.train.to(device), valid=self.valid.to(device),
+                       test=self.test.to(device))
 
 
 def _sklearn(loader_name: str, task: str) -> Callable[..., RawData]:
@@ -98,27 +120,59 @@ def load_dataset(
         raw = DATASETS[name](**dict(options or {}))
     except TypeError as exc:
         raise DataError(f"dataset {name!r}: bad options {dict(options or {})}: {exc}") from None
+    features = raw.features.astype(np.float64)
+
+    def encode(_train_idx: np.ndarray) -> _Encoded:
+        return _Encoded(features, np.ones(features.shape[1], bool), ())
+
+    return _assemble(name, raw.task, raw.target, encode, valid_fraction=valid_fraction,
+                     test_fraction=test_fraction, split_seed=split_seed, scale=scale)
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """Features as numbers, which columns to scale (not the one-hot ones), their names."""
+
+    features: np.ndarray  # float64, every row
+    scaled: np.ndarray  # bool per column
+    names: tuple[str, ...]
+
+
+def _assemble(
+    name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded], *,
+    valid_fraction: float, test_fraction: float, split_seed: int, scale: bool,
+    where: str = "",
+) -> Dataset:
+    """Split (seeded, stratified for classification); encode and scale, fit on the training
+    rows; tensors, and a fingerprint of the exact splits."""
     from sklearn.preprocessing import StandardScaler
 
-    classify = raw.task == CLASSIFICATION
-    indices = np.arange(len(raw.target))
-    stratify = raw.target if classify else None
-    rest, test_idx = _split(indices, test_fraction, split_seed, stratify)
-    rest_stratify = raw.target[rest] if classify else None
+    classify = task == CLASSIFICATION
+    indices = np.arange(len(target))
+    stratify = target if classify else None
+    rest, test_idx = _split(indices, test_fraction, split_seed, stratify, where)
+    rest_stratify = target[rest] if classify else None
     train_idx, valid_idx = _split(
-        rest, valid_fraction / (1.0 - test_fraction), split_seed, rest_stratify
+        rest, valid_fraction / (1.0 - test_fraction), split_seed, rest_stratify, where
     )
-    features = raw.features.astype(np.float64)
-    if scale:
-        scaler = StandardScaler().fit(features[train_idx])
-        features = scaler.transform(features)
+    encoded = encode(train_idx)
+    features = encoded.features
+    columns = encoded.scaled
+    if scale and columns.all():
+        features = StandardScaler().fit(features[train_idx]).transform(features)
+    elif scale and columns.any():
+        scaler = StandardScaler().fit(features[train_idx][:, columns])
+        features = features.copy()
+        features[:, columns] = scaler.transform(features[:, columns])
     features = features.astype(np.float32)
+    classes: tuple[str, ...] = ()
     if classify:
-        classes, target = np.unique(raw.target, return_inverse=True)
+        labels, target = np.unique(target, return_inverse=True)
         target = target.astype(np.int64)
-        n_outputs = len(classes)
+        n_outputs = len(labels)
+        classes = tuple(str(label) for label in labels)
     else:
-        target = raw.target.astype(np.float32).reshape(-1, 1)
+        target = target.astype(np.float32).reshape(-1, 1)
         n_outputs = 1
 
     def split(idx: np.ndarray) -> Split:
@@ -129,14 +183,15 @@ def load_dataset(
         digest.update(features[idx].tobytes())
         digest.update(target[idx].tobytes())
     return Dataset(
-        name=name, task=raw.task, train=split(train_idx), valid=split(valid_idx),
+        name=name, task=task, train=split(train_idx), valid=split(valid_idx),
         test=split(test_idx), n_features=features.shape[1], n_outputs=n_outputs,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=digest.hexdigest()[:16], feature_names=encoded.names, classes=classes,
     )
 
 
 def _split(
-    indices: np.ndarray, fraction: float, seed: int, stratify: np.ndarray | None
+    indices: np.ndarray, fraction: float, seed: int, stratify: np.ndarray | None,
+    where: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
@@ -146,5 +201,268 @@ def _split(
         return train_test_split(indices, test_size=fraction, random_state=seed,
                                 stratify=stratify)
     except ValueError as exc:
-        raise DataError(f"cannot split {len(indices)} rows with fraction {fraction:g}: "
-                        f"{exc}") from None
+        raise DataError(f"{where}cannot split {len(indices)} rows with fraction {fraction:g}: "
+                        f"{' '.join(str(exc).split())}") from None
+
+
+# -- CSV and Parquet files ---------------------------------------------------------------------
+
+TASKS = ("auto", CLASSIFICATION, REGRESSION)
+IMPUTE = ("mean", "median", "most_frequent")
+# An integer target with at most this many distinct values is taken as class labels.
+MAX_INFERRED_CLASSES = 20
+_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+_PARQUET = (".parquet", ".pq")
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A CSV/TSV/Parquet file as a study's data (the [data] keys of a file dataset)."""
+
+    path: str
+    target: str
+    task: str = "auto"  # auto | classification | regression
+    impute: str | None = None  # mean | median | most_frequent; None: missing values are errors
+    drop: tuple[str, ...] = ()  # columns to ignore (ids, leaks)
+    max_categories: int = 50  # a text column with more distinct values is not a category
+    separator: str | None = None  # CSV: None = by suffix (',' or a tab for .tsv)
+
+    @property
+    def label(self) -> str:
+        return Path(self.path).name
+
+
+def load_table(
+    source: TableSource, *, valid_fraction: float = 0.2, test_fraction: float = 0.2,
+    split_seed: int = 0, scale: bool = True,
+) -> Dataset:
+    """Load a CSV or Parquet file: the target and the task; numeric features scaled and text
+    columns one-hot encoded (fit on the training split); a seeded, stratified split."""
+    where = f"{source.path}: "
+    frame = read_table(source)
+    if source.target not in frame.columns:
+        raise DataError(f"{where}no target column {source.target!r}; columns: "
+                        f"{_names(frame.columns)}")
+    unknown = [c for c in source.drop if c not in frame.columns]
+    if unknown:
+        raise DataError(f"{where}no column {unknown[0]!r} to drop; columns: "
+                        f"{_names(frame.columns)}")
+    if source.target in source.drop:
+        raise DataError(f"{where}the target column {source.target!r} is also in drop")
+    if len(frame) == 0:
+        raise DataError(f"{where}the file has a header but no rows")
+    target, task = _target(frame[source.target], source, where)
+    columns = [c for c in frame.columns if c != source.target and c not in source.drop]
+    if not columns:
+        raise DataError(f"{where}no feature columns: the file has only the target "
+                        f"{source.target!r}{' and dropped columns' if source.drop else ''}")
+    kinds = {column: _column_kind(frame[column], column, source, where) for column in columns}
+    _check_missing(frame, columns, source, where)
+    if task == CLASSIFICATION:
+        _check_classes(target, source, where, splits=2 if test_fraction > 0 else 1)
+
+    def encode(train_idx: np.ndarray) -> _Encoded:
+        return _encode(frame, kinds, train_idx, source, where)
+
+    return _assemble(source.label, task, target, encode, valid_fraction=valid_fraction,
+                     test_fraction=test_fraction, split_seed=split_seed, scale=scale,
+                     where=where)
+
+
+def read_table(source: TableSource) -> Any:
+    """The file as a pandas DataFrame (pandas is imported here: most commands never need it)."""
+    import pandas as pd
+
+    path = Path(source.path)
+    suffixes = [s.lower() for s in path.suffixes]
+    is_parquet = bool(suffixes) and suffixes[-1] in _PARQUET
+    separator = source.separator or next(
+        (_SEPARATORS[s] for s in suffixes if s in _SEPARATORS), None)
+    if not is_parquet and separator is None:
+        raise DataError(f"{source.path}: a data file must end in .csv, .tsv or .parquet "
+                        "(or give separator = \"...\" for another text file)")
+    if not path.is_file():
+        raise DataError(f"data file {source.path} does not exist")
+    try:
+        if is_parquet:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=separator)
+    except ImportError as exc:
+        raise DataError(f"{source.path}: reading Parquet needs pyarrow: pip install "
+                        f"'hpsearch[parquet]' ({' '.join(str(exc).split())})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{source.path}: the file is empty") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        kind = "Parquet" if is_parquet else "CSV"
+        raise DataError(f"{source.path}: cannot read as {kind}: "
+                        f"{' '.join(str(exc).split())}") from None
+
+
+def _target(column: Any, source: TableSource, where: str) -> tuple[np.ndarray, str]:
+    """The target as an array (labels or floats), and the task, stated or inferred."""
+    import pandas as pd
+
+    name = source.target
+    missing = column.isna()
+    if missing.any():
+        raise DataError(f"{where}target column {name!r} has {int(missing.sum())} missing "
+                        f"values ({_rows(missing, source)}); hpsearch never drops rows: fill "
+                        "or remove them in the file")
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
+        raise DataError(f"{where}target column {name!r} holds dates or times; use numbers or "
+                        "labels")
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    if not numeric and source.task == REGRESSION:
+        as_numbers = pd.to_numeric(column.astype(str), errors="coerce")
+        if as_numbers.isna().any():
+            example = column[as_numbers.isna()].iloc[0]
+            raise DataError(f"{where}target column {name!r} holds text (e.g. {example!r}); "
+                            "regression needs numbers: use task = \"classification\"")
+        column, numeric = as_numbers, True
+    if not numeric:
+        return column.astype(str).to_numpy(dtype=object), CLASSIFICATION
+    values = column.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{where}target column {name!r} holds infinite values")
+    integral = bool(np.all(values == np.round(values)))
+    task = source.task
+    if task == "auto":
+        few = len(np.unique(values)) <= MAX_INFERRED_CLASSES
+        task = CLASSIFICATION if integral and few else REGRESSION
+    if task == CLASSIFICATION and not integral:
+        example = values[values != np.round(values)][0]
+        raise DataError(f"{where}target column {name!r} holds non-integer numbers (e.g. "
+                        f"{example:g}) that can't be class labels: use task = \"regression\"")
+    return (values.astype(np.int64) if task == CLASSIFICATION else values), task
+
+
+def _check_classes(target: np.ndarray, source: TableSource, where: str, splits: int) -> None:
+    labels, counts = np.unique(target, return_counts=True)
+    if len(labels) < 2:
+        raise DataError(f"{where}target column {source.target!r} has one class "
+                        f"({_label(labels[0])}) in {len(target)} rows; classification needs "
+                        "at least two")
+    fewest = int(counts.argmin())
+    if counts[fewest] <= splits:
+        raise DataError(f"{where}class {_label(labels[fewest])} of target column "
+                        f"{source.target!r} has {counts[fewest]} row"
+                        f"{'s' if counts[fewest] > 1 else ''}; a stratified train/valid"
+                        f"{'/test' if splits == 2 else ''} split needs at least {splits + 1} "
+                        "per class")
+
+
+def _label(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _column_kind(column: Any, name: str, source: TableSource, where: str) -> str:
+    """How a feature column is encoded: as a number, or one-hot as a category."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return NUMERIC
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
+        raise DataError(f"{where}column {name!r} holds dates or times ({column.dtype}) that "
+                        f"can't be encoded: convert them to numbers or drop the column "
+                        f"(drop = [\"{name}\"])")
+    present = column.dropna()
+    odd = present[~present.map(lambda v: isinstance(v, str | bool | int | float))]
+    if len(odd):
+        raise DataError(f"{where}column {name!r} holds {type(odd.iloc[0]).__name__} values "
+                        f"(e.g. {odd.iloc[0]!r}) that can't be encoded; drop the column "
+                        f"(drop = [\"{name}\"])")
+    text = present.astype(str)
+    not_numbers = pd.to_numeric(text, errors="coerce").isna()
+    if len(present) and not not_numbers.any():
+        return NUMERIC
+    if len(present) and not_numbers.mean() <= 0.5:
+        # Mostly numbers: the others are typos or unmarked missing values, not categories.
+        bad = text[not_numbers]
+        at = _rows(column.index.isin(bad.index), source, limit=3)
+        raise DataError(f"{where}column {name!r} is numeric but {len(bad)} value"
+                        f"{'s are' if len(bad) > 1 else ' is'} not a number ({bad.iloc[0]!r} "
+                        f"on {at}); fix them, leave them empty and set impute, or drop the "
+                        f"column (drop = [\"{name}\"])")
+    distinct = text.nunique()
+    if distinct > source.max_categories:
+        raise DataError(f"{where}column {name!r} has {distinct} distinct text values (more "
+                        f"than max_categories = {source.max_categories}): it looks like free "
+                        f"text or an id; drop it (drop = [\"{name}\"]) or raise max_categories")
+    return CATEGORICAL
+
+
+def _check_missing(frame: Any, columns: Sequence[str], source: TableSource, where: str) -> None:
+    if source.impute is not None:
+        return
+    counts = {str(c): int(n) for c, n in frame[columns].isna().sum().items() if n}
+    if counts:
+        listed = ", ".join(f"{c} ({n})" for c, n in counts.items())
+        raise DataError(f"{where}missing values in {len(counts)} feature column"
+                        f"{'s' if len(counts) > 1 else ''}: {listed}; set [data] impute = "
+                        "\"mean\", \"median\" or \"most_frequent\" to fill them from the "
+                        "training split (text columns take the most frequent), or fix the file")
+
+
+def _encode(frame: Any, kinds: Mapping[str, str], train_idx: np.ndarray, source: TableSource,
+            where: str) -> _Encoded:
+    """Numbers as they are and text one-hot over the training split's categories (unseen ones
+    encode as all zeros); missing values imputed from the training split."""
+    import pandas as pd
+
+    blocks: list[np.ndarray] = []
+    scaled: list[bool] = []
+    names: list[str] = []
+    for name, kind in kinds.items():
+        column = frame[name]
+        if kind == NUMERIC:
+            if not pd.api.types.is_numeric_dtype(column):
+                column = pd.to_numeric(column.astype(object), errors="coerce")
+            column = column.astype(np.float64)
+        else:
+            column = column.astype(object).where(column.notna(), None).map(
+                lambda v: v if v is None else str(v))
+        train = column.iloc[train_idx]
+        if column.isna().any():
+            if train.isna().all():
+                raise DataError(f"{where}column {name!r} has no values in the training split "
+                                "to impute from")
+            column = column.fillna(_fill_value(train, kind, source.impute))
+            train = column.iloc[train_idx]
+        if kind == NUMERIC:
+            blocks.append(column.to_numpy(dtype=np.float64)[:, None])
+            scaled.append(True)
+            names.append(str(name))
+            continue
+        categories = sorted(set(train))
+        values = column.to_numpy(dtype=object)
+        blocks.append(np.stack([values == c for c in categories], axis=1).astype(np.float64))
+        scaled += [False] * len(categories)
+        names += [f"{name}={c}" for c in categories]
+    return _Encoded(np.concatenate(blocks, axis=1), np.array(scaled, bool), tuple(names))
+
+
+def _fill_value(train: Any, kind: str, impute: str | None) -> Any:
+    if kind == CATEGORICAL or impute == "most_frequent":
+        # Ties go to the smallest value, so the choice is reproducible.
+        counts = train.dropna().value_counts()
+        return min(counts.index[counts == counts.max()])
+    return float(train.mean() if impute == "mean" else train.median())
+
+
+def _rows(mask: Any, source: TableSource, limit: int = 5) -> str:
+    """Where the masked rows are in the file: CSV line numbers (the header is line 1)."""
+    positions = np.flatnonzero(np.asarray(mask))
+    if Path(source.path).suffix.lower() in _PARQUET:
+        label, numbers = "row", positions + 1
+    else:
+        label, numbers = "line", positions + 2
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    more = f" and {len(numbers) - limit} more" if len(numbers) > limit else ""
+    return f"{label}{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def _names(columns: Any, limit: int = 12) -> str:
+    names = [str(c) for c in columns]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -9,11 +9,23 @@ region is bad (a FAIL would be ignored by TPE), and the study goes on.
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
+import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
-from hpsearch.training import COMPLETED, DIVERGED, EpochStats, FitResult, train_configuration
+from hpsearch.training import (
+    COMPLETED,
+    DIVERGED,
+    EpochStats,
+    FitResult,
+    check_model,
+    resolve_device,
+    train_configuration,
+)
+from hpsearch.write_behind import flush_trial
 
 PRUNED = "pruned"
 
@@ -25,6 +37,7 @@ ATTR_VAL_ACCURACY = "val_accuracy"
 ATTR_EPOCHS_RUN = "epochs_run"
 ATTR_END_REASON = "end_reason"  # completed | pruned | diverged
 ATTR_END_DETAIL = "end_detail"
+ATTR_DEVICE = "device"  # cpu | cuda | mps: where the trial trained
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -33,42 +46,60 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 
 class Objective:
-    """Callable objective for `study.optimize`."""
+    """Callable objective for `study.optimize`, training every trial on `device`.
 
-    def __init__(self, config: StudyConfig, data: Dataset):
+    Building it checks the study's model once (see `check_model`) and moves the data to the
+    device once for all its trials."""
+
+    def __init__(self, config: StudyConfig, data: Dataset,
+                 device: str | torch.device = "cpu"):
         self.config = config
-        self.data = data
+        self.device = resolve_device(device)
+        check_model(config, data)
+        self.data = data.to(self.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.config.space.suggest(trial)
+        # The configuration reaches the database before training: if this worker dies, the
+        # retry of its trial runs the same configuration.
+        flush_trial(trial)
         seed = trial_seed(self.config.seed, trial.number)
 
         def report_and_judge(stats: EpochStats) -> bool:
             trial.report(stats.val_loss, stats.epoch)
             return trial.should_prune()
 
-        run = train_configuration(self.config, self.data, params, seed, report_and_judge)
+        run = train_configuration(self.config, self.data, params, seed, report_and_judge,
+                                  device=self.device)
         result = run.result
         reason = {COMPLETED: COMPLETED, DIVERGED: DIVERGED}.get(result.end_reason, PRUNED)
         if reason == PRUNED:
             result.detail = f"pruned by the {self.config.pruner.kind} pruner at epoch " \
                             f"{result.last.epoch}"
-        record_trial(trial, result, seed, reason)
+        for key, value in trial_user_attrs(result, seed, reason, self.device.type).items():
+            trial.set_user_attr(key, value)
         if reason != COMPLETED:
             raise optuna.TrialPruned(result.detail)
         return result.last.val_loss
 
 
-def record_trial(trial: optuna.Trial, result: FitResult, seed: int, reason: str) -> None:
-    """Store the trial's story as user attrs (a handful of writes, once per trial)."""
+def trial_user_attrs(
+    result: FitResult, seed: int, reason: str, device: str | None = None
+) -> dict[str, Any]:
+    """The trial's story, stored as user attrs."""
     last = result.last
-    trial.set_user_attr(ATTR_SEED, seed)
-    trial.set_user_attr(ATTR_LR_CURVE, [stats.lr for stats in result.history])
-    trial.set_user_attr(ATTR_EPOCHS_RUN, len(result.history))
-    trial.set_user_attr(ATTR_END_REASON, reason)
+    attrs: dict[str, Any] = {
+        ATTR_SEED: seed,
+        ATTR_LR_CURVE: [stats.lr for stats in result.history],
+        ATTR_EPOCHS_RUN: len(result.history),
+        ATTR_END_REASON: reason,
+    }
+    if device is not None:
+        attrs[ATTR_DEVICE] = device
     if result.detail:
-        trial.set_user_attr(ATTR_END_DETAIL, result.detail)
+        attrs[ATTR_END_DETAIL] = result.detail
     if last is not None:
-        trial.set_user_attr(ATTR_TRAIN_LOSS, last.train_loss)
+        attrs[ATTR_TRAIN_LOSS] = last.train_loss
         if last.val_accuracy is not None:
-            trial.set_user_attr(ATTR_VAL_ACCURACY, last.val_accuracy)
+            attrs[ATTR_VAL_ACCURACY] = last.val_accuracy
+    return attrs

@@ -2,7 +2,8 @@
 
 The learning rate and weight decay are common to all optimizers and live in `space.py`;
 `momentum`, `beta1` and `beta2` are shared by name between the optimizers that have them, so
-the dashboard and the reports can compare them across optimizers.
+the dashboard and the reports can compare them across optimizers. Your own optimizers join the
+registry through `hpsearch.register_optimizer` (see `hpsearch.plugins`).
 """
 
 from __future__ import annotations
@@ -35,24 +36,29 @@ AMSGRAD = Param(
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A torch optimizer as hpsearch searches it."""
+    """A torch optimizer as hpsearch searches it.
+
+    `torch_class` is called as `torch_class(param_groups, lr=..., weight_decay=..., **options)`
+    (without `weight_decay` when `weight_decay` is False: the optimizer has none, and the
+    search then draws no weight decay for it).
+    """
 
     name: str
     torch_class: type[torch.optim.Optimizer]
     default_lr: float
-    help: str
+    help: str = ""
     params: tuple[Param, ...] = ()
     # Turns the trial's parameters into the optimizer's keyword arguments (lr and weight decay
     # are passed by `build`).
     options: Callable[[Mapping[str, Value]], dict[str, Any]] = lambda params: {}
+    weight_decay: bool = True
 
     def build(
         self, param_groups: Iterable[Any], lr: float, weight_decay: float,
         params: Mapping[str, Value],
     ) -> torch.optim.Optimizer:
-        return self.torch_class(
-            param_groups, lr=lr, weight_decay=weight_decay, **self.options(params)
-        )
+        decay = {"weight_decay": weight_decay} if self.weight_decay else {}
+        return self.torch_class(param_groups, lr=lr, **decay, **self.options(params))
 
 
 def _betas(params: Mapping[str, Value]) -> dict[str, Any]:
@@ -131,3 +137,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         ),
     ]
 }
+
+# The optimizers every study searches unless it names its own list; registered ones are searched
+# only where a study names them, so installing a plugin never changes an existing study's space.
+BUILTIN_OPTIMIZERS: tuple[str, ...] = tuple(OPTIMIZERS)

@@ -3,7 +3,8 @@
 Parameters are relative to the epoch budget where that is natural (a step size is a fraction of
 the epochs, a minimum learning rate a fraction of `lr`), so a study can change its epochs
 without re-tuning its ranges. Every scheduler but `onecycle` (which has its own) may follow a
-linear warm-up of `warmup_frac` of the epochs.
+linear warm-up of `warmup_frac` of the epochs. Your own schedulers join the registry through
+`hpsearch.register_scheduler` (see `hpsearch.plugins`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ BuildFn = Callable[[torch.optim.Optimizer, Mapping[str, Value], Budget], Any]
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A learning-rate schedule as hpsearch searches it."""
+    """A learning-rate schedule as hpsearch searches it.
+
+    `build(optimizer, params, budget)` returns a torch LR scheduler (anything with `step()`, or
+    `step(val_loss)` when `on_val_loss`); the optimizer's groups hold their starting lrs.
+    """
 
     name: str
     help: str
@@ -244,7 +249,9 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec(
             "onecycle", "OneCycleLR per batch, peaking at lr (momentum is not cycled)",
             lambda o, p, b: lr_scheduler.OneCycleLR(
-                o, max_lr=b.lr, total_steps=b.epochs * b.steps_per_epoch,
+                # Each parameter group peaks at its own lr (the head's may be a multiple).
+                o, max_lr=[group["lr"] for group in o.param_groups],
+                total_steps=b.epochs * b.steps_per_epoch,
                 pct_start=float(p["onecycle_pct_start"]),
                 div_factor=float(p["onecycle_div_factor"]),
                 final_div_factor=float(p["onecycle_final_div_factor"]),
@@ -284,3 +291,6 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
     ]
 }
+
+# The schedulers every study searches unless it names its own list (see BUILTIN_OPTIMIZERS).
+BUILTIN_SCHEDULERS: tuple[str, ...] = tuple(SCHEDULERS)

@@ -1,19 +1,29 @@
 """Storage URLs: which one (`--storage` > $HPSEARCH_STORAGE > sqlite:///hpsearch.db), how to
 open it with settings that suit many readers and writers, and how to print it without its
 password.
+
+Every storage a search opens has heartbeats: while a trial runs, its worker records a heartbeat
+every `heartbeat_s` seconds; a RUNNING trial whose heartbeat is older than `GRACE_BEATS`
+intervals belongs to a dead worker (killed, crashed, its machine gone). The next worker that
+starts a trial marks it FAIL and queues a retry with the same parameters (at most
+`MAX_RETRIES` times for one configuration, so that a configuration that kills its worker every
+time cannot stall the search).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy.engine import URL, make_url
 
 from hpsearch.errors import StorageError
+from hpsearch.write_behind import WriteBehindStorage
 
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 STORAGE_ENV = "HPSEARCH_STORAGE"
@@ -25,23 +35,46 @@ IN_MEMORY = "memory"  # an Optuna in-memory storage: nothing is persisted
 SQLITE_BUSY_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 5
 
-DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql"}
+# Heartbeats: a stale trial is found GRACE_BEATS * heartbeat_s after its worker died. Several
+# beats of grace, because a busy machine can delay one beat; tests use a 1 s interval.
+HEARTBEAT_S = 10
+GRACE_BEATS = 3
+MAX_RETRIES = 3
+
+# The driver module a URL names -> the extra that installs a driver, and the URL to use then.
+DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
+                 "MySQLdb": "mysql"}
+SUPPORTED_URLS = {"postgres": "postgresql+psycopg://user:password@host/db",
+                  "mysql": "mysql+pymysql://user:password@host/db"}
 
 
 def resolve_storage_url(url: str | None = None) -> str:
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+HIDDEN_URL = "<storage URL hidden: it may contain a password>"
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for every message and listing."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        return url if "@" not in url else "<storage URL hidden: it may contain a password>"
+        return url if "@" not in url else HIDDEN_URL
+    # An unescaped @ in a password leaves part of the password in the host: hide it all.
+    if "@" in (parsed.host or ""):
+        return HIDDEN_URL
+    return parsed.render_as_string(hide_password=True)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the Optuna storage at `url`, or raise one StorageError."""
+def open_storage(url: str, write_behind: bool = True,
+                 heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the Optuna storage at `url`, or raise one StorageError.
+
+    Searches get a `WriteBehindStorage` (their running trials kept in memory, written in
+    batches); `write_behind=False` gives the plain RDB storage, for readers such as the
+    dashboard that should see every commit at once. Both record heartbeats every
+    `heartbeat_s` seconds while `study.optimize` runs a trial (see the module's docstring)."""
     if url == IN_MEMORY:
         return optuna.storages.InMemoryStorage()
     parsed = _parse(url)
@@ -53,7 +86,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         engine_kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna since 2.9; hpsearch relies on them.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                grace_period=GRACE_BEATS * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES),
+            )
     except ImportError as exc:
         # Optuna re-raises the driver's ModuleNotFoundError as a generic ImportError.
         missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
@@ -62,6 +103,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             RuntimeError, ValueError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: "
                            f"{_first_line(exc, parsed)}") from None
+    if parsed.get_backend_name() == "sqlite":
+        _relax_sqlite_sync(rdb)
+    return WriteBehindStorage(rdb) if write_behind else rdb
 
 
 def _parse(url: str) -> URL:
@@ -76,14 +120,36 @@ def _parse(url: str) -> URL:
             f"{mask_url(url)!r} is not a storage URL; expected e.g. {DEFAULT_STORAGE}, "
             "postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db"
         ) from None
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise StorageError(f"{mask_url(url)!r} is not a storage URL: {exc}") from None
+    if "@" in (parsed.host or ""):
+        raise StorageError(f"{HIDDEN_URL}: it has an '@' after the user name; write an @, : or "
+                           "/ in a password percent-encoded (%40, %3A, %2F)")
     return parsed
 
 
 def _missing_driver(url: str, module: str | None) -> StorageError:
     extra = DRIVER_EXTRAS.get(module or "", "")
-    hint = f"; install it with: pip install 'hpsearch[{extra}]'" if extra else ""
+    hint = ""
+    if extra:
+        hint = f"; install it with: pip install 'hpsearch[{extra}]'"
+        if url.split("://", 1)[0] != SUPPORTED_URLS[extra].split("://", 1)[0]:
+            hint += f" and use a URL like {SUPPORTED_URLS[extra]}"
     return StorageError(f"storage {mask_url(url)}: its database driver {module!r} is not "
                         f"installed{hint}")
+
+
+def _relax_sqlite_sync(rdb: optuna.storages.RDBStorage) -> None:
+    """synchronous=NORMAL on every connection: in WAL mode a commit then skips its fsync (the
+    WAL is synced at checkpoints), which is most of a small transaction's cost. The file can't
+    be corrupted by a crash; a power cut may lose the last second of trials' records, which
+    the resumable search redoes."""
+
+    @sqlalchemy.event.listens_for(rdb.engine, "connect")
+    def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    rdb.engine.dispose()  # connections opened while creating the tables get it too
 
 
 def _prepare_sqlite(parsed: URL) -> None:

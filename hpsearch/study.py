@@ -4,26 +4,43 @@ run the search to a target number of finished trials, list studies, re-train a s
 `--trials N` is the study's target number of FINISHED trials (complete + pruned + diverged):
 running the same command again after an interruption runs only what is missing, and a failed
 trial (an error, or the trial that was running at Ctrl-C) does not count, so it is retried.
+
+Many workers (processes on this machine with `workers=N`, or `hpsearch optimize` on several
+machines sharing one database) run the same loop: a worker starts a trial only while
+finished + running < target, and otherwise waits for the running ones. On one machine the
+check and the trial's creation happen under one lock, so the study ends with exactly the
+target; workers on other machines can each slip in one trial between another's check and its
+creation, so the most a study can overshoot is (workers on all machines) - 1.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import StudyConfig, parse_study
 from hpsearch.errors import ConfigError, StorageError
-from hpsearch.objective import ATTR_END_REASON, ATTR_SEED, Objective
+from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
 from hpsearch.params import Value
-from hpsearch.storage import mask_url, open_storage
-from hpsearch.training import DIVERGED, TrainedRun, train_configuration
+from hpsearch.storage import GRACE_BEATS, HEARTBEAT_S, mask_url, open_storage
+from hpsearch.training import DIVERGED, TrainedRun, check_model, train_configuration
+from hpsearch.workers import Interruptions, SlotLock, run_workers
+
+log = logging.getLogger(__name__)
 
 # Study user attrs: enough for a report on another machine to know what was run.
 ATTR_CONFIG = "hpsearch_config"
@@ -31,6 +48,15 @@ ATTR_FINGERPRINT = "hpsearch_data_fingerprint"
 ATTR_VERSION = "hpsearch_version"
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# Trial system attr: which process ran the trial ("host:pid"), to tell whose trial went stale.
+ATTR_WORKER = "hpsearch_worker"
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# How often a worker with nothing to start re-checks the study, and the parent its progress.
+POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class TrialCounts:
     diverged: int = 0  # non-finite loss (stored as PRUNED with end_reason "diverged")
     failed: int = 0
     running: int = 0
+    waiting: int = 0  # queued: a grid's configurations, retries of a dead worker's trials
 
     @property
     def finished(self) -> int:
@@ -47,11 +74,11 @@ class TrialCounts:
 
     @property
     def total(self) -> int:
-        return self.finished + self.failed + self.running
+        return self.finished + self.failed + self.running + self.waiting
 
 
 def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
-    counts = dict.fromkeys(("complete", "pruned", "diverged", "failed", "running"), 0)
+    counts = dict.fromkeys(("complete", "pruned", "diverged", "failed", "running", "waiting"), 0)
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
             counts["complete"] += 1
@@ -60,24 +87,36 @@ def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
             counts[key] += 1
         elif trial.state == TrialState.FAIL:
             counts["failed"] += 1
+        elif trial.state == TrialState.WAITING:
+            counts["waiting"] += 1
         else:
             counts["running"] += 1
     return TrialCounts(**counts)
 
 
-def build_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+def worker_seed(study_seed: int, worker: int) -> int:
+    """The sampler seed of worker `worker` (0-based): worker 0 uses the study's seed, so one
+    worker searches exactly as before; the others get seeds mixed from (seed, worker), so that
+    no two workers draw the same random start-up trials."""
+    if worker == 0:
+        return study_seed
+    return int(np.random.SeedSequence([study_seed, worker]).generate_state(1)[0])
+
+
+def build_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
     sampler = config.sampler
+    seed = worker_seed(config.seed, worker)
     if sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if sampler.kind == "grid":
         # The grid's configurations are enqueued by `run_search`; this sampler draws nothing.
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # multivariate + group: TPE models the parameters that occur together (one branch of
         # the conditional space) jointly instead of one by one.
         return optuna.samplers.TPESampler(
-            seed=config.seed, n_startup_trials=sampler.startup_trials, multivariate=True,
+            seed=seed, n_startup_trials=sampler.startup_trials, multivariate=True,
             group=True, constant_liar=True,
         )
 
@@ -109,9 +148,10 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in storage.get_all_studies())
 
 
-def open_study(config: StudyConfig, storage_url: str, fingerprint: str) -> optuna.Study:
+def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
+               heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
     """Create the study, or resume it if the storage has it with the same config and data."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     exists = config.name in study_names(storage)
     if exists:
         existing = optuna.load_study(study_name=config.name, storage=storage)
@@ -184,8 +224,9 @@ class SearchOutcome:
     study: optuna.Study
     counts: TrialCounts
     target: int
-    ran: int  # trials run by this call
+    ran: int  # trials that ended during this call (finished or failed)
     seconds: float
+    workers: int = 1
 
     @property
     def best_trial(self) -> FrozenTrial | None:
@@ -193,36 +234,193 @@ class SearchOutcome:
         return min(complete, key=lambda t: (t.value, t.number)) if complete else None
 
 
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+@dataclass(frozen=True)
+class Progress:
+    """What a progress display needs, read cheaply from the database."""
+
+    finished: int
+    running: int
+    failed: int
+    best_value: float | None
 
 
 def run_search(
     config: StudyConfig, storage_url: str, target: int,
-    on_trial_end: TrialCallback | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     on_start: Callable[[TrialCounts], None] | None = None,
+    workers: int = 1,
+    heartbeat_s: int = HEARTBEAT_S,
+    device: str = "cpu",
 ) -> SearchOutcome:
-    """Run the study until it has `target` finished trials."""
+    """Run the study until it has `target` finished trials, in this process (`workers=1`) or
+    in `workers` worker processes. `on_progress` is called after each trial this process
+    finishes, or with workers every `POLL_S` seconds while the counts change. Trials of dead
+    workers (heartbeat older than `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
     if target < 1:
         raise ConfigError(f"--trials must be >= 1; got {target}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1; got {workers}")
     data = config.load_data()
-    study = open_study(config, storage_url, data.fingerprint)
+    # Before the study exists: a model that can't train leaves nothing behind.
+    check_model(config, data)
+    study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
+    fail_stale_trials(study)
     counts = count_trials(study.get_trials(deepcopy=False))
     if config.sampler.kind == "grid":
         target = min(target, _enqueue_grid(study, config, target))
     if on_start is not None:
         on_start(counts)
-    remaining = target - counts.finished
     started = time.perf_counter()
-    if remaining > 0:
-        callbacks = [optuna.study.MaxTrialsCallback(target, states=FINISHED_STATES)]
-        if on_trial_end is not None:
-            callbacks.append(on_trial_end)
-        # A torch error in one configuration fails that trial, not the whole search.
-        study.optimize(Objective(config, data), n_trials=remaining, callbacks=callbacks,
-                       catch=(RuntimeError,))
+    if counts.finished < target:
+        report = _ProgressReporter(study, on_progress)
+        if workers == 1:
+            interruptions = Interruptions()
+            previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+            interruptions.install()
+            try:
+                run_until_target(study, Objective(config, data, device=device), target,
+                                 threading.Lock(),
+                                 interruptions, on_trial_end=report)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for number, handler in previous.items():
+                        signal.signal(number, handler)
+        else:
+            run_workers(_work, workers,
+                        (config.as_dict(), storage_url, target, heartbeat_s, device),
+                        on_poll=report)
+    # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
+    study = optuna.load_study(study_name=config.name,
+                              storage=open_storage(storage_url, heartbeat_s=heartbeat_s))
     final = count_trials(study.get_trials(deepcopy=False))
-    return SearchOutcome(study, final, target, max(remaining, 0),
-                         time.perf_counter() - started)
+    ran = final.finished + final.failed - counts.finished - counts.failed
+    return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers)
+
+
+class _ProgressReporter:
+    """Calls `on_progress` when the study's counts changed (two COUNT-like queries)."""
+
+    def __init__(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None):
+        self.study = study
+        self.on_progress = on_progress
+        self.last: Progress | None = None
+
+    def __call__(self, *_: Any) -> None:
+        if self.on_progress is None:
+            return
+        states = self.study._storage.count_states(self.study._study_id)
+        finished = sum(states.get(state, 0) for state in FINISHED_STATES)
+        best = self.last.best_value if self.last else None
+        if self.last is None or states.get(TrialState.COMPLETE, 0) != self._complete:
+            with contextlib.suppress(ValueError):  # no complete trial yet
+                best = self.study._storage.get_best_trial(self.study._study_id).value
+        self._complete = states.get(TrialState.COMPLETE, 0)
+        progress = Progress(finished, states.get(TrialState.RUNNING, 0),
+                            states.get(TrialState.FAIL, 0), best)
+        if progress != self.last:
+            self.last = progress
+            self.on_progress(progress)
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of dead workers and queue their retries; returns their numbers.
+
+    Stale is Optuna's heartbeat rule (no beat for the grace period, by the database's clock).
+    A RUNNING trial that never beat (its worker died between creating it and the first beat,
+    or an hpsearch without heartbeats ran it) is stale once this process has seen it beatless
+    for the grace period: the clocks of other machines are never compared."""
+    storage = study._storage
+    study_id = study._study_id
+    grace = GRACE_BEATS * storage.get_heartbeat_interval()
+    now = time.monotonic()
+    known = _BEATLESS.get(study_id, {})
+    seen = {trial_id: known.get(trial_id, now)
+            for trial_id in storage.running_without_heartbeat(study_id)}
+    _BEATLESS[study_id] = seen
+    stale = storage._get_stale_trial_ids(study_id) + [
+        trial_id for trial_id, since in seen.items() if now - since >= grace]
+    failed = []
+    for trial_id in stale:
+        # Another worker may have failed it first: then it is not ours to retry.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                failed.append(storage.get_trial(trial_id))
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial in failed:
+        log.warning("trial %d of %r was running in a worker that stopped beating: marked "
+                    "failed and queued again", trial.number, study.study_name)
+        retry(study, trial)
+    return [trial.number for trial in failed]
+
+
+# Study id -> {id of a RUNNING trial without heartbeat -> when this process first saw it so}.
+_BEATLESS: dict[int, dict[int, float]] = {}
+
+
+def run_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], float],
+                     target: int, slot_lock: SlotLock, interruptions: Interruptions,
+                     on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                     ) -> None:
+    """Start trials until the study has `target` finished ones (see the module docstring).
+
+    `slot_lock` is shared by the workers of this machine: it is held from counting the trials
+    until the new trial exists in the database. A worker that finds every missing trial
+    already running waits: if one of those fails (an error, Ctrl-C, a dead worker's trial
+    failed by the heartbeat check), a waiting worker takes its place."""
+    storage = study._storage
+    callbacks = [on_trial_end] if on_trial_end is not None else []
+    while True:
+        interruptions.check()
+        slot_lock.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slot_lock.release()
+
+        def run(trial: optuna.Trial) -> float:
+            release()  # the trial is in the database: other workers may count it now
+            # Written with the trial's parameters, before it trains (see Objective).
+            storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER, WORKER_ID)
+            with interruptions.interruptible():
+                return objective(trial)
+
+        try:
+            fail_stale_trials(study)
+            states = storage.count_states(study._study_id)
+            finished = sum(states.get(state, 0) for state in FINISHED_STATES)
+            if finished >= target:
+                return
+            has_room = finished + states.get(TrialState.RUNNING, 0) < target
+            if has_room:
+                try:
+                    # A torch error in one configuration fails that trial, not the search.
+                    study.optimize(run, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    log.warning("a trial of this worker was failed by another worker's "
+                                "heartbeat check (this one was too slow to beat); its retry "
+                                "is queued")
+        finally:
+            release()
+        if not has_room:
+            time.sleep(POLL_S)
+
+
+def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
+          document: dict[str, Any], storage_url: str, target: int, heartbeat_s: int,
+          device: str) -> None:
+    """One worker process: the study's config, data and storage of its own, its own sampler
+    seed, the shared loop."""
+    config = parse_study(document, default_name=document["name"],
+                         source=f"study {document['name']!r}")
+    data = config.load_data()
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
+    study = optuna.load_study(study_name=config.name, storage=storage,
+                              sampler=build_sampler(config, worker), pruner=build_pruner(config))
+    run_until_target(study, Objective(config, data, device=device), target, slot_lock,
+                     interruptions)
 
 
 def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:
@@ -279,8 +477,10 @@ class Retrained:
     retrained_loss: float | None  # at that same epoch
 
 
-def retrain_trial(study_name: str, storage_url: str, number: int) -> Retrained:
-    """Train trial `number` of a stored study again: same config, parameters and seed.
+def retrain_trial(study_name: str, storage_url: str, number: int,
+                  device: str | None = None) -> Retrained:
+    """Train trial `number` of a stored study again: same config, parameters and seed, on
+    `device` (default: the device the trial ran on; trials that predate devices ran on the CPU).
 
     A pruned trial is trained to the end; its loss is compared at the epoch it was pruned."""
     study = load_stored_study(study_name, storage_url)
@@ -295,7 +495,8 @@ def retrain_trial(study_name: str, storage_url: str, number: int) -> Retrained:
     config = stored_config(study)
     params = config.space.complete(trial.params)
     seed = int(trial.user_attrs.get(ATTR_SEED, config.seed + number))
-    run = train_configuration(config, config.load_data(), params, seed)
+    device = device or trial.user_attrs.get(ATTR_DEVICE, "cpu")
+    run = train_configuration(config, config.load_data(), params, seed, device=device)
     epoch = max(trial.intermediate_values, default=None)
     history = run.result.history
     retrained = history[epoch - 1].val_loss if epoch and epoch <= len(history) else None

@@ -1,28 +1,59 @@
 """The one training loop every trial and `hpsearch train` share. It knows nothing about Optuna:
 the objective watches it through `on_epoch_end`, which may ask it to stop.
 
-Per epoch: train (scheduler steps per batch where the schedule says so), validate, step the
-scheduler (on the validation loss for ReduceLROnPlateau), report. A non-finite loss ends the run
-as "diverged".
+Per epoch: train (scheduler steps per batch where the schedule says so; gradients clipped
+where the trial says so), validate, step the scheduler (on the validation loss for
+ReduceLROnPlateau), report. A non-finite loss ends the run as "diverged".
+
+A run trains on one device (`cpu`, `cuda`, `mps`, or `auto`: the accelerator if there is one);
+the data moves there once (per objective, so once per search process) and the model once per
+run; the batch order is drawn on the CPU, so a seed gives the same batches on every device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
-from hpsearch.models import build_model
+from hpsearch.errors import ConfigError
+from hpsearch.models import build_model, head_and_body
 from hpsearch.optimizers import OPTIMIZERS
 from hpsearch.params import Value
 from hpsearch.schedulers import Schedule, build_schedule
+from hpsearch.space import CLIP_GRAD_NORM, HEAD_LR_MULT, USE_CLIP_GRAD_NORM
 
 COMPLETED, STOPPED, DIVERGED = "completed", "stopped", "diverged"
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU; a named accelerator
+    that this machine lacks is an error, not a silent fallback."""
+    if isinstance(name, torch.device):
+        name = name.type
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if name == "cuda" and not cuda:
+        raise ConfigError(f"device 'cuda' is not available here (torch {torch.__version__} "
+                          "sees no CUDA GPU); use cpu or auto")
+    if name == "mps" and not mps:
+        raise ConfigError("device 'mps' is not available here (Apple silicon only); use cpu "
+                          "or auto")
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -49,13 +80,16 @@ class FitResult:
 EpochCallback = Callable[[EpochStats], bool]
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator):
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's (features, target) batches: the whole split, or a seeded shuffle."""
     n = len(split)
     if batch_size <= 0 or batch_size >= n:
         yield split.features, split.target
         return
-    order = torch.randperm(n, generator=generator)
+    # Drawn on the CPU (the same order on every device), moved once per epoch.
+    order = torch.randperm(n, generator=generator).to(split.features.device)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         yield split.features[idx], split.target[idx]
@@ -63,16 +97,19 @@ def batches(split: Split, batch_size: int, generator: torch.Generator):
 
 def train_one_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loss_fn: nn.Module,
-    split: Split, batch_size: int, generator: torch.Generator,
+    split: Split, batch_size: int, generator: torch.Generator, clip_grad_norm: float = 0.0,
 ) -> torch.Tensor:
-    """One pass over the training split; returns the mean batch loss as a tensor (no sync)."""
+    """One pass over the training split; returns the mean batch loss as a tensor (no sync).
+    `clip_grad_norm > 0` clips the gradients' total norm before each step (seed 001 §4.6)."""
     model.train()
-    total = torch.zeros(())
+    total = torch.zeros((), device=split.features.device)
     count = 0
     for features, target in batches(split, batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(features), target)
         loss.backward()
+        if clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         schedule.after_batch()
         total = total + loss.detach()
@@ -87,28 +124,39 @@ def evaluate(
     """Loss (and accuracy, for classification) on a whole split, as tensors."""
     model.eval()
     output = model(split.features)
-    loss = loss_fn(output, split.target)
+    # In float64: a confident float32 cross-entropy rounds to exactly 0, and trials that all
+    # score 0 can no longer be ranked against each other.
+    wide = _float64(output)
+    target = split.target.to(wide.device)
+    loss = loss_fn(wide, target if classify else target.double())
     if not classify:
         return loss, None
     return loss, (output.argmax(dim=1) == split.target).float().mean()
 
 
+def _float64(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float64, which MPS lacks: there it is computed on the CPU."""
+    return tensor.cpu().double() if tensor.device.type == "mps" else tensor.double()
+
+
 def fit(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loss_fn: nn.Module,
     data: Dataset, epochs: int, batch_size: int, generator: torch.Generator,
-    on_epoch_end: EpochCallback | None = None,
+    on_epoch_end: EpochCallback | None = None, clip_grad_norm: float = 0.0,
 ) -> FitResult:
     classify = data.task == CLASSIFICATION
     result = FitResult()
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(
-            model, optimizer, schedule, loss_fn, data.train, batch_size, generator
+            model, optimizer, schedule, loss_fn, data.train, batch_size, generator,
+            clip_grad_norm,
         )
         val_loss, val_accuracy = evaluate(model, data.valid, loss_fn, classify)
         # One host sync per epoch for everything the epoch reports.
         values = torch.stack(
-            [train_loss, val_loss, val_accuracy if classify else val_loss]
+            [_float64(train_loss), val_loss,
+             _float64(val_accuracy) if classify else val_loss]
         ).tolist()
         if not (math.isfinite(values[0]) and math.isfinite(values[1])):
             result.end_reason = DIVERGED
@@ -141,23 +189,52 @@ class TrainedRun:
     model: nn.Module
 
 
-def train_configuration(
-    config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
-    on_epoch_end: EpochCallback | None = None,
-) -> TrainedRun:
-    """Build the model, optimizer and schedule for one configuration and train it.
+def model_for(config: StudyConfig, data: Dataset, params: Mapping[str, Value]) -> nn.Module:
+    """The study's model for one configuration (on the CPU): fixed options from the study
+    file, and the trial's values of the parameters a user's factory searches."""
+    searched = {p.name: params[p.name] for p in config.space.model if p.name in params}
+    return build_model(config.model.kind, data.n_features, data.n_outputs,
+                       config.model.options, searched)
 
-    `seed` fixes the initial weights and the batch order, so the same (params, seed) trains
-    the same run again.
-    """
-    torch.manual_seed(seed)
-    model = build_model(config.model.kind, data.n_features, data.n_outputs, config.model.options)
+
+def build_optimizer(
+    model: nn.Module, params: Mapping[str, Value], model_kind: str = "model"
+) -> torch.optim.Optimizer:
+    """The trial's optimizer over the model's parameters: one group, or with `head_lr_mult`
+    two (the body at lr first, so the recorded lr curve is lr's; the head at lr x mult)."""
+    lr = float(params["lr"])
     weight_decay = float(params.get("weight_decay", 0.0)) if params.get(
         "use_weight_decay", True) else 0.0
-    optimizer = OPTIMIZERS[str(params["optimizer"])].build(
-        model.parameters(), float(params["lr"]), weight_decay, params
-    )
-    batch_size = config.training.batch_size
+    groups: Any = model.parameters()
+    if HEAD_LR_MULT.name in params:
+        head, body = head_and_body(model, model_kind)
+        groups = [{"params": body},
+                  {"params": head, "lr": lr * float(params[HEAD_LR_MULT.name])}]
+    return OPTIMIZERS[str(params["optimizer"])].build(groups, lr, weight_decay, params)
+
+
+def clip_norm(params: Mapping[str, Value]) -> float:
+    """The trial's gradient-clipping norm (0: no clipping)."""
+    if not params.get(USE_CLIP_GRAD_NORM.name, True):
+        return 0.0
+    return float(params.get(CLIP_GRAD_NORM.name, 0.0))
+
+
+def train_configuration(
+    config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
+    on_epoch_end: EpochCallback | None = None, device: str | torch.device = "cpu",
+) -> TrainedRun:
+    """Build the model, optimizer and schedule for one configuration and train it on `device`.
+
+    `seed` fixes the initial weights and the batch order, so the same (params, seed) trains
+    the same run again (bit for bit on the same machine and device).
+    """
+    device = resolve_device(device)
+    data = data.to(device)
+    torch.manual_seed(seed)
+    model = model_for(config, data, params).to(device)
+    optimizer = build_optimizer(model, params, config.model.kind)
+    batch_size = int(params.get("batch_size", config.training.batch_size))
     schedule = build_schedule(
         str(params["scheduler"]), optimizer, params, config.training.epochs,
         steps_per_epoch(len(data.train), batch_size),
@@ -165,17 +242,41 @@ def train_configuration(
     generator = torch.Generator().manual_seed(seed)
     result = fit(
         model, optimizer, schedule, loss_function(data.task), data, config.training.epochs,
-        batch_size, generator, on_epoch_end,
+        batch_size, generator, on_epoch_end, clip_norm(params),
     )
     return TrainedRun(result, model)
 
 
+def check_model(config: StudyConfig, data: Dataset) -> None:
+    """Build the model of the space's default configuration and run two rows through it, so
+    that a factory that fails, returns no nn.Module, has no head for `head_lr_mult` or gives
+    outputs of the wrong shape is one clear error before any trial runs."""
+    params = config.space.complete({})
+    kind = config.model.kind
+    model = model_for(config, data, params)
+    if HEAD_LR_MULT.name in params:
+        head_and_body(model, kind)
+    rows = data.train.features[:2].cpu()
+    try:
+        with torch.no_grad():
+            output = model.eval()(rows)
+    except RuntimeError as exc:
+        raise ConfigError(f"model {kind!r} fails on a batch of {len(rows)} rows of "
+                          f"{data.n_features} features: {' '.join(str(exc).split())}") from exc
+    expected = (len(rows), data.n_outputs)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ConfigError(f"model {kind!r} must map ({len(rows)}, {data.n_features}) inputs to "
+                          f"{expected} outputs ({data.task} of {data.name}); got {got}")
+
+
 def train_single(
-    config: StudyConfig, given: Mapping[str, str], seed: int | None = None,
+    config: StudyConfig, given: Mapping[str, Any], seed: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[dict[str, Value], TrainedRun]:
     """Train one configuration of `config`'s space: the given values, the study's fixed
     values, and defaults for the rest (`hpsearch train --set name=value`)."""
     params = config.space.complete(given)
     run = train_configuration(config, config.load_data(), params,
-                              config.seed if seed is None else seed)
+                              config.seed if seed is None else seed, device=device)
     return params, run

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from hpsearch.config import load_study_config
 from hpsearch.study import run_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# As `hpsearch optimize` does: results (and re-trained trials) are bit for bit the same only
+# with the same thread count, whatever order the tests run in.
+torch.set_num_threads(1)
 
 # The wine study, cut down: 12 epochs, pruning from the 3rd finished trial and the 3rd epoch.
 SMALL_WINE = """
@@ -67,3 +73,55 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     url = f"sqlite:///{folder / 'study.db'}"
     run_search(load_study_config(str(path)), url, 16)
     return url, "small"
+
+
+def skip_unless(available: bool, what: str) -> None:
+    """Skip a test whose real component is missing, saying what is missing; in CI
+    (HPSEARCH_REQUIRE_SERVICES=1) fail instead, so that such tests can't silently not run."""
+    if available:
+        return
+    if os.environ.get("HPSEARCH_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} (required: HPSEARCH_REQUIRE_SERVICES=1)")
+    pytest.skip(what)
+
+
+def _fresh_database(kind: str) -> Iterator[str]:
+    """Create `hpsearch_test_<random>` on the local server of `kind` for this test run, yield
+    its SQLAlchemy URL, drop it at the end. Skips (fails in CI) when the server is missing."""
+    name = f"hpsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        if kind == "postgres":
+            import psycopg
+
+            admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+                                    autocommit=True, connect_timeout=3)
+            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        else:
+            import pymysql
+
+            admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                                    connect_timeout=3, autocommit=True)
+            url = f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    except Exception as exc:  # a missing driver or server: both mean "not available here"
+        where = "PostgreSQL at 127.0.0.1:5432" if kind == "postgres" else \
+            "MariaDB at 127.0.0.1:3306"
+        skip_unless(False, f"{where} is not available: {str(exc).splitlines()[0]}")
+    with admin:
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        try:
+            yield url
+        finally:
+            drop = "WITH (FORCE)" if kind == "postgres" else ""
+            admin.cursor().execute(f"DROP DATABASE {name} {drop}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL database for this test run (dropped at the end)."""
+    yield from _fresh_database("postgres")
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """URL of a fresh MariaDB database for this test run (dropped at the end)."""
+    yield from _fresh_database("mariadb")

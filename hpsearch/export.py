@@ -1,0 +1,241 @@
+"""A stored study's report: read once from its storage, assembled from `report.py`'s tables,
+rendered for a terminal (`hpsearch report`) or written to a folder of CSV, markdown and PNG
+files with a `report.md` that links them (`hpsearch export`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from optuna.trial import FrozenTrial
+
+from hpsearch import plots
+from hpsearch.errors import ConfigError, HPSearchError
+from hpsearch.report import (
+    SUMMARY_BY,
+    check_by,
+    curves_frame,
+    leaderboard,
+    markdown_table,
+    param_importances,
+    summary,
+    text_table,
+    trials_frame,
+    verdict,
+    wrap,
+)
+from hpsearch.storage import mask_url
+from hpsearch.study import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION, load_stored_study
+
+DEFAULT_TOP = 10
+FORMATS = ("table", "markdown", "csv")
+TITLES = {"scheduler": "Which schedule wins", "optimizer": "Which optimizer wins",
+          "pair": "Which optimizer × scheduler pair wins"}
+# The file each summary is exported to (`<name>.csv` and `<name>.md`).
+SUMMARY_FILES = {"scheduler": "schedulers", "optimizer": "optimizers", "pair": "pairs"}
+FILE_NOTES = {
+    "trials.csv": "every trial, one row: state, validation loss, accuracy, epochs, duration, "
+                  "every parameter as a column",
+    "leaderboard.csv": "the leaderboard above, full precision",
+    "schedulers.csv": "the per-scheduler summary, full precision",
+    "optimizers.csv": "the per-optimizer summary, full precision",
+    "pairs.csv": "the per optimizer × scheduler summary, full precision",
+    "importances.csv": "fANOVA importance of each parameter every complete trial has",
+}
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What `hpsearch report` shows: built from one read of the study."""
+
+    study_name: str
+    storage: str  # masked: no password
+    trials: pd.DataFrame
+    leaderboard: pd.DataFrame
+    summaries: dict[str, pd.DataFrame]  # by -> table, in the order asked
+    verdict: str
+    top: int
+    about: dict[str, Any] = field(default_factory=dict)  # what was run, from the study's attrs
+
+
+def build_report(study_name: str, storage_url: str, top: int = DEFAULT_TOP,
+                 by: Sequence[str] = SUMMARY_BY) -> StudyReport:
+    """The report of a stored study; raises HPSearchError where the study has nothing to rank."""
+    report, _ = _read_report(study_name, storage_url, top, by)
+    return report
+
+
+def _read_report(study_name: str, storage_url: str, top: int,
+                 by: Sequence[str]) -> tuple[StudyReport, list[FrozenTrial]]:
+    by = list(dict.fromkeys(check_by(name) for name in by))
+    if top < 1:  # checked before the (possibly long) read of the study
+        raise ConfigError(f"--top must be >= 1; got {top}")
+    study = load_stored_study(study_name, storage_url)
+    trials = study.get_trials(deepcopy=False)
+    frame = trials_frame(trials)
+    if not (frame["state"] == "complete").any():
+        counts = frame["state"].value_counts()
+        tally = ", ".join(f"{counts.get(state, 0)} {state}"
+                          for state in ("pruned", "diverged", "failed", "running"))
+        raise HPSearchError(f"study {study_name!r} has no complete trial yet ({len(frame)} "
+                            f"trials: {tally}); nothing to rank")
+    report = StudyReport(
+        study_name=study_name, storage=mask_url(storage_url), trials=frame,
+        leaderboard=leaderboard(frame, top), summaries={name: summary(frame, name) for name in by},
+        verdict=verdict(frame), top=top, about=_about(study.user_attrs),
+    )
+    return report, trials
+
+
+def _about(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What was run, where the study says so (a study not made by hpsearch may not)."""
+    config = attrs.get(ATTR_CONFIG) or {}
+    found = {
+        "description": config.get("description"),
+        "dataset": (config.get("data") or {}).get("dataset"),
+        "epochs": (config.get("training") or {}).get("epochs"),
+        "sampler": (config.get("sampler") or {}).get("kind"),
+        "pruner": (config.get("pruner") or {}).get("kind"),
+        "seed": config.get("seed"),
+        "data fingerprint": attrs.get(ATTR_FINGERPRINT),
+        "hpsearch version": attrs.get(ATTR_VERSION),
+    }
+    return {key: value for key, value in found.items() if value not in (None, "")}
+
+
+# -- rendering for the terminal ---------------------------------------------------------------
+def renderer(fmt: str) -> Callable[[StudyReport], str]:
+    """The function that renders a report as `fmt` (table, markdown or csv)."""
+    renderers = {"table": _as_text, "markdown": report_markdown, "csv": _as_csv}
+    if fmt not in renderers:
+        raise ConfigError(f"format {fmt!r} is unknown; known: {', '.join(FORMATS)}")
+    return renderers[fmt]
+
+
+def _as_text(report: StudyReport) -> str:
+    parts = [f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}", "",
+             f"Leaderboard (top {report.top}, by validation loss)",
+             text_table(report.leaderboard)]
+    for by, table in report.summaries.items():
+        parts += ["", f"{TITLES[by]} (by {by})", text_table(table)]
+    parts += ["", "Verdict", wrap(report.verdict)]
+    return "\n".join(parts)
+
+
+def _as_csv(report: StudyReport) -> str:
+    """Each table as CSV under a `# title` line, tables apart by a blank line; one table per
+    file is what `hpsearch export` writes."""
+    parts = [f"# leaderboard (top {report.top})", report.leaderboard.to_csv(index=False)]
+    for by, table in report.summaries.items():
+        parts += [f"# by {by}", table.to_csv(index=False)]
+    return "\n".join(parts).rstrip("\n")
+
+
+def report_markdown(report: StudyReport, plot_files: Mapping[str, str] | None = None,
+                    skipped: Mapping[str, str] | None = None) -> str:
+    """The report as a markdown document; with `plot_files` (title -> file name) it shows the
+    plots, and `skipped` (title -> why) says which could not be drawn."""
+    lines = [f"# Study `{report.study_name}`: which schedule wins", ""]
+    lines += [f"- **{key}**: {value}" for key, value in report.about.items()]
+    lines += [f"- **trials**: {_tally(report.trials)}", "", "## Verdict", "", report.verdict, "",
+              f"## Leaderboard (top {report.top})", "",
+              "Complete trials ranked by validation loss (ties by trial number); where fewer "
+              "completed, pruned and diverged trials follow, unranked, with the last loss "
+              "they reported.", "", markdown_table(report.leaderboard)]
+    for by, table in report.summaries.items():
+        lines += ["", f"## {TITLES[by]}", "",
+                  "Counts by state; best and median validation loss of the complete trials; "
+                  "the best trial's number, its other choices and lr.", "",
+                  markdown_table(table)]
+    if plot_files or skipped:
+        lines += ["", "## Plots"]
+        for title, name in (plot_files or {}).items():
+            lines += ["", f"### {title}", "", f"![{title}]({name})"]
+        for title, why in (skipped or {}).items():
+            lines += ["", f"### {title}", "", f"Not drawn: {why}."]
+    return "\n".join(lines) + "\n"
+
+
+def _tally(frame: pd.DataFrame) -> str:
+    counts = frame["state"].value_counts()
+    states = ", ".join(f"{counts.get(state, 0)} {state}"
+                       for state in ("complete", "pruned", "diverged", "failed", "running"))
+    return f"{len(frame)} trials ({states})"
+
+
+# -- export to a folder -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exported:
+    report: StudyReport
+    folder: Path
+    files: list[str]  # names written in `folder`, in writing order
+    skipped: dict[str, str]  # plot title -> why it was not drawn
+
+
+def export_report(study_name: str, storage_url: str, out: str | Path,
+                  top: int = DEFAULT_TOP) -> Exported:
+    """Write a study's report to the folder `out` (created if needed): trials.csv,
+    leaderboard/schedulers/optimizers/pairs as .csv and .md, importances.csv, PNG plots and a
+    report.md linking them. Existing files of the same names are replaced."""
+    report, trials = _read_report(study_name, storage_url, top, SUMMARY_BY)
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files, skipped = _write_all(report, trials, folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out {folder}: "
+                          f"{exc.strerror or exc}") from None
+    return Exported(report, folder, files, skipped)
+
+
+def _write_all(report: StudyReport, trials: list[FrozenTrial],
+               folder: Path) -> tuple[list[str], dict[str, str]]:
+    files: list[str] = []
+
+    def write(name: str, text: str) -> None:
+        (folder / name).write_text(text, encoding="utf-8")
+        files.append(name)
+
+    # Full precision in CSV (for machines); 6 significant digits in markdown (for people).
+    write("trials.csv", report.trials.to_csv(index=False))
+    tables = {"leaderboard": report.leaderboard}
+    tables |= {SUMMARY_FILES[by]: table for by, table in report.summaries.items()}
+    for name, table in tables.items():
+        write(f"{name}.csv", table.to_csv(index=False))
+        write(f"{name}.md", markdown_table(table) + "\n")
+
+    frame = report.trials
+    curves = curves_frame(trials, report.summaries["scheduler"]["best_trial"].dropna().tolist())
+    drawings: dict[str, tuple[str, Callable[[Path], object]]] = {
+        "Optimization history": ("history.png", lambda p: plots.plot_history(frame, p)),
+        "Final validation loss by scheduler": (
+            "loss_by_scheduler.png", lambda p: plots.plot_loss_by_scheduler(frame, p)),
+        "Validation loss of each scheduler's best trial": (
+            "val_loss_curves.png", lambda p: plots.plot_val_loss_curves(frame, curves, p)),
+        "Learning-rate schedule of each scheduler's best trial": (
+            "lr_curves.png", lambda p: plots.plot_lr_curves(frame, curves, p)),
+        "Learning rate against final validation loss": (
+            "lr_vs_loss.png", lambda p: plots.plot_lr_vs_loss(frame, p)),
+    }
+    skipped: dict[str, str] = {}
+    try:
+        importances = param_importances(trials)
+    except HPSearchError as exc:
+        skipped["Parameter importances"] = str(exc)
+    else:
+        write("importances.csv", importances.to_csv())
+        drawings["Parameter importances"] = (
+            "importances.png", lambda p: plots.plot_importances(importances, p))
+    plot_files: dict[str, str] = {}
+    for title, (name, draw) in drawings.items():
+        draw(folder / name)
+        files.append(name)
+        plot_files[title] = name
+    listing = [f"- [{name}]({name}): {FILE_NOTES[name]}" for name in files
+               if name in FILE_NOTES]
+    write("report.md", report_markdown(report, plot_files, skipped)
+          + "\n## Files\n\n" + "\n".join(listing) + "\n")
+    return files, skipped

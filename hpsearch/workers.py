@@ -1,0 +1,206 @@
+"""Worker processes on one machine: `hpsearch optimize --workers N`.
+
+Each worker is a fresh `spawn`ed Python process (torch and fork don't mix: a forked child
+inherits the parent's torch thread pools and locks), single-threaded in torch so that N
+workers share N cores without fighting, with its own storage connection. The parent only
+watches: it polls (its progress display reads the database) and waits for the workers.
+
+- A worker that stops with an error stops the others; the parent raises the error's line.
+- A worker killed by a signal (`kill -9`, the OOM killer) is reported; the others go on, and
+  its trial is failed and retried by the heartbeat check (see `hpsearch.storage`).
+- Ctrl-C (SIGINT, also SIGTERM) stops every worker the way Ctrl-C stops a single search: the
+  running trials are marked failed, finished ones are stored, the study can be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
+from typing import Any, Protocol
+
+from hpsearch.errors import HPSearchError
+
+log = logging.getLogger(__name__)
+
+# Seconds the workers get to mark their running trials failed after Ctrl-C before they are
+# killed (their trials are then failed by the heartbeat check of the next run).
+STOP_TIMEOUT_S = 20
+EXIT_INTERRUPTED = 130
+
+
+class SlotLock(Protocol):
+    """A lock shared by the workers of one machine (a multiprocessing or threading lock)."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+# work(worker index, slot lock, interruptions, *args): a module-level function (it is pickled)
+Work = Callable[..., None]
+
+
+def run_workers(work: Work, count: int, args: tuple[Any, ...],
+                on_poll: Callable[[], None], poll_s: float = 0.5) -> None:
+    """Run `work(index, lock, interruptions, *args)` in `count` spawned processes until all
+    have returned, calling `on_poll()` every `poll_s` seconds meanwhile. Raises HPSearchError
+    if a worker failed, KeyboardInterrupt (after stopping every worker) on Ctrl-C."""
+    context = multiprocessing.get_context("spawn")
+    lock = context.Lock()
+    errors = context.SimpleQueue()
+    levels = (logging.getLogger().getEffectiveLevel(),
+              logging.getLogger("optuna").getEffectiveLevel())
+    processes = [
+        context.Process(target=_worker_main, name=f"hpsearch-worker-{index}",
+                        args=(work, index, lock, errors, levels, args))
+        for index in range(count)
+    ]
+    interrupted = threading.Event()
+    with _stop_signals(interrupted) as arm:
+        for process in processes:
+            process.start()
+        arm()
+        try:
+            _supervise(processes, errors, on_poll, poll_s, interrupted)
+        except BaseException:
+            _stop(processes)
+            raise
+        finally:
+            errors.close()
+
+
+def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any,
+               on_poll: Callable[[], None], poll_s: float, interrupted: threading.Event) -> None:
+    running = {process.sentinel: index for index, process in enumerate(processes)}
+    while running:
+        for sentinel in wait(list(running), timeout=poll_s):
+            index = running.pop(sentinel)
+            process = processes[index]
+            process.join()
+            code = process.exitcode
+            if code == 0:
+                continue
+            if code is not None and code < 0:
+                log.warning("worker %d (pid %d) was killed by signal %d; the other workers go "
+                            "on, and its trial is retried once its heartbeat is stale",
+                            index, process.pid, -code)
+            elif code == EXIT_INTERRUPTED:
+                log.warning("worker %d (pid %d) was interrupted; the other workers go on",
+                            index, process.pid)
+            else:
+                message = errors.get() if not errors.empty() else f"exit code {code}"
+                raise HPSearchError(f"worker {index} stopped: {message}")
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        on_poll()
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    """Ask every live worker to stop as Ctrl-C would, then kill the ones that don't."""
+    for process in processes:
+        if process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(STOP_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@contextlib.contextmanager
+def _stop_signals(interrupted: threading.Event) -> Iterator[Callable[[], None]]:
+    """In the parent, once armed, Ctrl-C and SIGTERM only set `interrupted`: the poll loop then
+    stops the workers, and no database read of the progress display is cut off half-way.
+
+    Until then SIGINT is ignored, because spawned workers inherit that (not Python handlers):
+    a Ctrl-C while they import torch would print a traceback from each. Each worker then
+    installs its own handler (`_interrupt_once`). Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def arm() -> None:
+        for number in previous:
+            signal.signal(number, lambda *_: interrupted.set())
+
+    try:
+        yield arm
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
+                 levels: tuple[int, int], args: tuple[Any, ...]) -> None:
+    """A worker's process: the parent's log levels, one torch thread, then `work`."""
+    interruptions = Interruptions()
+    interruptions.install()
+    import optuna
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(levels[1])
+    try:
+        work(index, lock, interruptions, *args)
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except HPSearchError as exc:
+        errors.put(str(exc))
+        raise SystemExit(1) from None
+    except Exception as exc:  # a bug: the line for the parent, the traceback for --debug
+        log.debug("worker %d failed:\n%s", index, traceback.format_exc())
+        errors.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise SystemExit(1) from None
+
+
+class Interruptions:
+    """Ctrl-C (SIGINT) and SIGTERM for a process that runs trials, delivered as
+    KeyboardInterrupt only where that is safe: while a trial trains (Optuna then marks it
+    failed), never while a trial is created or its end is written (it would stay RUNNING)
+    nor in the middle of another database call. Elsewhere the request waits for `check()`.
+    A second signal is ignored: the terminal's Ctrl-C and the parent's both reach a worker."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._interruptible = False
+
+    def install(self) -> None:
+        """Handle the signals in this process (a no-op outside the main thread)."""
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        if self._interruptible:
+            # The interrupt may cut a write-behind flush short (its transaction is rolled
+            # back, the trial is failed anyway): SQLAlchemy's traceback about it would alarm.
+            logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A section (a trial's training) that a signal interrupts at once."""
+        self.check()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False

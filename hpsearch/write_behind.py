@@ -1,0 +1,268 @@
+"""A storage that keeps this process's running trials in memory and writes them in batches.
+
+With Optuna's RDB storage every `trial.report()` is a transaction and every
+`trial.should_prune()` and sampler call re-reads the running trial from the database: on SQLite
+that made a search several times slower than in memory. `WriteBehindStorage` keeps the trials
+this process runs as live in-memory copies:
+
+- **Reads** of a study's trials come from a snapshot of the database (refreshed when one of
+  our trials finishes, and at least every `refresh_s` seconds, so that workers see each other's
+  trials) with our running trials overlaid live. With one worker nothing else changes the
+  database, so samplers and pruners see exactly what per-call reads would show: same trials,
+  same pruning decisions.
+- **Writes** to our running trials (params, intermediate values, user and system attrs) update
+  the live copy at once and reach the database in one transaction every `flush_s` seconds, and
+  always before the trial's state changes: a finished trial is complete in the database, and a
+  running one (the dashboard's curves) is at most `flush_s` behind. `flush_trial` writes a
+  trial's records at once (the objective does it when a trial's parameters are drawn, so that
+  a retry of a dead worker's trial runs the same configuration).
+
+A process killed mid-trial loses at most `flush_s` of that trial's records; the trial itself is
+failed by the heartbeat like any other stale trial. This module is the one place that relies on
+Optuna's storage internals (its cached RDB wrapper and the RDB models).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna import distributions
+from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+
+FLUSH_S = 1.0
+REFRESH_S = 1.0
+
+
+@dataclass
+class _Pending:
+    """Writes to one running trial that have not reached the database yet."""
+
+    params: list[tuple[str, float, distributions.BaseDistribution, Any]] = field(
+        default_factory=list)
+    intermediate_values: dict[int, float] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.intermediate_values or self.user_attrs
+                    or self.system_attrs)
+
+
+class WriteBehindStorage(_CachedStorage):
+    """Optuna's cached RDB storage, with this process's running trials kept in memory."""
+
+    def __init__(self, backend: RDBStorage, flush_s: float = FLUSH_S,
+                 refresh_s: float = REFRESH_S):
+        super().__init__(backend)
+        self.flush_s = flush_s
+        self.refresh_s = refresh_s
+        self._live: dict[int, FrozenTrial] = {}  # trial id -> our running trial, as it is now
+        self._pending: dict[int, _Pending] = {}
+        # study id -> (when it was read, its trials)
+        self._snapshots: dict[int, tuple[float, list[FrozenTrial]]] = {}
+        self._write_lock = threading.RLock()
+
+    # -- our trials -------------------------------------------------------------------------
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        trial = self._backend.get_trial(trial_id) if template_trial is not None else None
+        with self._lock:
+            if trial is None:
+                _, number = self._trial_id_to_study_id_and_number[trial_id]
+                trial = self._studies[study_id].trials[number]
+            if trial.state == TrialState.RUNNING:
+                self._adopt(trial_id, trial)
+        self._forget_snapshots()  # e.g. a queued trial must be seen by the next pop
+        return trial_id
+
+    def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
+        self._live[trial_id] = copy.deepcopy(trial)
+        self._pending[trial_id] = _Pending()
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: distributions.BaseDistribution) -> None:
+        if trial_id not in self._live:
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            return
+        with self._lock:
+            study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
+            known = self._studies[study_id].param_distribution.get(param_name)
+            if known is not None:  # fail now, as a direct write would, not at the flush
+                distributions.check_distribution_compatibility(known, distribution)
+            else:
+                self._studies[study_id].param_distribution[param_name] = distribution
+        live = self._live[trial_id]
+        live.params = {**live.params,
+                       param_name: distribution.to_external_repr(param_value_internal)}
+        live.distributions = {**live.distributions, param_name: distribution}
+        self._pending[trial_id].params.append(
+            (param_name, param_value_internal, distribution, known))
+        self._maybe_flush(trial_id)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                     intermediate_value: float) -> None:
+        if trial_id not in self._live:
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+            return
+        self._live[trial_id].intermediate_values[step] = intermediate_value
+        self._pending[trial_id].intermediate_values[step] = intermediate_value
+        self._maybe_flush(trial_id)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if trial_id not in self._live:
+            super().set_trial_user_attr(trial_id, key, value)
+            return
+        self._live[trial_id].user_attrs[key] = value
+        self._pending[trial_id].user_attrs[key] = value
+        self._maybe_flush(trial_id)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if trial_id not in self._live:
+            super().set_trial_system_attr(trial_id, key, value)
+            return
+        self._live[trial_id].system_attrs[key] = value
+        self._pending[trial_id].system_attrs[key] = value
+        self._maybe_flush(trial_id)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        if trial_id in self._live:
+            self.flush(trial_id)  # everything the trial recorded lands before its state
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if trial_id in self._live:
+            if state.is_finished():
+                del self._live[trial_id], self._pending[trial_id]
+                self._forget_snapshots()
+            elif changed:
+                self._live[trial_id].state = state
+        else:
+            if changed and state == TrialState.RUNNING:  # we claimed a queued (WAITING) trial
+                self._adopt(trial_id, self._backend.get_trial(trial_id))
+            self._forget_snapshots()
+        return changed
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        live = self._live.get(trial_id)
+        return copy.deepcopy(live) if live is not None else super().get_trial(trial_id)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        now = time.monotonic()
+        taken, trials = self._snapshots.get(study_id, (-float("inf"), []))
+        if now - taken >= self.refresh_s:
+            trials = super().get_all_trials(study_id, deepcopy=False)
+            self._snapshots[study_id] = (now, trials)
+        if self._live:
+            # Our running trials as they are now, copied: a reader holds what it read, as it
+            # would from the database, while the trial goes on changing.
+            live = {tid: _copy_of(t) for tid, t in self._live.items()
+                    if self._belongs(tid, study_id)}
+            trials = [live.pop(t._trial_id, t) for t in trials]
+            if live:  # created after the snapshot: append, keeping the order by number
+                trials = sorted(trials + list(live.values()), key=lambda t: t.number)
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def _belongs(self, trial_id: int, study_id: int) -> bool:
+        return self._trial_id_to_study_id_and_number.get(trial_id, (None,))[0] == study_id
+
+    def _forget_snapshots(self) -> None:
+        self._snapshots.clear()
+
+    # -- for workers deciding whether to start a trial: fresh, cheap, never the snapshot -----
+    def count_states(self, study_id: int) -> dict[TrialState, int]:
+        """How many of the study's trials are in each state, in one COUNT query."""
+        with _create_scoped_session(self._backend.scoped_session) as session:
+            rows = session.execute(
+                sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
+                .where(models.TrialModel.study_id == study_id)
+                .group_by(models.TrialModel.state)
+            ).all()
+        return {state: count for state, count in rows}
+
+    def running_without_heartbeat(self, study_id: int) -> list[int]:
+        """Ids of the study's RUNNING trials that have no heartbeat: Optuna never finds them
+        stale (e.g. a worker killed between creating a trial and its first beat)."""
+        trial = models.TrialModel
+        with _create_scoped_session(self._backend.scoped_session) as session:
+            return list(session.scalars(
+                sqlalchemy.select(trial.trial_id)
+                .outerjoin(models.TrialHeartbeatModel)
+                .where(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                       models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            ))
+
+    # -- writing ----------------------------------------------------------------------------
+    def _maybe_flush(self, trial_id: int) -> None:
+        if time.monotonic() - self._pending[trial_id].since >= self.flush_s:
+            self.flush(trial_id)
+
+    def flush(self, trial_id: int) -> None:
+        """Write the trial's pending records in one transaction."""
+        with self._write_lock:
+            pending = self._pending.get(trial_id)
+            if not pending:
+                if pending is not None:
+                    pending.since = time.monotonic()
+                return
+            self._pending[trial_id] = _Pending()
+            backend = self._backend
+            with _create_scoped_session(backend.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                if trial.state.is_finished():
+                    # Another worker failed it (its heartbeat looked stale): it is not ours
+                    # to write any more, and no longer running anywhere.
+                    self._live.pop(trial_id, None)
+                    self._pending.pop(trial_id, None)
+                    self._forget_snapshots()
+                backend.check_trial_is_updatable(trial_id, trial.state)
+                for name, internal, distribution, known in pending.params:
+                    backend._set_trial_param_without_commit(
+                        session, trial_id, name, internal, distribution, known or distribution)
+                if pending.intermediate_values:
+                    session.execute(sqlalchemy.insert(models.TrialIntermediateValueModel), [
+                        _intermediate_row(trial_id, step, value)
+                        for step, value in pending.intermediate_values.items()
+                    ])
+                for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
+                                     (models.TrialSystemAttributeModel, pending.system_attrs)):
+                    for key, value in attrs.items():
+                        backend._set_trial_attr_without_commit(
+                            session, model, trial_id, key, value)
+
+
+def flush_trial(trial: optuna.Trial) -> None:
+    """Write what `trial` recorded so far now, if its storage writes behind."""
+    storage = trial.study._storage
+    if isinstance(storage, WriteBehindStorage):
+        storage.flush(trial._trial_id)
+
+
+def _copy_of(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of a live trial whose records later writes do not change."""
+    copied = copy.copy(trial)
+    copied.params = dict(trial.params)
+    copied.distributions = dict(trial.distributions)
+    copied.user_attrs = dict(trial.user_attrs)
+    copied.system_attrs = dict(trial.system_attrs)
+    copied.intermediate_values = dict(trial.intermediate_values)
+    return copied
+
+
+def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
+    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    return {"trial_id": trial_id, "step": step, "intermediate_value": stored,
+            "intermediate_value_type": kind}

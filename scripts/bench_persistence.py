@@ -1,0 +1,170 @@
+"""What persistence costs: hpsearch on in-memory, SQLite and PostgreSQL storage, against a
+plain Optuna script written the obvious way, side by side in one run.
+
+    .venv/bin/python scripts/bench_persistence.py --trials 200 --repeats 3
+
+The baseline is the straightforward script: the wine MLP, 100 epochs, `trial.report()` and
+`trial.should_prune()` every epoch, MedianPruner, TPE, on Optuna's own storages. Every variant
+runs the same number of trials; times are compared per trained epoch, so that different
+pruning does not distort the ratios. Prints a markdown table of medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+import torch
+from torch import nn
+
+from hpsearch.config import load_study_config
+from hpsearch.study import run_search
+from hpsearch.training import COMPLETED
+
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def baseline(storage: str | None, trials: int, seed: int) -> tuple[float, int]:
+    """The plain Optuna script: (seconds, epochs trained)."""
+    data = load_study_config("wine").load_data()
+    loss_fn = nn.CrossEntropyLoss()
+
+    def objective(trial: optuna.Trial) -> float:
+        torch.manual_seed(seed + trial.number)
+        name = trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        model = nn.Sequential(nn.Linear(13, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(),
+                              nn.Linear(10, 3))
+        optimizer = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
+                     "rmsprop": torch.optim.RMSprop}[name](model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
+        val_loss = float("inf")
+        for epoch in range(100):
+            model.train()
+            optimizer.zero_grad()
+            loss_fn(model(data.train.features), data.train.target).backward()
+            optimizer.step()
+            scheduler.step()
+            model.eval()
+            with torch.no_grad():
+                val_loss = loss_fn(model(data.valid.features), data.valid.target).item()
+            trial.report(val_loss, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return val_loss
+
+    study = optuna.create_study(
+        storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=10, n_warmup_steps=20),
+    )
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    seconds = time.perf_counter() - started
+    return seconds, sum(len(t.intermediate_values) for t in study.trials)
+
+
+def hpsearch(storage: str, trials: int, seed: int) -> tuple[float, int]:
+    """`hpsearch optimize --study wine` as a library call: (seconds, epochs trained)."""
+    config = load_study_config("wine")
+    config = replace(config, seed=seed).renamed(f"bench-{uuid.uuid4().hex[:8]}")
+    started = time.perf_counter()
+    outcome = run_search(config, storage, trials)
+    seconds = time.perf_counter() - started
+    epochs = sum(t.user_attrs.get("epochs_run", 0) for t in outcome.study.trials)
+    assert outcome.counts.finished == trials
+    assert any(t.user_attrs.get("end_reason") == COMPLETED for t in outcome.study.trials)
+    return seconds, epochs
+
+
+def postgres_database() -> tuple[str, Callable[[], None]] | None:
+    """A fresh PostgreSQL database and a function that drops it; None if there is no server."""
+    name = f"hpsearch_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = sqlalchemy.create_engine(f"{POSTGRES_SERVER}/postgres",
+                                         isolation_level="AUTOCOMMIT",
+                                         connect_args={"connect_timeout": 3})
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError:
+        return None
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return f"{POSTGRES_SERVER}/{name}", drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)  # as `hpsearch optimize` does; the baseline gets the same
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_persistence_"))
+    postgres = None if args.no_postgres else postgres_database()
+    variants: dict[str, Callable[[int], tuple[float, int]]] = {}
+    if not args.no_baseline:
+        variants["plain Optuna, in-memory"] = lambda seed: baseline(None, args.trials, seed)
+        variants["plain Optuna, SQLite"] = lambda seed: baseline(
+            f"sqlite:///{folder / f'baseline-{seed}.db'}", args.trials, seed)
+    variants["hpsearch, in-memory"] = lambda seed: hpsearch("memory", args.trials, seed)
+    variants["hpsearch, SQLite"] = lambda seed: hpsearch(
+        f"sqlite:///{folder / f'hpsearch-{seed}.db'}", args.trials, seed)
+    if postgres is not None:
+        variants["hpsearch, PostgreSQL"] = lambda seed: hpsearch(postgres[0], args.trials, seed)
+
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
+    try:
+        for repeat in range(args.repeats):
+            for name, run in variants.items():  # interleaved: drift hits every variant alike
+                seconds, epochs = run(seed=repeat)
+                results[name].append((seconds, epochs))
+                print(f"  repeat {repeat + 1}: {name}: {seconds:.1f} s, {epochs} epochs",
+                      flush=True)
+    finally:
+        if postgres is not None:
+            postgres[1]()
+
+    def median_per_epoch(name: str) -> float:
+        return statistics.median(s / e for s, e in results[name])
+
+    print(f"\n{args.trials} trials of the wine study, median of {args.repeats} runs, "
+          f"torch threads 1\n")
+    print("| variant | wall time (s) | epochs trained | ms per epoch |")
+    print("|---|---:|---:|---:|")
+    for name, runs in results.items():
+        print(f"| {name} | {statistics.median(s for s, _ in runs):.1f} | "
+              f"{statistics.median(e for _, e in runs):.0f} | "
+              f"{1000 * median_per_epoch(name):.3f} |")
+    print()
+    memory = median_per_epoch("hpsearch, in-memory")
+    for name in ("hpsearch, SQLite", "hpsearch, PostgreSQL"):
+        if name in results:
+            print(f"- {name} / hpsearch, in-memory (per epoch): "
+                  f"{median_per_epoch(name) / memory:.2f}x")
+    if "plain Optuna, SQLite" in results:
+        plain_sqlite = median_per_epoch("plain Optuna, SQLite")
+        print(f"- plain Optuna, SQLite / hpsearch, SQLite (per epoch): "
+              f"{plain_sqlite / median_per_epoch('hpsearch, SQLite'):.1f}x faster")
+        print(f"- plain Optuna: SQLite / in-memory (per epoch): "
+              f"{plain_sqlite / median_per_epoch('plain Optuna, in-memory'):.1f}x")
+    if postgres is None and not args.no_postgres:
+        print("- PostgreSQL: no server at 127.0.0.1:5432, skipped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The dashboard on real studies: optuna-dashboard's JSON API served by `start_dashboard` on a
+real SQLite file, the note and figures hpsearch registers, a search running while the
+dashboard polls it, and the one-line errors of `hpsearch dashboard`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+import pytest
+from click.testing import CliRunner
+
+from hpsearch.cli import cli
+from hpsearch.dashboard import (
+    FIGURE_LOSS_BY_OPTIMIZER,
+    FIGURE_LOSS_BY_SCHEDULER,
+    FIGURE_LOSS_CURVES,
+    FIGURE_LR_CURVES,
+    KEEP_LINE,
+    DashboardServer,
+    refresh_dashboard,
+    refresh_studies,
+    start_dashboard,
+)
+from hpsearch.objective import ATTR_LR_CURVE
+from hpsearch.report import markdown_table, summary, trials_frame
+from hpsearch.storage import open_storage
+from hpsearch.study import count_trials, load_stored_study
+
+FIGURES = {FIGURE_LR_CURVES, FIGURE_LOSS_CURVES, FIGURE_LOSS_BY_SCHEDULER,
+           FIGURE_LOSS_BY_OPTIMIZER}
+HPSEARCH = [sys.executable, "-c", "from hpsearch.cli import main; main()"]
+
+
+@pytest.fixture
+def study_copy(small_study: tuple[str, str], tmp_path: Path) -> tuple[str, str]:
+    """A private copy of the shared small study (the dashboard writes notes into it)."""
+    url, name = small_study
+    target = tmp_path / "copy.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as source, \
+            sqlite3.connect(target) as copy:
+        source.backup(copy)
+    return f"sqlite:///{target}", name
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """serve(server): run a started dashboard in a thread, stopped after the test."""
+    servers: list[DashboardServer] = []
+
+    def run(server: DashboardServer) -> DashboardServer:
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    yield run
+    for server in servers:
+        server.close()
+
+
+def get_json(server: DashboardServer, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=30) as reply:
+        assert reply.status == 200
+        return json.load(reply)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_dashboard_json_has_the_study_its_trials_note_and_figures(study_copy, serve):
+    url, name = study_copy
+    server = serve(start_dashboard(url, name, port=0))
+    assert server.refreshed == [name]
+    assert server.url == f"http://127.0.0.1:{server.port}/dashboard/studies/{server.study_id}"
+    assert not server.is_public
+
+    listed = get_json(server, "/api/studies")["study_summaries"]
+    assert [(s["study_name"], s["study_id"]) for s in listed] == [(name, server.study_id)]
+    detail = get_json(server, f"/api/studies/{server.study_id}")
+    study = load_stored_study(name, url)
+    trials = study.get_trials()
+    assert len(detail["trials"]) == len(trials) == 16
+
+    note = detail["note"]["body"]
+    frame = trials_frame(trials)
+    assert note.startswith(f"## hpsearch study `{name}`\n")
+    counts = count_trials(trials)
+    assert (f"| Trials | 16 finished: {counts.complete} complete, {counts.pruned} pruned, "
+            f"{counts.diverged} diverged (0 failed, 0 running) |") in note
+    assert "| Schedulers (9) | none, step, multistep, exponential, cosine, plateau, lambda, " \
+           "onecycle, cosine_restarts |" in note
+    assert "| Pruner | median: startup trials 3, warmup epochs 3 |" in note
+    assert f"### Which schedule wins\n\n{markdown_table(summary(frame, by='scheduler'))}\n" \
+        in note
+    assert f"### Which optimizer wins\n\n{markdown_table(summary(frame, by='optimizer'))}\n" \
+        in note
+    assert note.endswith(f"{KEEP_LINE}\n")
+
+    figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+    assert set(figures) == FIGURES
+    # The lr curves are the best complete trial of each scheduler, their stored lr per epoch.
+    best = summary(frame, by="scheduler").dropna(subset=["best_trial"])
+    lines = figures[FIGURE_LR_CURVES]["data"]
+    assert [line["name"] for line in lines] == [
+        f"{row.scheduler} (#{row.best_trial}, {row.optimizer})" for row in best.itertuples()]
+    for line, number in zip(lines, best["best_trial"], strict=True):
+        assert list(line["y"]) == pytest.approx(trials[number].user_attrs[ATTR_LR_CURVE])
+        assert list(line["x"]) == list(range(1, 13))
+    boxes = figures[FIGURE_LOSS_BY_SCHEDULER]["data"]
+    assert sum(len(box["y"]) for box in boxes) == counts.complete
+    assert {box["name"] for box in boxes} == set(frame.loc[frame["state"] == "complete",
+                                                           "scheduler"])
+    # Trial user attrs reach the trial view as they are stored.
+    attrs = {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}
+    assert json.loads(attrs[ATTR_LR_CURVE]) == pytest.approx(trials[0].user_attrs[ATTR_LR_CURVE])
+    assert attrs["end_reason"] == trials[0].user_attrs["end_reason"]
+
+
+def test_refresh_keeps_what_a_person_wrote_and_an_unchanged_note(study_copy):
+    url, name = study_copy
+    study = load_stored_study(name, url)
+    optuna_dashboard.save_note(study, "my own remarks")
+    refresh_dashboard(study)
+    note = optuna_dashboard.get_note(study)
+    assert note.startswith("## hpsearch study") and note.endswith(f"{KEEP_LINE}\nmy own remarks")
+
+    optuna_dashboard.save_note(study, note + "\nand more")
+    version = study._storage.get_study_system_attrs(study._study_id)["dashboard:note_ver"]
+    refresh_dashboard(study)
+    assert optuna_dashboard.get_note(study) == note + "\nand more"
+    # Nothing changed: the note keeps its version (an open editor sees no conflict).
+    assert study._storage.get_study_system_attrs(study._study_id)["dashboard:note_ver"] == version
+
+
+def test_only_hpsearch_studies_are_refreshed(study_copy):
+    url, name = study_copy
+    optuna.create_study(study_name="plain", storage=open_storage(url))
+    assert refresh_studies(url) == [name]
+    plain = load_stored_study("plain", url)
+    assert optuna_dashboard.get_note(plain) == ""
+    result = CliRunner().invoke(cli, ["dashboard", "--storage", url, "--study", "plain",
+                                      "--refresh"])
+    assert result.exit_code == 1
+    assert result.output == "Error: study 'plain' was not created by hpsearch\n"
+    result = CliRunner().invoke(cli, ["dashboard", "--storage", url, "--refresh"])
+    assert result.exit_code == 0
+    assert result.output == f"Refreshed the notes and figures of {name} in {url}.\n"
+
+
+def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
+        write_study, tmp_path, serve):
+    """SQLite in WAL mode: the dashboard reads (every few ms here) and writes (note, figures)
+    while another process runs the search; neither side sees 'database is locked'."""
+    study_file = write_study("live")
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    first = CliRunner().invoke(cli, ["optimize", "--study", str(study_file), "--trials", "2",
+                                     "--storage", url, "--quiet"])
+    assert first.exit_code == 0, first.output
+    server = serve(start_dashboard(url, "live", port=0))
+    search = subprocess.Popen(
+        [*HPSEARCH, "optimize", "--study", str(study_file), "--trials", "24", "--storage", url,
+         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    study = load_stored_study("live", url)
+    polls = 0
+    while search.poll() is None:
+        detail = get_json(server, f"/api/studies/{server.study_id}")
+        seen.append(len(detail["trials"]))
+        polls += 1
+        if polls % 10 == 0:
+            refresh_dashboard(study)
+        time.sleep(0.02)
+    out, err = search.communicate()
+    assert search.returncode == 0, err
+    assert "locked" not in err + out
+    assert "24 of 24 finished trials" in out
+
+    final = get_json(server, f"/api/studies/{server.study_id}")
+    assert [t["state"] for t in final["trials"]].count("Running") == 0
+    assert len(final["trials"]) == 24
+    assert seen == sorted(seen)
+    assert len(set(seen)) >= 3, f"the dashboard did not see the trials arrive: {seen}"
+    refresh_dashboard(study)
+    assert "| Trials | 24 finished:" in optuna_dashboard.get_note(study)
+
+
+def test_the_command_prints_the_url_serves_it_and_stops_on_ctrl_c(study_copy):
+    url, name = study_copy
+    process = subprocess.Popen([*HPSEARCH, "dashboard", "--storage", url, "--study", name,
+                                "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == \
+            f"optuna-dashboard on {url}; notes and figures refreshed: {name}\n"
+        opened = process.stdout.readline()
+        assert opened.startswith("Open http://127.0.0.1:") and \
+            opened.endswith("/dashboard/studies/1  (Ctrl-C to stop)\n")
+        page = opened.split()[1]
+        with urllib.request.urlopen(page, timeout=30) as reply:
+            assert reply.status == 200 and b"<html" in reply.read().lower()
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert out == "Dashboard stopped.\n"
+    assert err == ""
+
+
+def test_another_interface_warns_that_there_is_no_authentication(study_copy):
+    url, _ = study_copy
+    process = subprocess.Popen([*HPSEARCH, "dashboard", "--storage", url, "--host", "0.0.0.0",
+                                "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        warning = process.stderr.readline()
+        opened = [process.stdout.readline(), process.stdout.readline()]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert warning.startswith("Warning: listening on 0.0.0.0: anyone who can reach port ")
+    assert warning.endswith("of this machine can open the dashboard. It has no "
+                            "authentication and can modify and delete studies.\n")
+    assert f"http://{socket.gethostname()}:" in "".join(opened)
+
+
+def run_dashboard(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["dashboard", *args])
+    return result.exit_code, result.output
+
+
+def test_a_port_in_use_is_one_line(study_copy):
+    url, _ = study_copy
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_dashboard("--storage", url, "--port", str(port)) == (
+            1, f"Error: port {port} on 127.0.0.1 is already in use; choose another with --port\n")
+
+
+def test_an_unknown_study_lists_the_studies(study_copy):
+    url, name = study_copy
+    assert run_dashboard("--storage", url, "--study", "nope", "--port", str(free_port())) == (
+        1, f"Error: no study 'nope' in {url}; it has: {name}\n")
+
+
+@pytest.mark.parametrize("refresh", [[], ["--refresh"]])
+def test_storages_without_studies_are_one_line(tmp_path, refresh):
+    missing = tmp_path / "missing.db"
+    assert run_dashboard("--storage", f"sqlite:///{missing}", *refresh) == (
+        1, f"Error: storage sqlite:///{missing} does not exist (no file {missing})\n")
+    assert not missing.exists()
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_storage(empty)
+    assert run_dashboard("--storage", empty, *refresh) == (
+        1, f"Error: no studies in {empty}; run `hpsearch optimize` on it first\n")
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE things (id INTEGER)")
+    assert run_dashboard("--storage", f"sqlite:///{other}", *refresh) == (
+        1, f"Error: storage sqlite:///{other} is not an Optuna storage (it has no studies "
+           "table)\n")
+    with sqlite3.connect(other) as connection:
+        assert [r[0] for r in connection.execute("SELECT name FROM sqlite_master")] == ["things"]
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not a database, just text that is long enough to be read" * 20)
+    assert run_dashboard("--storage", f"sqlite:///{garbage}", *refresh) == (
+        1, f"Error: cannot open storage sqlite:///{garbage}: file is not a database\n")
+
+
+def test_unreachable_and_unknown_storages_are_one_line():
+    code, output = run_dashboard("--storage", "nosuchdb://somewhere/db")
+    assert (code, output) == (1, "Error: storage nosuchdb://somewhere/db: unknown database "
+                                 "kind 'nosuchdb'\n")
+    # A closed port: the driver's own reason, the password masked, on one line.
+    code, output = run_dashboard("--storage", "postgresql+psycopg://me:secret@127.0.0.1:1/db")
+    assert code == 1
+    assert output.startswith("Error: cannot open storage postgresql+psycopg://me:***@127.0.0.1"
+                             ":1/db: ")
+    assert output.count("\n") == 1 and "secret" not in output

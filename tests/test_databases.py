@@ -1,0 +1,124 @@
+"""Storage URLs of network databases as a user gets them wrong: one line within seconds, never
+a password; and the real PostgreSQL and MariaDB servers with passwords in their URLs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from hpsearch.cli import cli
+from hpsearch.storage import mask_url
+
+SECRET = "s3cr%40t"  # percent-encoded "s3cr@t"
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        (f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/test",
+         "Error: cannot open storage postgresql+psycopg://postgres:***@127.0.0.1:1/test: "
+         "connection failed: connection to server at \"127.0.0.1\", port 1 failed: "
+         "Connection refused"),
+        (f"mysql+pymysql://root:{SECRET}@127.0.0.1:1/test",
+         "Error: cannot open storage mysql+pymysql://root:***@127.0.0.1:1/test: (2003, \"Can't "
+         "connect to MySQL server on '127.0.0.1' ([Errno 111] Connection refused)\")"),
+        (f"postgresql+psycopg://postgres:{SECRET}@no-such-host.invalid/test",
+         "Error: cannot open storage postgresql+psycopg://postgres:***@no-such-host.invalid/"
+         "test: failed to resolve host 'no-such-host.invalid'"),
+        (f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:99999/test",
+         "Error: cannot open storage postgresql+psycopg://postgres:***@127.0.0.1:99999/test: "
+         "connection is bad: invalid port number"),
+        ("postgresql+psycopg://postgres:s3cr@t@127.0.0.1/test",
+         "Error: <storage URL hidden: it may contain a password>: it has an '@' after the user "
+         "name; write an @, : or / in a password percent-encoded (%40, %3A, %2F)"),
+        (f"postgresql+psycopg2://postgres:{SECRET}@127.0.0.1/test",
+         "Error: storage postgresql+psycopg2://postgres:***@127.0.0.1/test: its database "
+         "driver 'psycopg2' is not installed; install it with: pip install 'hpsearch[postgres]' "
+         "and use a URL like postgresql+psycopg://user:password@host/db"),
+        (f"mysql://root:{SECRET}@127.0.0.1/test",
+         "Error: storage mysql://root:***@127.0.0.1/test: its database driver 'MySQLdb' is not "
+         "installed; install it with: pip install 'hpsearch[mysql]' and use a URL like "
+         "mysql+pymysql://user:password@host/db"),
+        (f"postgres+psycopg://postgres:{SECRET}@127.0.0.1/test",
+         "Error: storage postgres+psycopg://postgres:***@127.0.0.1/test: unknown database kind "
+         "'postgres+psycopg'"),
+        (f"postgresql+psycopg//postgres:{SECRET}@127.0.0.1/test",
+         "Error: '<storage URL hidden: it may contain a password>' is not a storage URL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["optimize", "studies"])
+def test_a_bad_or_unreachable_database_fails_fast_in_one_masked_line(command, url, error):
+    args = ["optimize", "--study", "wine", "--storage", url] if command == "optimize" else \
+        ["studies", "--storage", url]
+    started = time.monotonic()
+    result = run(*args)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1
+    assert result.output.startswith(error), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "s3cr" not in result.output
+
+
+def test_a_missing_database_and_a_wrong_password_are_one_line(postgres_url, mariadb_url):
+    cases = [
+        (postgres_url.rsplit("/", 1)[0] + "/no_such_db",
+         'database "no_such_db" does not exist'),
+        (mariadb_url.rsplit("/", 1)[0] + "/no_such_db", "(1049, \"Unknown database "
+                                                        "'no_such_db'\")"),
+        (mariadb_url.replace("root@", f"root:{SECRET}@"),
+         "(1045, \"Access denied for user 'root'@"),
+    ]
+    for url, reason in cases:
+        started = time.monotonic()
+        result = run("studies", "--storage", url)
+        assert time.monotonic() - started < 5
+        assert result.exit_code == 1
+        assert result.output.startswith(f"Error: cannot open storage {mask_url(url)}: ")
+        assert reason in result.output and len(result.output.strip().splitlines()) == 1
+        assert "s3cr" not in result.output
+
+
+@pytest.fixture
+def mariadb_user_url(mariadb_url):
+    """The run's MariaDB database, through a user of its own that has a password."""
+    import pymysql
+
+    user = f"hp_{uuid.uuid4().hex[:8]}"
+    database = mariadb_url.rsplit("/", 1)[1]
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    with admin:
+        admin.cursor().execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 's3cr@t'")
+        admin.cursor().execute(f"GRANT ALL ON {database}.* TO '{user}'@'%'")
+        try:
+            yield f"mysql+pymysql://{user}:{SECRET}@127.0.0.1:3306/{database}"
+        finally:
+            admin.cursor().execute(f"DROP USER '{user}'@'%'")
+
+
+@pytest.mark.parametrize("database", ["postgres", "mariadb"])
+def test_passwords_never_show_in_a_search_its_logs_and_the_listing(
+        write_study, request, database):
+    if database == "postgres":  # the server trusts local users: any password is accepted
+        url = request.getfixturevalue("postgres_url").replace("postgres@", f"postgres:{SECRET}@")
+    else:
+        url = request.getfixturevalue("mariadb_user_url")
+    name = f"masked_{database}"
+    shown = mask_url(url)
+    assert ":***@" in shown and "s3cr" not in shown
+    result = run("-v", "optimize", "--study", str(write_study()), "--name", name,
+                 "--trials", "3", "--workers", "2", "--storage", url)
+    assert result.exit_code == 0, result.output
+    assert f"Study '{name}' in {shown}: 3 of 3 finished trials" in result.output
+    listing = run("studies", "--storage", url)
+    assert listing.exit_code == 0 and f"Studies in {shown}:" in listing.output
+    assert any(line.split()[:2] == [name, "3"] for line in listing.output.splitlines())
+    wrong = run("studies", "--storage", url.replace(SECRET, "wrong%40pw"))
+    assert "s3cr" not in result.output + listing.output + wrong.output
+    assert "wrong" not in wrong.output

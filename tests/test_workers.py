@@ -1,0 +1,168 @@
+"""Many workers on one study: real worker processes on real SQLite, PostgreSQL and MariaDB
+databases; a worker killed with SIGKILL, Ctrl-C, resuming, stale trials of earlier runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.config import load_study_config
+from hpsearch.storage import open_storage
+from hpsearch.study import ATTR_WORKER, count_trials, run_search, worker_seed
+
+DATABASES = ["sqlite", "postgres", "mariadb"]
+
+
+@pytest.fixture
+def storage_url(request, tmp_path):
+    """A storage URL of each kind: a new SQLite file, or this run's PostgreSQL/MariaDB
+    database (tests sharing it use studies of their own names)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'workers.db'}"
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+def _unique(config):
+    return config.renamed(f"w_{uuid.uuid4().hex[:8]}")
+
+
+def _assert_consistent(trials, target, epochs):
+    """No trial lost or duplicated, nothing left running, every finished trial complete in
+    the database: its intermediate values, its seed, the worker that ran it."""
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert all(t.state not in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == target
+    for trial in finished:
+        run = trial.user_attrs["epochs_run"]
+        assert sorted(trial.intermediate_values) == list(range(1, run + 1))
+        assert trial.user_attrs["seed"] == 1 + trial.number
+        if trial.state == TrialState.COMPLETE:
+            assert run == epochs and trial.value == trial.intermediate_values[epochs]
+    return finished
+
+
+@pytest.mark.parametrize("storage_url", DATABASES, indirect=True)
+def test_four_workers_reach_exactly_the_target(write_study, storage_url):
+    config = _unique(load_study_config(str(write_study())))
+    outcome = run_search(config, storage_url, 14, workers=4)
+    trials = optuna.load_study(study_name=config.name, storage=storage_url).trials
+    finished = _assert_consistent(trials, 14, epochs=12)
+    assert outcome.counts.finished == 14 and outcome.counts.failed == 0
+    assert outcome.ran == len(trials) == 14 and outcome.workers == 4
+    # Four processes ran the trials, each drawing its own parameters.
+    assert len({t.system_attrs[ATTR_WORKER] for t in trials}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 14
+    again = run_search(config, storage_url, 14, workers=4)
+    assert again.ran == 0 and again.counts.finished == 14
+
+
+def test_worker_seeds_differ_and_worker_0_keeps_the_study_seed():
+    assert worker_seed(7, 0) == 7
+    seeds = [worker_seed(7, k) for k in range(8)]
+    assert len(set(seeds)) == 8 and seeds == [worker_seed(7, k) for k in range(8)]
+
+
+def test_the_trial_of_a_killed_worker_is_failed_and_retried(write_study, tmp_path):
+    # Trials of ~1-2 s (no pruning, many epochs): the kill lands mid-trial.
+    text = write_study().read_text().replace("epochs = 12", "epochs = 400").replace(
+        'kind = "median"', 'kind = "none"')
+    config = load_study_config(str(write_study("slow", text=text)))
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    killed: dict = {}
+
+    def kill_a_worker_mid_trial() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="slow", storage=url).trials
+            except KeyError:
+                continue
+            for trial in trials:
+                worker = trial.system_attrs.get(ATTR_WORKER, "")
+                if trial.state == TrialState.RUNNING and worker:
+                    os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed.update(number=trial.number, worker=worker)
+                    break
+
+    killer = threading.Thread(target=kill_a_worker_mid_trial)
+    killer.start()
+    outcome = run_search(config, url, 6, workers=3, heartbeat_s=1)
+    killer.join()
+    assert killed, "no worker was killed"
+    trials = optuna.load_study(study_name="slow", storage=url).trials
+    victim = trials[killed["number"]]
+    assert victim.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    assert retries[0].system_attrs[ATTR_WORKER] != killed["worker"]
+    assert outcome.counts.finished == 6 and outcome.counts.failed == 1
+    _assert_consistent(trials, 6, epochs=400)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_restart_fails_the_stale_trials_of_earlier_runs_first(write_study, tmp_path):
+    config = load_study_config(str(write_study()))
+    url = f"sqlite:///{tmp_path / 'stale.db'}"
+    run_search(config, url, 3)
+    storage = open_storage(url, write_behind=False, heartbeat_s=1)
+    study = optuna.load_study(study_name="small", storage=storage)
+    lr = study.trials[0].distributions["lr"]
+    beating = study.ask({"lr": lr})
+    storage.record_heartbeat(beating._trial_id)  # ... and then its worker died
+    beatless = study.ask()  # its worker died before the first beat
+    time.sleep(3.5)  # the grace period: 3 beats of 1 s
+    outcome = run_search(config, url, 6, heartbeat_s=1)
+    trials = outcome.study.get_trials()
+    assert trials[beating.number].state == TrialState.FAIL
+    assert trials[beatless.number].state == TrialState.FAIL
+    retried = {t.system_attrs.get("failed_trial"): t for t in trials}
+    assert retried[beating.number].params["lr"] == beating.params["lr"]
+    assert retried[beatless.number].state.is_finished()
+    counts = count_trials(trials)
+    assert counts.finished == 6 and counts.failed == 2 and counts.running == 0
+
+
+@pytest.mark.parametrize("whom", ["parent", "process group"])
+def test_ctrl_c_stops_every_worker_and_the_study_resumes(write_study, tmp_path, whom):
+    path = write_study(text=write_study().read_text().replace("epochs = 12", "epochs = 100"))
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
+               "--trials", "60", "--workers", "2", "--storage", url, "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until both workers have run trials
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="small", storage=url).trials
+        except KeyError:
+            continue
+        if len({t.system_attrs.get(ATTR_WORKER) for t in trials if t.state.is_finished()}) == 2:
+            break
+    if whom == "parent":
+        process.send_signal(signal.SIGINT)
+    else:  # a terminal's Ctrl-C reaches the parent and the workers
+        os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Interrupted. Finished trials are stored in sqlite:///" in stderr
+    assert "Traceback" not in stderr
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    assert all(t.state != TrialState.RUNNING for t in trials)
+    finished = count_trials(trials).finished
+    assert 2 <= finished < 60
+    config = load_study_config(str(path))
+    outcome = run_search(config, url, finished + 4, workers=2)
+    _assert_consistent(outcome.study.get_trials(), finished + 4, epochs=100)

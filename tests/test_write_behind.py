@@ -1,0 +1,103 @@
+"""The write-behind storage (issue 6): persisted studies at in-memory speed, giving up nothing.
+
+Equivalence is checked against the straightforward implementation itself: the same study on
+Optuna's plain RDB storage, where every report is a write and every prune decision a read."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from hpsearch.config import load_study_config
+from hpsearch.objective import Objective
+from hpsearch.storage import open_storage
+from hpsearch.study import build_pruner, build_sampler
+from hpsearch.write_behind import WriteBehindStorage
+
+
+def _search(config, storage, n_trials: int) -> list[tuple]:
+    study = optuna.create_study(study_name=config.name, storage=storage, direction="minimize",
+                                sampler=build_sampler(config), pruner=build_pruner(config))
+    study.optimize(Objective(config, config.load_data()), n_trials=n_trials)
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs,
+             {k: v for k, v in t.system_attrs.items() if k.startswith("completed_rung")})
+            for t in study.trials]
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "patient"])
+def test_same_trials_and_pruning_as_per_epoch_reads_and_writes(write_study, tmp_path, pruner):
+    text = (write_study().read_text()
+            .replace('kind = "median"', f'kind = "{pruner}"')
+            .replace("[pruner]", "[pruner]\nmin_epochs = 1\nreduction_factor = 2\npatience = 1"))
+    config = load_study_config(str(write_study("p", text=text)))
+    fast = _search(config, open_storage(f"sqlite:///{tmp_path / 'fast.db'}"), 10)
+    plain = _search(config, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'plain.db'}"), 10)
+    assert fast == plain
+    states = [t[1] for t in fast]
+    assert optuna.trial.TrialState.COMPLETE in states
+    if pruner != "patient":  # it prunes only a trial that stalls: these rarely do
+        assert optuna.trial.TrialState.PRUNED in states
+    # What the fast storage wrote is what a fresh reader finds in the file.
+    again = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'fast.db'}")
+    assert [(t.params, t.intermediate_values, t.user_attrs) for t in again.trials] == [
+        (t[2], t[4], t[5]) for t in fast]
+
+
+def _ask(storage):
+    study = optuna.create_study(study_name="w", storage=storage, load_if_exists=True)
+    return study, study.ask()
+
+
+def test_a_running_trial_reaches_the_database_within_flush_s_and_fully_at_its_end(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
+    study, trial = _ask(storage)
+    trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    for step in range(1, 6):
+        trial.report(1.0 / step, step)
+    trial.set_user_attr("note", "hi")
+    reader = optuna.storages.RDBStorage(url)
+    stored = reader.get_trial(trial._trial_id)
+    assert stored.intermediate_values == {} and stored.params == {}  # still buffered
+    assert storage.get_trial(trial._trial_id).intermediate_values[5] == 0.2  # but live here
+    study.tell(trial, 0.2)
+    stored = reader.get_trial(trial._trial_id)
+    assert stored.intermediate_values == {s: 1.0 / s for s in range(1, 6)}
+    assert stored.params == trial.params and stored.user_attrs == {"note": "hi"}
+    assert stored.value == 0.2
+
+    eager = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=0.0)
+    study, trial = _ask(eager)
+    trial.report(0.5, 1)
+    assert reader.get_trial(trial._trial_id).intermediate_values == {1: 0.5}
+
+
+def test_workers_see_each_others_finished_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    first = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0)
+    second = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0)
+    study_a, trial_a = _ask(first)
+    study_b, _ = _ask(second)
+    trial_a.report(0.3, 1)
+    study_a.tell(trial_a, 0.3)
+    seen = study_b.get_trials()
+    assert (seen[0].number, seen[0].state, seen[0].value) == (
+        0, optuna.trial.TrialState.COMPLETE, 0.3)
+    assert seen[0].intermediate_values == {1: 0.3}
+
+
+def test_a_failed_trial_keeps_what_it_reported(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
+    study = optuna.create_study(study_name="f", storage=storage)
+
+    def interrupted(trial):
+        trial.report(0.9, 1)
+        trial.report(0.8, 2)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(interrupted, n_trials=1)
+    stored = optuna.storages.RDBStorage(url).get_all_trials(study._study_id)[0]
+    assert stored.state == optuna.trial.TrialState.FAIL
+    assert stored.intermediate_values == {1: 0.9, 2: 0.8}
