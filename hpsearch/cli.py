@@ -428,5 +428,80 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
     click.echo(f"Read {exported.folder / 'report.md'}")
 
 
+@cli.command()
+@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@click.option("--top", type=int, default=3, show_default=True,
+              help="Confirm the best K complete trials and the best K of each scheduler "
+                   "(equal parameters count once).")
+@click.option("--seeds", type=int, default=10, show_default=True,
+              help="Seeds per configuration (at least 2); stored runs count, so a larger "
+                   "number adds seeds.")
+@click.option("--trial", "trial_numbers", type=int, multiple=True, metavar="N",
+              help="Confirm trial N instead of the best ones (repeatable; complete or pruned).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes training runs side by side (about one per core).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where runs train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch CPU threads without --workers (each worker uses 1).")
+@_storage_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], workers: int,
+            device: str, threads: int, storage: str | None, quiet: bool) -> None:
+    """Re-train a study's best configurations over several seeds: is the winner real?
+
+    Each configuration is trained from scratch, without pruning, once per seed (the same
+    seeds for all, none used by the search; the same split), and measured on the validation
+    split and on the held-out test split the search never saw. Prints per configuration the
+    mean and 95% interval of each metric and how optimistic the search's value was, and
+    paired Wilcoxon comparisons (Holm-corrected) of the best configuration and the best
+    schedule against the runners-up, with a verdict: winner, tied, or more seeds needed.
+    Runs are stored as the study NAME:confirm in the same storage (optuna-dashboard shows
+    it; `hpsearch report` and `export` include it); re-running resumes. Example:
+
+    \b
+        hpsearch confirm --study wine --top 3 --seeds 10
+        hpsearch confirm --study wine --trial 137 --trial 52 --seeds 20 --workers 4
+    """
+    # Imported here: scipy, pandas and matplotlib are not needed by the other commands.
+    from tqdm import tqdm
+
+    from hpsearch.confirm import confirm_study_name, run_confirmation
+    from hpsearch.export import confirmation_text
+
+    url = resolve_storage_url(storage)
+    torch.set_num_threads(max(1, threads))
+    bars: list[Any] = []
+
+    def start(to_run: int, stored: int) -> None:
+        bars.append(tqdm(total=to_run, desc=confirm_study_name(study), unit="run",
+                         disable=quiet or None, dynamic_ncols=True))
+
+    def progress(ran: int) -> None:
+        bars[0].update(ran - bars[0].n)
+
+    try:
+        outcome = run_confirmation(study, url, top, seeds, trial_numbers, workers, device,
+                                   on_start=start, on_progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted. Finished runs are stored in {mask_url(url)} (study "
+                   f"{confirm_study_name(study)!r}); run the same command again to continue.",
+                   err=True)
+        raise SystemExit(130) from None
+    finally:
+        for bar in bars:
+            bar.close()
+    stored = len(outcome.configurations) * outcome.seeds - outcome.planned
+    ran = (f"ran {outcome.ran} runs in {outcome.seconds:.1f} s"
+           + (f" with {outcome.workers} workers" if outcome.workers > 1 else "")
+           if outcome.planned else "nothing to run")
+    click.echo(f"Confirmed {len(outcome.configurations)} configurations of {study!r} over "
+               f"{outcome.seeds} seeds in {mask_url(url)}: {ran}; {stored} runs were stored "
+               "already.")
+    click.echo()
+    click.echo(confirmation_text(outcome.analysis, study))
+
+
 def main() -> None:
     cli(prog_name="hpsearch")

@@ -1,6 +1,7 @@
 """A stored study's report: read once from its storage, assembled from `report.py`'s tables,
 rendered for a terminal (`hpsearch report`) or written to a folder of CSV, markdown and PNG
-files with a `report.md` that links them (`hpsearch export`)."""
+files with a `report.md` that links them (`hpsearch export`). Where the study has been
+confirmed (`hpsearch confirm`), the confirmation's intervals, comparisons and verdict follow."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 from hpsearch import plots
+from hpsearch.confirm import confirm_study_name, load_confirmation
+from hpsearch.confirm_stats import METRICS, Analysis
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.report import (
     SUMMARY_BY,
@@ -44,7 +47,20 @@ FILE_NOTES = {
     "optimizers.csv": "the per-optimizer summary, full precision",
     "pairs.csv": "the per optimizer × scheduler summary, full precision",
     "importances.csv": "fANOVA importance of each parameter every complete trial has",
+    "confirm.csv": "the confirmed configurations: mean, 95% interval low and high of each "
+                   "metric over the seeds, full precision",
+    "confirm_comparisons.csv": "the confirmation's paired comparisons, full precision",
+    "confirm_runs.csv": "every confirmation run: configuration, seed, validation and test "
+                        "metrics",
 }
+CONFIRM_PLOT = "Confirmed configurations: mean and 95% interval over seeds"
+CONFIRM_NOTE = ("The best configurations re-trained from scratch over several seeds, without "
+                "pruning: mean [95% interval] over the seeds; `test` is the held-out split "
+                "the search never saw; `optimism` is the confirmed mean validation loss minus "
+                "the value the search saw (`search_value`).")
+COMPARISONS_NOTE = ("Validation loss paired by seed: two-sided Wilcoxon signed-rank, "
+                    "Holm-corrected within each question (configuration, schedule); `wins`: "
+                    "seeds on which the best had the lower loss.")
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class StudyReport:
     verdict: str
     top: int
     about: dict[str, Any] = field(default_factory=dict)  # what was run, from the study's attrs
+    confirmation: Analysis | None = None  # `hpsearch confirm`'s runs, where there are any
 
 
 def build_report(study_name: str, storage_url: str, top: int = DEFAULT_TOP,
@@ -86,6 +103,7 @@ def _read_report(study_name: str, storage_url: str, top: int,
         study_name=study_name, storage=mask_url(storage_url), trials=frame,
         leaderboard=leaderboard(frame, top), summaries={name: summary(frame, name) for name in by},
         verdict=verdict(frame), top=top, about=_about(study.user_attrs),
+        confirmation=load_confirmation(study),
     )
     return report, trials
 
@@ -122,6 +140,8 @@ def _as_text(report: StudyReport) -> str:
     for by, table in report.summaries.items():
         parts += ["", f"{TITLES[by]} (by {by})", text_table(table)]
     parts += ["", "Verdict", wrap(report.verdict)]
+    if report.confirmation is not None:
+        parts += ["", confirmation_text(report.confirmation, report.study_name)]
     return "\n".join(parts)
 
 
@@ -131,6 +151,10 @@ def _as_csv(report: StudyReport) -> str:
     parts = [f"# leaderboard (top {report.top})", report.leaderboard.to_csv(index=False)]
     for by, table in report.summaries.items():
         parts += [f"# by {by}", table.to_csv(index=False)]
+    if report.confirmation is not None:
+        parts += ["# confirmation", report.confirmation.table.to_csv(index=False),
+                  "# confirmation comparisons",
+                  report.confirmation.comparisons.to_csv(index=False)]
     return "\n".join(parts).rstrip("\n")
 
 
@@ -150,12 +174,67 @@ def report_markdown(report: StudyReport, plot_files: Mapping[str, str] | None = 
                   "Counts by state; best and median validation loss of the complete trials; "
                   "the best trial's number, its other choices and lr.", "",
                   markdown_table(table)]
+    if report.confirmation is not None:
+        lines += ["", confirmation_markdown(report.confirmation, report.study_name).rstrip("\n")]
     if plot_files or skipped:
         lines += ["", "## Plots"]
         for title, name in (plot_files or {}).items():
             lines += ["", f"### {title}", "", f"![{title}]({name})"]
         for title, why in (skipped or {}).items():
             lines += ["", f"### {title}", "", f"Not drawn: {why}."]
+    return "\n".join(lines) + "\n"
+
+
+# -- the confirmation -------------------------------------------------------------------------
+def confirmation_tables(analysis: Analysis, digits: int = 4) -> tuple[pd.DataFrame,
+                                                                      pd.DataFrame]:
+    """The confirmation's table and comparisons for people: each metric as one
+    `mean [low, high]` cell (`analysis.table` has them as numbers)."""
+    table = analysis.table
+    shown = table[["rank", "config", "optimizer", "scheduler", "lr", "seeds", "diverged"]].copy()
+    for metric in METRICS:
+        if table[f"{metric}_mean"].notna().any():  # a regression study has no accuracy
+            shown[metric] = [_interval(row, metric, digits) for _, row in table.iterrows()]
+    shown[["search_value", "optimism", "other_params"]] = table[["search_value", "optimism",
+                                                                 "other_params"]]
+    comparisons = analysis.comparisons
+    compared = comparisons[["question", "best", "other", "seeds", "wins", "losses"]].copy()
+    compared["mean_difference"] = [_interval(row, "difference", digits, mean="mean_difference")
+                                   for _, row in comparisons.iterrows()]
+    compared[["p_value", "p_holm", "outcome"]] = comparisons[["p_value", "p_holm", "outcome"]]
+    return shown, compared
+
+
+def _interval(row: pd.Series, metric: str, digits: int, mean: str | None = None) -> str:
+    middle, low, high = row[mean or f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"]
+    if pd.isna(middle):
+        return ""
+    if pd.isna(low):
+        return f"{middle:.{digits}g}"
+    return f"{middle:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def confirmation_text(analysis: Analysis, study_name: str) -> str:
+    """The confirmation of `study_name` for a terminal: tables and verdict."""
+    table, comparisons = confirmation_tables(analysis)
+    parts = [f"Confirmation (study {confirm_study_name(study_name)!r}): mean [95% interval] "
+             "over seeds; test = the held-out split; search_value = what the search saw",
+             text_table(table)]
+    if not comparisons.empty:
+        parts += ["", "Paired comparisons (validation loss on the same seeds; Wilcoxon "
+                      "signed-rank, Holm-corrected per question)", text_table(comparisons)]
+    parts += ["", "Confirmation verdict", wrap(analysis.verdict)]
+    return "\n".join(parts)
+
+
+def confirmation_markdown(analysis: Analysis, study_name: str) -> str:
+    """The confirmation of `study_name` as a markdown section."""
+    table, comparisons = confirmation_tables(analysis)
+    lines = ["## Confirmation", "", f"Study `{confirm_study_name(study_name)}`. {CONFIRM_NOTE}",
+             "", analysis.verdict, "", markdown_table(table)]
+    if not comparisons.empty:
+        lines += ["", "### Paired comparisons", "", COMPARISONS_NOTE, "",
+                  markdown_table(comparisons)]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +258,9 @@ def export_report(study_name: str, storage_url: str, out: str | Path,
                   top: int = DEFAULT_TOP) -> Exported:
     """Write a study's report to the folder `out` (created if needed): trials.csv,
     leaderboard/schedulers/optimizers/pairs as .csv and .md, importances.csv, PNG plots and a
-    report.md linking them. Existing files of the same names are replaced."""
+    report.md linking them; where the study was confirmed, also confirm.csv/.md,
+    confirm_comparisons.csv/.md, confirm_runs.csv and confirm.png. Existing files of the same
+    names are replaced."""
     report, trials = _read_report(study_name, storage_url, top, SUMMARY_BY)
     folder = Path(out)
     try:
@@ -206,6 +287,14 @@ def _write_all(report: StudyReport, trials: list[FrozenTrial],
     for name, table in tables.items():
         write(f"{name}.csv", table.to_csv(index=False))
         write(f"{name}.md", markdown_table(table) + "\n")
+    confirmation = report.confirmation
+    if confirmation is not None:
+        shown, compared = confirmation_tables(confirmation, digits=6)
+        write("confirm.csv", confirmation.table.to_csv(index=False))
+        write("confirm.md", markdown_table(shown) + "\n")
+        write("confirm_comparisons.csv", confirmation.comparisons.to_csv(index=False))
+        write("confirm_comparisons.md", markdown_table(compared) + "\n")
+        write("confirm_runs.csv", confirmation.runs.to_csv(index=False))
 
     frame = report.trials
     curves = curves_frame(trials, report.summaries["scheduler"]["best_trial"].dropna().tolist())
@@ -229,6 +318,9 @@ def _write_all(report: StudyReport, trials: list[FrozenTrial],
         write("importances.csv", importances.to_csv())
         drawings["Parameter importances"] = (
             "importances.png", lambda p: plots.plot_importances(importances, p))
+    if confirmation is not None:
+        drawings[CONFIRM_PLOT] = ("confirm.png", lambda p: plots.plot_confirmation(
+            confirmation.table, confirmation.runs, p))
     plot_files: dict[str, str] = {}
     for title, (name, draw) in drawings.items():
         draw(folder / name)

@@ -1,6 +1,7 @@
 """PNG plots of a study, from the frames of `report.py`: the optimization history, the final
 loss by scheduler, the loss and learning-rate curves of each scheduler's best trial, the lr
-against the final loss, and the parameter importances.
+against the final loss, the parameter importances, and a confirmation's configurations with
+their intervals over seeds.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot): no window opens,
 and importing this module never changes a notebook's backend. Each function saves its figure
@@ -105,6 +106,46 @@ def plot_importances(importances: pd.Series, path: str | Path) -> Figure:
         ax.text(value, y, f" {value:.2f}", va="center", fontsize="small")
     ax.set_xlim(0, max(1.0, ordered.max() * 1.15))
     _label(ax, f"Parameter importances ({importances.name})", "importance (sums to 1)", "")
+    return _save(figure, path)
+
+
+def plot_confirmation(table: pd.DataFrame, runs: pd.DataFrame, path: str | Path) -> Figure:
+    """Each confirmed configuration (`confirm_stats.configuration_table`, best first): its
+    validation and held-out test loss as the mean with a 95%-interval error bar, every seed's
+    run as a faint point beside it, and the value the search saw as a cross; below, the same
+    for accuracy where the study classifies."""
+    classify = table["val_accuracy_mean"].notna().any()
+    figure = Figure(figsize=(max(8.0, 1.0 + 0.9 * len(table)), 8.0 if classify else 4.5),
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2 if classify else 1, 1, sharex=True, squeeze=False)[:, 0]
+    positions = np.arange(len(table))
+    jitter = np.random.default_rng(0)  # fixed: the same confirmation gives the same picture
+    panels = [("loss", "validation loss", "test loss")]
+    if classify:
+        panels.append(("accuracy", "validation accuracy", "test accuracy"))
+    for ax, (kind, *labels) in zip(axes, panels, strict=True):
+        for offset, split, colour, label in ((-0.15, "val", "C0", labels[0]),
+                                             (0.15, "test", "C1", labels[1])):
+            metric = f"{split}_{kind}"
+            mean = table[f"{metric}_mean"].to_numpy(float)
+            errors = np.nan_to_num([mean - table[f"{metric}_low"].to_numpy(float),
+                                    table[f"{metric}_high"].to_numpy(float) - mean])
+            for position, config_id in zip(positions, table["config_id"], strict=True):
+                values = runs.loc[runs["config_id"] == config_id, metric].dropna()
+                ax.scatter(position + offset + jitter.uniform(-0.06, 0.06, len(values)),
+                           values, s=8, color=colour, alpha=0.3, linewidths=0)
+            ax.errorbar(positions + offset, mean, yerr=errors, fmt="o", color=colour,
+                        capsize=4, label=f"{label} (mean, 95% interval)")
+        if kind == "loss":
+            ax.scatter(positions - 0.15, table["search_value"], marker="x", color="C3", s=40,
+                       zorder=3, label="validation loss the search saw")
+            _wide_scale(ax, pd.concat([runs["val_loss"], runs["test_loss"],
+                                       table["search_value"]]).dropna())
+        _label(ax, f"Confirmed configurations: {kind} over seeds (best first)", "", kind)
+        ax.legend(fontsize="small")
+    axes[-1].set_xticks(positions, [f"{row.config}\n{row.optimizer}\n{row.scheduler}"
+                                    for row in table.itertuples()], fontsize="small")
     return _save(figure, path)
 
 

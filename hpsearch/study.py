@@ -36,9 +36,10 @@ from hpsearch.config import StudyConfig, parse_study
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
 from hpsearch.params import Value
-from hpsearch.storage import GRACE_BEATS, HEARTBEAT_S, mask_url, open_storage
+from hpsearch.storage import GRACE_BEATS, HEARTBEAT_S, IN_MEMORY, mask_url, open_storage
 from hpsearch.training import DIVERGED, TrainedRun, check_model, train_configuration
 from hpsearch.workers import Interruptions, SlotLock, run_workers
+from hpsearch.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,9 @@ def run_search(
         raise ConfigError(f"--trials must be >= 1; got {target}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1; got {workers}")
+    if workers > 1 and storage_url == IN_MEMORY:
+        raise ConfigError("--workers needs a storage the workers share; an in-memory study "
+                          "lives in one process")
     data = config.load_data()
     # Before the study exists: a model that can't train leaves nothing behind.
     check_model(config, data)
@@ -289,9 +293,10 @@ def run_search(
             run_workers(_work, workers,
                         (config.as_dict(), storage_url, target, heartbeat_s, device),
                         on_poll=report)
-    # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
-    study = optuna.load_study(study_name=config.name,
-                              storage=open_storage(storage_url, heartbeat_s=heartbeat_s))
+    if storage_url != IN_MEMORY:
+        # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
+        study = optuna.load_study(study_name=config.name,
+                                  storage=open_storage(storage_url, heartbeat_s=heartbeat_s))
     final = count_trials(study.get_trials(deepcopy=False))
     ran = final.finished + final.failed - counts.finished - counts.failed
     return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers)
@@ -308,7 +313,7 @@ class _ProgressReporter:
     def __call__(self, *_: Any) -> None:
         if self.on_progress is None:
             return
-        states = self.study._storage.count_states(self.study._study_id)
+        states = count_states(self.study)
         finished = sum(states.get(state, 0) for state in FINISHED_STATES)
         best = self.last.best_value if self.last else None
         if self.last is None or states.get(TrialState.COMPLETE, 0) != self._complete:
@@ -322,6 +327,17 @@ class _ProgressReporter:
             self.on_progress(progress)
 
 
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    """How many trials of the study are in each state, fresh from the database (one query)."""
+    storage = study._storage
+    if isinstance(storage, WriteBehindStorage):
+        return storage.count_states(study._study_id)
+    counts: dict[TrialState, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] = counts.get(trial.state, 0) + 1
+    return counts
+
+
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of dead workers and queue their retries; returns their numbers.
 
@@ -330,6 +346,8 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     or an hpsearch without heartbeats ran it) is stale once this process has seen it beatless
     for the grace period: the clocks of other machines are never compared."""
     storage = study._storage
+    if not isinstance(storage, WriteBehindStorage):  # in memory: no other process to die
+        return []
     study_id = study._study_id
     grace = GRACE_BEATS * storage.get_heartbeat_interval()
     now = time.monotonic()
@@ -389,7 +407,7 @@ def run_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], fl
 
         try:
             fail_stale_trials(study)
-            states = storage.count_states(study._study_id)
+            states = count_states(study)
             finished = sum(states.get(state, 0) for state in FINISHED_STATES)
             if finished >= target:
                 return

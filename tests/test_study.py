@@ -147,3 +147,11 @@ def test_unknown_study_lists_what_the_storage_has(small_study):
     url, _ = small_study
     with pytest.raises(StorageError, match=r"no study 'nope' in sqlite:///.*; it has: small"):
         load_stored_study("nope", url)
+
+
+def test_an_in_memory_search_runs_in_one_process(write_study):
+    config = load_study_config(str(write_study()))
+    outcome = run_search(config, "memory", 4)
+    assert outcome.counts.finished == 4 and outcome.best_trial is not None
+    with pytest.raises(ConfigError, match="--workers needs a storage the workers share"):
+        run_search(config, "memory", 4, workers=2)
