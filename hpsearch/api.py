@@ -9,6 +9,7 @@
     print(hp.verdict(frame))
     params, run = hp.train("wine", {"optimizer": "adam", "lr": 0.01})
     study = hp.load("wine")                                 # a stored study, later
+    print(hp.confirm("wine", top=3, seeds=10).analysis.verdict)  # re-train over seeds
 
 Every function takes `storage` like `--storage` (default: $HPSEARCH_STORAGE, else
 sqlite:///hpsearch.db) and `device` like `--device` (default "auto": the GPU if there is one).
@@ -25,6 +26,7 @@ import optuna
 import torch
 
 from hpsearch.config import StudyConfig, load_study_config, parse_study
+from hpsearch.confirm import ConfirmOutcome, run_confirmation
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.report import leaderboard, param_importances, summary, trials_frame, verdict
@@ -33,7 +35,8 @@ from hpsearch.study import Retrained, load_stored_study, retrain_trial, run_sear
 from hpsearch.training import TrainedRun, train_single
 
 __all__ = [
-    "StudyLike", "config", "leaderboard", "load", "optimize", "param_importances", "retrain",
+    "StudyLike", "config", "confirm", "leaderboard", "load", "optimize", "param_importances",
+    "retrain",
     "stored", "summary", "train", "trials_frame", "verdict",
 ]
 
@@ -95,3 +98,11 @@ def retrain(name: str, trial: int, storage: str | None = None,
     --trial`); its validation loss is compared with the stored one. `device` defaults to
     the one the trial ran on."""
     return retrain_trial(name, resolve_storage_url(storage), trial, device=device)
+
+
+def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None,
+            workers: int = 1, device: str = "auto") -> ConfirmOutcome:
+    """Re-train the stored study's best configurations over `seeds` seeds (`hpsearch
+    confirm`); `.analysis` holds the tables, the comparisons and the verdict."""
+    return run_confirmation(name, resolve_storage_url(storage), top=top, seeds=seeds,
+                            workers=workers, device=device)

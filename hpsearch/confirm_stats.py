@@ -32,6 +32,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.objective import ATTR_END_REASON, ATTR_EPOCHS_RUN, ATTR_SEED, ATTR_VAL_ACCURACY
+from hpsearch.report import _count, _names, format_cell
 from hpsearch.training import DIVERGED
 
 # Trial user attrs of a confirmation run, beside those every trial has (objective.py).
@@ -95,7 +96,7 @@ def _run_row(trial: FrozenTrial) -> dict[str, Any]:
         "source_trial": attrs[ATTR_SOURCE_TRIAL],
         "optimizer": trial.params.get("optimizer"), "scheduler": trial.params.get("scheduler"),
         "lr": trial.params.get("lr", math.nan),
-        "other_params": ", ".join(f"{name}={_short(value)}" for name, value
+        "other_params": ", ".join(f"{name}={format_cell(value)}" for name, value
                                   in trial.params.items() if name not in _OWN_COLUMNS),
         "search_value": math.nan if search_value is None else search_value,
         "seed_index": attrs[ATTR_SEED_INDEX], "seed": attrs[ATTR_SEED],
@@ -105,10 +106,6 @@ def _run_row(trial: FrozenTrial) -> dict[str, Any]:
            for name, value in metrics.items()},
         "epochs_run": attrs.get(ATTR_EPOCHS_RUN, 0), "duration_s": round(duration, 3),
     }
-
-
-def _short(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 # -- intervals --------------------------------------------------------------------------------
@@ -333,21 +330,21 @@ def confirmation_verdict(runs: pd.DataFrame, table: pd.DataFrame, comparisons: p
 
 def _metrics(row: pd.Series, split: str) -> str:
     said = f"loss {_interval(row, f'{split}_loss')}"
-    if not _missing(row[f"{split}_accuracy_mean"]):
+    if not pd.isna(row[f"{split}_accuracy_mean"]):
         said += f", accuracy {_interval(row, f'{split}_accuracy')}"
     return said
 
 
 def _interval(row: pd.Series, metric: str) -> str:
     mean, low, high = (row[f"{metric}_{s}"] for s in ("mean", "low", "high"))
-    if _missing(low):
+    if pd.isna(low):
         return f"{mean:.4g}"
     return f"{mean:.4g} [{low:.4g}, {high:.4g}]"
 
 
 def _optimism(best: pd.Series) -> str:
     searched = best["search_value"]
-    if _missing(searched):
+    if pd.isna(searched):
         return f"{best['config']} did not complete in the search, so there is no search " \
                "value to compare with."
     where = ("below the interval: the search's single run was a lucky draw"
@@ -412,15 +409,3 @@ def _evidence(row: pd.Series) -> str:
     return (f"lower on {row['wins']} of {row['seeds']} seeds, mean difference "
             f"{row['mean_difference']:+.3g}, p = {row['p_holm']:.3g}")
 
-
-def _names(values: pd.Series) -> str:
-    names = [str(v) for v in values]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _count(n: Any, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

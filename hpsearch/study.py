@@ -346,9 +346,11 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     or an hpsearch without heartbeats ran it) is stale once this process has seen it beatless
     for the grace period: the clocks of other machines are never compared."""
     storage = study._storage
-    if not isinstance(storage, WriteBehindStorage):  # in memory: no other process to die
-        return []
     study_id = study._study_id
+    # In memory there is no other process to die; and a trial can't go stale faster than one
+    # heartbeat interval, so checking before every trial would only cost queries.
+    if not isinstance(storage, WriteBehindStorage) or not storage.stale_check_due(study_id):
+        return []
     grace = GRACE_BEATS * storage.get_heartbeat_interval()
     now = time.monotonic()
     known = _BEATLESS.get(study_id, {})

@@ -25,6 +25,8 @@ Optuna's storage internals (its cached RDB wrapper and the RDB models).
 from __future__ import annotations
 
 import copy
+import datetime
+import json
 import threading
 import time
 from collections.abc import Container, Sequence
@@ -48,7 +50,7 @@ REFRESH_S = 1.0
 class _Pending:
     """Writes to one running trial that have not reached the database yet."""
 
-    params: list[tuple[str, float, distributions.BaseDistribution, Any]] = field(
+    params: list[tuple[str, float, distributions.BaseDistribution]] = field(
         default_factory=list)
     intermediate_values: dict[int, float] = field(default_factory=dict)
     user_attrs: dict[str, Any] = field(default_factory=dict)
@@ -69,10 +71,13 @@ class WriteBehindStorage(_CachedStorage):
         self.flush_s = flush_s
         self.refresh_s = refresh_s
         self._live: dict[int, FrozenTrial] = {}  # trial id -> our running trial, as it is now
+        self._settled: dict[int, FrozenTrial] = {}  # trial id -> our finished trial, final
         self._pending: dict[int, _Pending] = {}
         # study id -> (when it was read, its trials)
         self._snapshots: dict[int, tuple[float, list[FrozenTrial]]] = {}
+        self._views: dict[int, FrozenTrial] = {}  # trial id -> a copy of _live's, for readers
         self._write_lock = threading.RLock()
+        self._stale_checks: dict[Any, float] = {}  # what was checked -> when (monotonic)
 
     # -- our trials -------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -83,8 +88,9 @@ class WriteBehindStorage(_CachedStorage):
                 _, number = self._trial_id_to_study_id_and_number[trial_id]
                 trial = self._studies[study_id].trials[number]
             if trial.state == TrialState.RUNNING:
-                self._adopt(trial_id, trial)
-        self._forget_snapshots()  # e.g. a queued trial must be seen by the next pop
+                self._adopt(trial_id, trial)  # overlaid on the snapshots from now on
+            else:
+                self._forget_snapshots()  # a queued trial must be seen by the next pop
         return trial_id
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
@@ -103,12 +109,13 @@ class WriteBehindStorage(_CachedStorage):
                 distributions.check_distribution_compatibility(known, distribution)
             else:
                 self._studies[study_id].param_distribution[param_name] = distribution
+        self._views.pop(trial_id, None)
         live = self._live[trial_id]
         live.params = {**live.params,
                        param_name: distribution.to_external_repr(param_value_internal)}
         live.distributions = {**live.distributions, param_name: distribution}
         self._pending[trial_id].params.append(
-            (param_name, param_value_internal, distribution, known))
+            (param_name, param_value_internal, distribution))
         self._maybe_flush(trial_id)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int,
@@ -116,6 +123,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_intermediate_value(trial_id, step, intermediate_value)
             return
+        self._views.pop(trial_id, None)
         self._live[trial_id].intermediate_values[step] = intermediate_value
         self._pending[trial_id].intermediate_values[step] = intermediate_value
         self._maybe_flush(trial_id)
@@ -124,6 +132,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_user_attr(trial_id, key, value)
             return
+        self._views.pop(trial_id, None)
         self._live[trial_id].user_attrs[key] = value
         self._pending[trial_id].user_attrs[key] = value
         self._maybe_flush(trial_id)
@@ -132,6 +141,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_system_attr(trial_id, key, value)
             return
+        self._views.pop(trial_id, None)
         self._live[trial_id].system_attrs[key] = value
         self._pending[trial_id].system_attrs[key] = value
         self._maybe_flush(trial_id)
@@ -143,9 +153,9 @@ class WriteBehindStorage(_CachedStorage):
         changed = super().set_trial_state_values(trial_id, state, values)
         if trial_id in self._live:
             if state.is_finished():
-                del self._live[trial_id], self._pending[trial_id]
-                self._forget_snapshots()
+                self._settle(trial_id, state, values)
             elif changed:
+                self._views.pop(trial_id, None)
                 self._live[trial_id].state = state
         else:
             if changed and state == TrialState.RUNNING:  # we claimed a queued (WAITING) trial
@@ -153,9 +163,26 @@ class WriteBehindStorage(_CachedStorage):
             self._forget_snapshots()
         return changed
 
+    def _settle(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> None:
+        """Our trial finished: it leaves the live set and takes its final form in the
+        snapshots, as the database now has it, without reading it back (a finished trial is
+        never written again, so this copy stays true)."""
+        final = self._live.pop(trial_id)
+        del self._pending[trial_id]
+        self._views.pop(trial_id, None)
+        final.state = state
+        final.values = list(values) if values is not None else None
+        final.datetime_complete = datetime.datetime.now()
+        self._settled[trial_id] = final
+        for study_id, (taken, trials) in self._snapshots.items():
+            if self._belongs(trial_id, study_id):
+                kept = [t for t in trials if t._trial_id != trial_id]
+                trials = sorted([*kept, final], key=lambda t: t.number)
+                self._snapshots[study_id] = (taken, trials)
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        live = self._live.get(trial_id)
-        return copy.deepcopy(live) if live is not None else super().get_trial(trial_id)
+        ours = self._live.get(trial_id) or self._settled.get(trial_id)
+        return copy.deepcopy(ours) if ours is not None else super().get_trial(trial_id)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -167,14 +194,20 @@ class WriteBehindStorage(_CachedStorage):
         if self._live:
             # Our running trials as they are now, copied: a reader holds what it read, as it
             # would from the database, while the trial goes on changing.
-            live = {tid: _copy_of(t) for tid, t in self._live.items()
-                    if self._belongs(tid, study_id)}
+            live = {tid: self._view(tid) for tid in self._live if self._belongs(tid, study_id)}
             trials = [live.pop(t._trial_id, t) for t in trials]
-            if live:  # created after the snapshot: append, keeping the order by number
-                trials = sorted(trials + list(live.values()), key=lambda t: t.number)
+            # The rest were created after the snapshot, so their numbers come after its own.
+            trials += sorted(live.values(), key=lambda t: t.number)
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def _view(self, trial_id: int) -> FrozenTrial:
+        """A copy of our running trial as it is now, made again only after it changed."""
+        view = self._views.get(trial_id)
+        if view is None:
+            view = self._views[trial_id] = _copy_of(self._live[trial_id])
+        return view
 
     def _belongs(self, trial_id: int, study_id: int) -> bool:
         return self._trial_id_to_study_id_and_number.get(trial_id, (None,))[0] == study_id
@@ -192,6 +225,21 @@ class WriteBehindStorage(_CachedStorage):
                 .group_by(models.TrialModel.state)
             ).all()
         return {state: count for state, count in rows}
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Asked at most once per heartbeat interval: Optuna asks before every trial, and a
+        trial cannot go stale faster than its beats stop."""
+        if not self.stale_check_due(("optuna", study_id)):
+            return []
+        return super()._get_stale_trial_ids(study_id)
+
+    def stale_check_due(self, key: Any) -> bool:
+        """True at most once per heartbeat interval for each `key` (the first time, always)."""
+        now = time.monotonic()
+        if now - self._stale_checks.get(key, -float("inf")) < self.get_heartbeat_interval():
+            return False
+        self._stale_checks[key] = now
+        return True
 
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of the study's RUNNING trials that have no heartbeat: Optuna never finds them
@@ -221,27 +269,40 @@ class WriteBehindStorage(_CachedStorage):
             self._pending[trial_id] = _Pending()
             backend = self._backend
             with _create_scoped_session(backend.scoped_session) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                if trial.state.is_finished():
+                # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
+                # every record): this is the one write of most epochs' worth of records.
+                state = session.scalar(sqlalchemy.select(models.TrialModel.state)
+                                       .where(models.TrialModel.trial_id == trial_id))
+                if state is not None and state.is_finished():
                     # Another worker failed it (its heartbeat looked stale): it is not ours
                     # to write any more, and no longer running anywhere.
                     self._live.pop(trial_id, None)
                     self._pending.pop(trial_id, None)
+                    self._views.pop(trial_id, None)
                     self._forget_snapshots()
-                backend.check_trial_is_updatable(trial_id, trial.state)
-                for name, internal, distribution, known in pending.params:
-                    backend._set_trial_param_without_commit(
-                        session, trial_id, name, internal, distribution, known or distribution)
-                if pending.intermediate_values:
-                    session.execute(sqlalchemy.insert(models.TrialIntermediateValueModel), [
-                        _intermediate_row(trial_id, step, value)
-                        for step, value in pending.intermediate_values.items()
-                    ])
+                if state is None:
+                    raise KeyError(f"no trial with trial_id {trial_id}")
+                backend.check_trial_is_updatable(trial_id, state)
+                _insert(session, models.TrialParamModel, [
+                    {"trial_id": trial_id, "param_name": name, "param_value": internal,
+                     "distribution_json": distributions.distribution_to_json(distribution)}
+                    for name, internal, distribution in pending.params])
+                _insert(session, models.TrialIntermediateValueModel, [
+                    _intermediate_row(trial_id, step, value)
+                    for step, value in pending.intermediate_values.items()])
                 for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
                                      (models.TrialSystemAttributeModel, pending.system_attrs)):
-                    for key, value in attrs.items():
-                        backend._set_trial_attr_without_commit(
-                            session, model, trial_id, key, value)
+                    if attrs:  # an attr set again replaces the stored one
+                        session.execute(sqlalchemy.delete(model).where(
+                            model.trial_id == trial_id, model.key.in_(list(attrs))))
+                    _insert(session, model, [
+                        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                        for key, value in attrs.items()])
+
+
+def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(sqlalchemy.insert(model), rows)
 
 
 def flush_trial(trial: optuna.Trial) -> None:
