@@ -160,7 +160,10 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
         raise SystemExit(1) from None
     except Exception as exc:  # a bug: the line for the parent, the traceback for --debug
         log.debug("worker %d failed:\n%s", index, traceback.format_exc())
-        errors.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        first_line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        errors.put(f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:{where.lineno}, "
+                   f"{where.name})")
         raise SystemExit(1) from None
 
 
