@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 FLUSH_S = 1.0
 REFRESH_S = 1.0
+WRITE_ATTEMPTS = 5
 
 
 @dataclass
@@ -259,45 +260,68 @@ class WriteBehindStorage(_CachedStorage):
             self.flush(trial_id)
 
     def flush(self, trial_id: int) -> None:
-        """Write the trial's pending records in one transaction."""
+        """Write the trial's pending records in one transaction (retried when the database
+        asks for it: a deadlock between workers on MySQL, a lock timeout)."""
         with self._write_lock:
             pending = self._pending.get(trial_id)
             if not pending:
                 if pending is not None:
                     pending.since = time.monotonic()
                 return
-            self._pending[trial_id] = _Pending()
-            backend = self._backend
-            with _create_scoped_session(backend.scoped_session) as session:
-                # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
-                # every record): this is the one write of most epochs' worth of records.
-                state = session.scalar(sqlalchemy.select(models.TrialModel.state)
-                                       .where(models.TrialModel.trial_id == trial_id))
-                if state is not None and state.is_finished():
-                    # Another worker failed it (its heartbeat looked stale): it is not ours
-                    # to write any more, and no longer running anywhere.
-                    self._live.pop(trial_id, None)
-                    self._pending.pop(trial_id, None)
-                    self._views.pop(trial_id, None)
-                    self._forget_snapshots()
-                if state is None:
-                    raise KeyError(f"no trial with trial_id {trial_id}")
-                backend.check_trial_is_updatable(trial_id, state)
-                _insert(session, models.TrialParamModel, [
-                    {"trial_id": trial_id, "param_name": name, "param_value": internal,
-                     "distribution_json": distributions.distribution_to_json(distribution)}
-                    for name, internal, distribution in pending.params])
-                _insert(session, models.TrialIntermediateValueModel, [
-                    _intermediate_row(trial_id, step, value)
-                    for step, value in pending.intermediate_values.items()])
-                for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
-                                     (models.TrialSystemAttributeModel, pending.system_attrs)):
-                    if attrs:  # an attr set again replaces the stored one
-                        session.execute(sqlalchemy.delete(model).where(
-                            model.trial_id == trial_id, model.key.in_(list(attrs))))
-                    _insert(session, model, [
-                        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
-                        for key, value in attrs.items()])
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    self._write(trial_id, pending)
+                    break
+                except optuna.exceptions.StorageInternalError as exc:
+                    if attempt == WRITE_ATTEMPTS - 1 or not _is_transient(exc.__cause__):
+                        raise
+                    time.sleep(0.05 * 2**attempt)
+            if trial_id in self._pending:  # written: what comes next starts a new batch
+                self._pending[trial_id] = _Pending()
+
+    def _write(self, trial_id: int, pending: _Pending) -> None:
+        """Write `pending` in one transaction."""
+        backend = self._backend
+        with _create_scoped_session(backend.scoped_session) as session:
+            # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
+            # every record): this is the one write of most epochs' worth of records.
+            state = session.scalar(sqlalchemy.select(models.TrialModel.state)
+                                   .where(models.TrialModel.trial_id == trial_id))
+            if state is not None and state.is_finished():
+                # Another worker failed it (its heartbeat looked stale): it is not ours
+                # to write any more, and no longer running anywhere.
+                self._live.pop(trial_id, None)
+                self._pending.pop(trial_id, None)
+                self._views.pop(trial_id, None)
+                self._forget_snapshots()
+            if state is None:
+                raise KeyError(f"no trial with trial_id {trial_id}")
+            backend.check_trial_is_updatable(trial_id, state)
+            _insert(session, models.TrialParamModel, [
+                {"trial_id": trial_id, "param_name": name, "param_value": internal,
+                 "distribution_json": distributions.distribution_to_json(distribution)}
+                for name, internal, distribution in pending.params])
+            _insert(session, models.TrialIntermediateValueModel, [
+                _intermediate_row(trial_id, step, value)
+                for step, value in pending.intermediate_values.items()])
+            for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
+                                 (models.TrialSystemAttributeModel, pending.system_attrs)):
+                if attrs:  # an attr set again replaces the stored one
+                    session.execute(sqlalchemy.delete(model).where(
+                        model.trial_id == trial_id, model.key.in_(list(attrs))))
+                _insert(session, model, [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in attrs.items()])
+
+
+def _is_transient(error: BaseException | None) -> bool:
+    """A failure the database says to retry: a deadlock or lock timeout (MySQL 1213/1205,
+    PostgreSQL 40P01/40001), or SQLite still locked after its busy timeout."""
+    driver_error = getattr(error, "orig", None)
+    code = driver_error.args[0] if driver_error is not None and driver_error.args else None
+    return (code in (1205, 1213)
+            or getattr(driver_error, "sqlstate", None) in ("40P01", "40001")
+            or "database is locked" in str(driver_error))
 
 
 def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:

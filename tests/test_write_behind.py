@@ -101,3 +101,19 @@ def test_a_failed_trial_keeps_what_it_reported(tmp_path):
     stored = optuna.storages.RDBStorage(url).get_all_trials(study._study_id)[0]
     assert stored.state == optuna.trial.TrialState.FAIL
     assert stored.intermediate_values == {1: 0.9, 2: 0.8}
+
+
+def test_deadlocks_and_lock_timeouts_are_retried_other_errors_are_not():
+    import pymysql
+    import sqlalchemy
+
+    from hpsearch.write_behind import _is_transient
+
+    def mysql(code: int, text: str) -> Exception:
+        return sqlalchemy.exc.OperationalError("INSERT", {}, pymysql.err.OperationalError(code,
+                                                                                          text))
+
+    assert _is_transient(mysql(1213, "Deadlock found when trying to get lock"))
+    assert _is_transient(mysql(1205, "Lock wait timeout exceeded"))
+    assert not _is_transient(mysql(1045, "Access denied for user"))
+    assert not _is_transient(None)
