@@ -234,6 +234,12 @@ class _Table:
             )
 
 
+def stored_study_config(document: Mapping[str, Any]) -> StudyConfig:
+    """A config as `StudyConfig.as_dict()` stored it (in a study, or sent to a worker)."""
+    name = str(document["name"])
+    return parse_study(document, default_name=name, source=f"study {name!r}")
+
+
 def parse_study(
     document: Mapping[str, Any], default_name: str, source: str = "",
     base_dir: Path | None = None,

@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.config import StudyConfig, parse_study
+from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.confirm_stats import (
     ALPHA,
     ATTR_CONFIG_ID,
@@ -263,8 +263,7 @@ def _work(_worker: int, _slot_lock: SlotLock, interruptions: Interruptions,
           document: dict[str, Any], storage_url: str, study_name: str,
           tasks: list[RunTask], next_task: Any, done: Any, device: str) -> None:
     """One worker process: its own config, data and storage connection; the shared tasks."""
-    config = parse_study(document, default_name=document["name"],
-                         source=f"study {document['name']!r}")
+    config = stored_study_config(document)
     resolved = resolve_device(device)
     data = config.load_data().to(resolved)
     study = optuna.load_study(study_name=study_name,

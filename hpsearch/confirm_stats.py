@@ -32,7 +32,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.objective import ATTR_END_REASON, ATTR_EPOCHS_RUN, ATTR_SEED, ATTR_VAL_ACCURACY
-from hpsearch.report import _count, _names, format_cell
+from hpsearch.report import counted, format_cell, format_interval, listed
 from hpsearch.training import DIVERGED
 
 # Trial user attrs of a confirmation run, beside those every trial has (objective.py).
@@ -309,8 +309,8 @@ def confirmation_verdict(runs: pd.DataFrame, table: pd.DataFrame, comparisons: p
     seeds = sorted(set(table["seeds"]))
     each = f"{seeds[0]} seeds each" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]} seeds"
     diverged = int(runs["diverged"].sum())
-    sentences = [f"Confirmed {_count(len(table), 'configuration')} over {each} "
-                 f"({_count(len(runs), 'run')}, {diverged} diverged), re-trained from scratch "
+    sentences = [f"Confirmed {counted(len(table), 'configuration')} over {each} "
+                 f"({counted(len(runs), 'run')}, {diverged} diverged), re-trained from scratch "
                  "without pruning; figures are means with 95% intervals."]
     best = table.iloc[0]
     sentences.append(f"The best is {best['config']} ({best['optimizer']} with "
@@ -336,10 +336,7 @@ def _metrics(row: pd.Series, split: str) -> str:
 
 
 def _interval(row: pd.Series, metric: str) -> str:
-    mean, low, high = (row[f"{metric}_{s}"] for s in ("mean", "low", "high"))
-    if pd.isna(low):
-        return f"{mean:.4g}"
-    return f"{mean:.4g} [{low:.4g}, {high:.4g}]"
+    return format_interval(*(row[f"{metric}_{s}"] for s in ("mean", "low", "high")))
 
 
 def _optimism(best: pd.Series) -> str:
@@ -386,9 +383,9 @@ def _question_verdict(rows: pd.DataFrame, question: str, best: pd.Series,
                  f"{fewer} the smallest exact two-sided p is 2/2^{fewer} = "
                  f"{smallest_p(fewer):.3g}{times}); run at least {needed} seeds")
     elif not said[WORSE].empty:
-        label = f"not the winner — {_names(said[WORSE]['other'])} did better on the paired seeds"
+        label = f"not the winner — {listed(said[WORSE]['other'])} did better on the paired seeds"
     elif not said[TIED].empty:
-        label = f"tied with {_names(said[TIED]['other'])}"
+        label = f"tied with {listed(said[TIED]['other'])}"
     else:
         label = "winner"
     details = " ".join(

@@ -21,6 +21,7 @@ from hpsearch.report import (
     SUMMARY_BY,
     check_by,
     curves_frame,
+    format_interval,
     leaderboard,
     markdown_table,
     param_importances,
@@ -206,12 +207,8 @@ def confirmation_tables(analysis: Analysis, digits: int = 4) -> tuple[pd.DataFra
 
 
 def _interval(row: pd.Series, metric: str, digits: int, mean: str | None = None) -> str:
-    middle, low, high = row[mean or f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"]
-    if pd.isna(middle):
-        return ""
-    if pd.isna(low):
-        return f"{middle:.{digits}g}"
-    return f"{middle:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+    return format_interval(row[mean or f"{metric}_mean"], row[f"{metric}_low"],
+                           row[f"{metric}_high"], digits)
 
 
 def confirmation_text(analysis: Analysis, study_name: str) -> str:

@@ -324,7 +324,7 @@ def verdict(frame: pd.DataFrame) -> str:
     counts = {state: int((frame["state"] == state).sum()) for state in STATES}
     tally = ", ".join(f"{n} {state}" for state, n in counts.items()
                       if n or state in (COMPLETE, PRUNED, DIVERGED))
-    sentences = [f"The study has {_count(len(frame), 'trial')} ({tally})."]
+    sentences = [f"The study has {counted(len(frame), 'trial')} ({tally})."]
     complete = complete_trials(frame)
     if complete.empty:
         sentences.append("No trial has completed yet, so nothing can be ranked: run more "
@@ -344,18 +344,18 @@ def verdict(frame: pd.DataFrame) -> str:
 def _group_verdict(table: pd.DataFrame, key: str, noun: str) -> list[str]:
     ranked = table[table["complete"] > 0]
     never = table.loc[table["complete"] == 0, key].tolist()
-    unranked = [f"{_count(len(never), noun)} had no complete trial ({', '.join(never)})."
+    unranked = [f"{counted(len(never), noun)} had no complete trial ({', '.join(never)})."
                 ] if never else []
     winner = ranked.iloc[0]
     if len(ranked) == 1:
         return [f"Only one {noun} completed a trial, {winner[key]} "
-                f"({_count(winner['complete'], 'complete trial')}): there is nothing to "
+                f"({counted(winner['complete'], 'complete trial')}): there is nothing to "
                 f"compare it with yet.", *unranked]
     tied = ranked[ranked["best_value"] == winner["best_value"]]
     if len(tied) > 1:
         # Equal best losses say nothing about which is better; the medians may.
         by_median = tied.sort_values(["median_value", "best_trial"], kind="stable").iloc[0]
-        return [f"{_names(tied[key])} tie for the best {noun} at validation loss "
+        return [f"{listed(tied[key])} tie for the best {noun} at validation loss "
                 f"{winner['best_value']:.4g} ({_support(tied, key)}); on the median complete "
                 f"trial {by_median[key]} is the better of them "
                 f"({by_median['median_value']:.4g}).", *unranked]
@@ -370,7 +370,7 @@ def _group_verdict(table: pd.DataFrame, key: str, noun: str) -> list[str]:
             f"runner-up {runner[key]} ({runner['best_value']:.4g}; "
             f"{_support(ranked.iloc[[1]], key)}) by {lead:.3g}{share}: {size}."]
     if winner["complete"] < FEW_TRIALS or 3 * winner["trials"] <= runner["trials"]:
-        said.append(f"That rests on only {_count(winner['complete'], 'complete trial')} of "
+        said.append(f"That rests on only {counted(winner['complete'], 'complete trial')} of "
                     f"{winner[key]} against {runner['complete']} of {runner[key]}: run more "
                     "trials before trusting it.")
     if winner["median_value"] > runner["median_value"]:
@@ -384,16 +384,18 @@ def _support(rows: pd.DataFrame, key: str) -> str:
     """How many trials each group's figures rest on."""
     label = len(rows) > 1
     return "; ".join((f"{row[key]}: " if label else "")
-                     + f"{_count(row['trials'], 'trial')}, {row['complete']} complete"
+                     + f"{counted(row['trials'], 'trial')}, {row['complete']} complete"
                      for _, row in rows.iterrows())
 
 
-def _names(values: pd.Series) -> str:
+def listed(values: pd.Series) -> str:
+    """Names in words: "a", "a and b", "a, b and c"."""
     names = [str(v) for v in values]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _count(n: Any, noun: str) -> str:
+def counted(n: Any, noun: str) -> str:
+    """"1 trial", "3 trials"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
@@ -405,6 +407,16 @@ def format_cell(value: Any, digits: int = 6) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def format_interval(mean: Any, low: Any, high: Any, digits: int = 4) -> str:
+    """"mean [low, high]" to `digits` significant digits (just the mean without an interval,
+    empty without a mean)."""
+    if _missing(mean):
+        return ""
+    if _missing(low):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.config import StudyConfig, parse_study
+from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
 from hpsearch.params import Value
@@ -216,8 +216,7 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     document = study.user_attrs.get(ATTR_CONFIG)
     if document is None:
         raise ConfigError(f"study {study.study_name!r} was not created by hpsearch")
-    return parse_study(document, default_name=study.study_name,
-                       source=f"study {study.study_name!r}")
+    return stored_study_config(document)
 
 
 @dataclass(frozen=True)
@@ -433,8 +432,7 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
           device: str) -> None:
     """One worker process: the study's config, data and storage of its own, its own sampler
     seed, the shared loop."""
-    config = parse_study(document, default_name=document["name"],
-                         source=f"study {document['name']!r}")
+    config = stored_study_config(document)
     data = config.load_data()
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     study = optuna.load_study(study_name=config.name, storage=storage,

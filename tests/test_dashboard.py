@@ -165,7 +165,9 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
         write_study, tmp_path, serve):
     """SQLite in WAL mode: the dashboard reads (every few ms here) and writes (note, figures)
     while another process runs the search; neither side sees 'database is locked'."""
-    study_file = write_study("live")
+    # Trials of a few hundred ms, so that the search lasts seconds while the dashboard polls.
+    study_file = write_study("live", text=write_study("live").read_text().replace(
+        "epochs = 12", "epochs = 300"))
     url = f"sqlite:///{tmp_path / 'live.db'}"
     first = CliRunner().invoke(cli, ["optimize", "--study", str(study_file), "--trials", "2",
                                      "--storage", url, "--quiet"])
@@ -189,6 +191,7 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
     assert "locked" not in err + out
     assert "24 of 24 finished trials" in out
 
+    time.sleep(2.1)  # optuna-dashboard serves a study's trials from its cache for 2 s
     final = get_json(server, f"/api/studies/{server.study_id}")
     assert [t["state"] for t in final["trials"]].count("Running") == 0
     assert len(final["trials"]) == 24
