@@ -14,6 +14,7 @@ import optuna
 import torch
 
 from hpsearch import __version__
+from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.config import load_study_config
 from hpsearch.errors import HPSearchError
 from hpsearch.objective import ATTR_VAL_ACCURACY
@@ -88,10 +89,15 @@ def cli(debug: bool, verbose: bool) -> None:
               help="Worker processes on this machine sharing the study (about one per core).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where trials train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="How trials train: reference (one at a time, any model), cohort (many at "
+                   "once as one stacked model: built-in MLPs), auto (cohort where it can).")
+@click.option("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE, show_default=True,
+              help="Trials the cohort engine trains at once.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
-             workers: int, device: str, quiet: bool) -> None:
+             workers: int, device: str, engine: str, cohort_size: int, quiet: bool) -> None:
     """Search a study's joint optimizer x schedule space, persisted in the storage.
 
     Resumable: run the same command again after an interruption and it runs only the
@@ -102,6 +108,7 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
     \b
         hpsearch optimize --study wine --trials 200
         hpsearch optimize --study wine --trials 200 --workers 2
+        hpsearch optimize --study wine --trials 200 --engine cohort --cohort-size 64
         hpsearch optimize --study studies/wine.toml --trials 50 --storage sqlite:///w.db
         hpsearch optimize --study wine --trials 500 --workers 4 \\
             --storage postgresql+psycopg://hp@db.example/hpsearch
@@ -114,7 +121,8 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
     progress = _ProgressBar(config.name, trials, disable=quiet)
     try:
         outcome = run_search(config, url, trials, on_progress=progress.update,
-                             on_start=progress.start, workers=workers, device=device)
+                             on_start=progress.start, workers=workers, device=device,
+                             engine=engine, cohort_size=cohort_size)
     except KeyboardInterrupt:
         progress.close()
         click.echo(f"Interrupted. Finished trials are stored in {mask_url(url)}; run the same "
@@ -167,6 +175,11 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
                f"trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
                f"failed {c.failed}")
+    if outcome.ran:
+        click.echo(f"  engine: {outcome.engine}"
+                   + (f", {outcome.cohort_size} trials at a time" if outcome.engine == COHORT
+                      else f" (not cohort: {outcome.engine_note})" if outcome.engine_note
+                      else ""))
     if c.failed:
         failed = [t for t in outcome.study.get_trials(deepcopy=False)
                   if t.state == optuna.trial.TrialState.FAIL]

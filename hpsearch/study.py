@@ -32,6 +32,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
+from hpsearch.cohort_search import (
+    COHORT,
+    DEFAULT_COHORT_SIZE,
+    choose_engine,
+    run_cohort_until_target,
+)
 from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
@@ -227,6 +233,9 @@ class SearchOutcome:
     ran: int  # trials that ended during this call (finished or failed)
     seconds: float
     workers: int = 1
+    engine: str = "reference"  # the engine that ran the trials
+    engine_note: str = ""  # why `auto` did not pick the cohort engine
+    cohort_size: int = 0
 
     @property
     def best_trial(self) -> FrozenTrial | None:
@@ -251,10 +260,13 @@ def run_search(
     workers: int = 1,
     heartbeat_s: int = HEARTBEAT_S,
     device: str = "cpu",
+    engine: str = "reference",
+    cohort_size: int = DEFAULT_COHORT_SIZE,
 ) -> SearchOutcome:
     """Run the study until it has `target` finished trials, in this process (`workers=1`) or
-    in `workers` worker processes. `on_progress` is called after each trial this process
-    finishes, or with workers every `POLL_S` seconds while the counts change. Trials of dead
+    in `workers` worker processes, with `engine` (see `cohort_search.choose_engine`).
+    `on_progress` is called after each trial (each cohort epoch) this process finishes, or with
+    workers every `POLL_S` seconds while the counts change. Trials of dead
     workers (heartbeat older than `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
     if target < 1:
         raise ConfigError(f"--trials must be >= 1; got {target}")
@@ -266,6 +278,9 @@ def run_search(
     data = config.load_data()
     # Before the study exists: a model that can't train leaves nothing behind.
     check_model(config, data)
+    engine, engine_note = choose_engine(engine, config, data)
+    if engine == COHORT and cohort_size < 1:
+        raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
     study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
     fail_stale_trials(study)
     counts = count_trials(study.get_trials(deepcopy=False))
@@ -281,16 +296,21 @@ def run_search(
             previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
             interruptions.install()
             try:
-                run_until_target(study, Objective(config, data, device=device), target,
-                                 threading.Lock(),
-                                 interruptions, on_trial_end=report)
+                if engine == COHORT:
+                    run_cohort_until_target(study, config, data, target, threading.Lock(),
+                                            interruptions, cohort_size, device, WORKER_ID,
+                                            on_round_end=report)
+                else:
+                    run_until_target(study, Objective(config, data, device=device), target,
+                                     threading.Lock(), interruptions, on_trial_end=report)
             finally:
                 if threading.current_thread() is threading.main_thread():
                     for number, handler in previous.items():
                         signal.signal(number, handler)
         else:
             run_workers(_work, workers,
-                        (config.as_dict(), storage_url, target, heartbeat_s, device),
+                        (config.as_dict(), storage_url, target, heartbeat_s, device, engine,
+                         cohort_size),
                         on_poll=report)
     if storage_url != IN_MEMORY:
         # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
@@ -298,7 +318,8 @@ def run_search(
                                   storage=open_storage(storage_url, heartbeat_s=heartbeat_s))
     final = count_trials(study.get_trials(deepcopy=False))
     ran = final.finished + final.failed - counts.finished - counts.failed
-    return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers)
+    return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,
+                         engine, engine_note, cohort_size if engine == COHORT else 0)
 
 
 class _ProgressReporter:
@@ -429,7 +450,7 @@ def run_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], fl
 
 def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
           document: dict[str, Any], storage_url: str, target: int, heartbeat_s: int,
-          device: str) -> None:
+          device: str, engine: str, cohort_size: int) -> None:
     """One worker process: the study's config, data and storage of its own, its own sampler
     seed, the shared loop."""
     config = stored_study_config(document)
@@ -437,8 +458,12 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     study = optuna.load_study(study_name=config.name, storage=storage,
                               sampler=build_sampler(config, worker), pruner=build_pruner(config))
-    run_until_target(study, Objective(config, data, device=device), target, slot_lock,
-                     interruptions)
+    if engine == COHORT:
+        run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
+                                cohort_size, device, WORKER_ID)
+    else:
+        run_until_target(study, Objective(config, data, device=device), target, slot_lock,
+                         interruptions)
 
 
 def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:

@@ -257,61 +257,100 @@ class WriteBehindStorage(_CachedStorage):
     # -- writing ----------------------------------------------------------------------------
     def _maybe_flush(self, trial_id: int) -> None:
         if time.monotonic() - self._pending[trial_id].since >= self.flush_s:
-            self.flush(trial_id)
+            # Every running trial of this process at once: a cohort of trials costs one
+            # transaction a second, not one per trial.
+            self.flush_all()
 
     def flush(self, trial_id: int) -> None:
         """Write the trial's pending records in one transaction (retried when the database
         asks for it: a deadlock between workers on MySQL, a lock timeout)."""
+        self._flush([trial_id])
+
+    def flush_all(self) -> None:
+        """Write the pending records of all this process's running trials in one
+        transaction."""
+        self._flush(list(self._pending))
+
+    def _flush(self, trial_ids: list[int]) -> None:
         with self._write_lock:
-            pending = self._pending.get(trial_id)
-            if not pending:
-                if pending is not None:
-                    pending.since = time.monotonic()
+            batch = {tid: self._pending[tid] for tid in trial_ids if tid in self._pending}
+            now = time.monotonic()
+            for pending in batch.values():
+                if not pending:
+                    pending.since = now
+            batch = {tid: pending for tid, pending in batch.items() if pending}
+            if not batch:
                 return
             for attempt in range(WRITE_ATTEMPTS):
                 try:
-                    self._write(trial_id, pending)
+                    self._write(batch)
                     break
                 except optuna.exceptions.StorageInternalError as exc:
                     if attempt == WRITE_ATTEMPTS - 1 or not _is_transient(exc.__cause__):
                         raise
                     time.sleep(0.05 * 2**attempt)
-            if trial_id in self._pending:  # written: what comes next starts a new batch
-                self._pending[trial_id] = _Pending()
+            for trial_id in batch:
+                if trial_id in self._pending:  # written: what comes next starts a new batch
+                    self._pending[trial_id] = _Pending()
 
-    def _write(self, trial_id: int, pending: _Pending) -> None:
-        """Write `pending` in one transaction."""
+    def _write(self, batch: dict[int, _Pending]) -> None:
+        """Write the trials' pending records in one transaction."""
         backend = self._backend
         with _create_scoped_session(backend.scoped_session) as session:
             # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
             # every record): this is the one write of most epochs' worth of records.
-            state = session.scalar(sqlalchemy.select(models.TrialModel.state)
-                                   .where(models.TrialModel.trial_id == trial_id))
-            if state is not None and state.is_finished():
-                # Another worker failed it (its heartbeat looked stale): it is not ours
-                # to write any more, and no longer running anywhere.
-                self._live.pop(trial_id, None)
-                self._pending.pop(trial_id, None)
-                self._views.pop(trial_id, None)
-                self._forget_snapshots()
-            if state is None:
-                raise KeyError(f"no trial with trial_id {trial_id}")
-            backend.check_trial_is_updatable(trial_id, state)
+            states = dict(session.execute(
+                sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
+                .where(models.TrialModel.trial_id.in_(list(batch)))).all())
+            for trial_id in batch:
+                state = states.get(trial_id)
+                if state is not None and state.is_finished():
+                    # Another worker failed it (its heartbeat looked stale): it is not ours
+                    # to write any more, and no longer running anywhere.
+                    self._live.pop(trial_id, None)
+                    self._pending.pop(trial_id, None)
+                    self._views.pop(trial_id, None)
+                    self._forget_snapshots()
+                if state is None:
+                    raise KeyError(f"no trial with trial_id {trial_id}")
+                backend.check_trial_is_updatable(trial_id, state)
+            pendings = batch.items()
             _insert(session, models.TrialParamModel, [
                 {"trial_id": trial_id, "param_name": name, "param_value": internal,
                  "distribution_json": distributions.distribution_to_json(distribution)}
+                for trial_id, pending in pendings
                 for name, internal, distribution in pending.params])
             _insert(session, models.TrialIntermediateValueModel, [
                 _intermediate_row(trial_id, step, value)
+                for trial_id, pending in pendings
                 for step, value in pending.intermediate_values.items()])
-            for model, attrs in ((models.TrialUserAttributeModel, pending.user_attrs),
-                                 (models.TrialSystemAttributeModel, pending.system_attrs)):
-                if attrs:  # an attr set again replaces the stored one
-                    session.execute(sqlalchemy.delete(model).where(
-                        model.trial_id == trial_id, model.key.in_(list(attrs))))
+            for model, kind in ((models.TrialUserAttributeModel, "user_attrs"),
+                                (models.TrialSystemAttributeModel, "system_attrs")):
+                for trial_id, pending in pendings:
+                    attrs = getattr(pending, kind)
+                    if attrs:  # an attr set again replaces the stored one
+                        session.execute(sqlalchemy.delete(model).where(
+                            model.trial_id == trial_id, model.key.in_(list(attrs))))
                 _insert(session, model, [
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
-                    for key, value in attrs.items()])
+                    for trial_id, pending in pendings
+                    for key, value in getattr(pending, kind).items()])
+
+    def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
+        """Beat for several running trials in one transaction (Optuna's `record_heartbeat`
+        takes one per trial), by the database's clock as Optuna's stale check reads it."""
+        if not trial_ids:
+            return
+        beat = models.TrialHeartbeatModel
+        with _create_scoped_session(self._backend.scoped_session, True) as session:
+            now = session.execute(sqlalchemy.func.now()).scalar()
+            beating = set(session.scalars(sqlalchemy.select(beat.trial_id)
+                                          .where(beat.trial_id.in_(list(trial_ids)))))
+            if beating:
+                session.execute(sqlalchemy.update(beat).where(beat.trial_id.in_(beating))
+                                .values(heartbeat=now))
+            _insert(session, beat, [{"trial_id": trial_id, "heartbeat": now}
+                                    for trial_id in trial_ids if trial_id not in beating])
 
 
 def _is_transient(error: BaseException | None) -> bool:

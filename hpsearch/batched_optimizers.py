@@ -1,0 +1,544 @@
+"""Batched forms of the built-in optimizers: n members of one optimizer type, stepped at once.
+
+The cohort engine trains K trials as one stacked model: every parameter tensor has a leading
+member dimension `n`, and each member has its own hyperparameters. `BatchedOptimizer` steps all
+members of one optimizer type together, with a handful of whole-tensor operations instead of n
+separate `torch.optim` steps, which is what makes a cohort of tiny models fast (their training
+time is Python and dispatch overhead, not arithmetic).
+
+Each member follows `torch.optim`'s single-tensor algorithm for its optimizer with the options
+`hpsearch.training.build_optimizer` gives it (same formulas, eps placement, bias corrections,
+state initialisation; torch's defaults for what hpsearch does not pass), so that a member trains
+as its trial would train alone. It is equal to `torch.optim` up to rounding, not bit for bit: a
+few operations are regrouped so that per-member coefficients can be tensors (torch passes them
+as scalars), which moves results by an ulp or so per step (tests/test_batched_optimizers.py
+checks 1e-12 in float64).
+
+Per-member hyperparameters live on the device as tensors of shape [n]; per-member options that
+are booleans in torch (nesterov, amsgrad, centered) become masks or zero coefficients, so a step
+has no Python loop over members and no host sync. Which code paths a step needs (any weight
+decay? any momentum? ...) is known on the host from the members' options, so a cohort without,
+say, amsgrad pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from hpsearch.optimizers import OPTIMIZERS
+from hpsearch.params import Value
+
+BATCHED_OPTIMIZERS: frozenset[str] = frozenset(
+    {"sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta"}
+)
+
+# torch's eps defaults (hpsearch passes none).
+_EPS: dict[str, float] = {
+    "adam": 1e-8, "adamw": 1e-8, "nadam": 1e-8, "radam": 1e-8, "adamax": 1e-8,
+    "rmsprop": 1e-8, "adagrad": 1e-10, "adadelta": 1e-6,
+}
+_NADAM_MOMENTUM_DECAY = 4e-3  # torch.optim.NAdam's default momentum_decay
+
+# Member options hpsearch does not search (yet), with torch's defaults.
+SGD_DAMPENING = "sgd_dampening"
+ADAGRAD_LR_DECAY = "adagrad_lr_decay"
+
+# The state buffers each optimizer keeps per parameter tensor, and when it needs them (all are
+# zero-initialised, as torch initialises them, which is what lets `extend` pad with zeros).
+_BUFFERS: dict[str, tuple[tuple[str, Callable[[BatchedOptimizer], bool]], ...]] = {
+    "sgd": (("momentum_buffer", lambda o: o._any_momentum),),
+    "adam": (("exp_avg", lambda o: True), ("exp_avg_sq", lambda o: True),
+             ("max_exp_avg_sq", lambda o: o._any_amsgrad)),
+    "nadam": (("exp_avg", lambda o: True), ("exp_avg_sq", lambda o: True)),
+    "radam": (("exp_avg", lambda o: True), ("exp_avg_sq", lambda o: True)),
+    "adamax": (("exp_avg", lambda o: True), ("exp_inf", lambda o: True)),
+    "rmsprop": (("square_avg", lambda o: True), ("grad_avg", lambda o: o._any_centered),
+                ("momentum_buffer", lambda o: o._any_momentum)),
+    "adagrad": (("sum", lambda o: True),),
+    "adadelta": (("square_avg", lambda o: True), ("acc_delta", lambda o: True)),
+}
+_BUFFERS["adamw"] = _BUFFERS["adam"]
+
+
+def member_options(name: str, params: Mapping[str, Value], where: str = "") -> dict[str, Any]:
+    """The options torch's `name` optimizer gets from one trial's params (lr aside: it comes
+    with every step), as `build_optimizer` would pass them; absent keys take the declared
+    parameters' defaults, which are torch's. Invalid values raise the ValueError torch's
+    constructor would raise."""
+    declared = {param.name: param for param in OPTIMIZERS[name].params}
+
+    def get(key: str, default: Value | None = None) -> Any:
+        if key in params:
+            return params[key]
+        if key in declared:
+            return declared[key].default_for(params)
+        return default
+
+    decay = float(params.get("weight_decay", 0.0)) if params.get("use_weight_decay", True) \
+        else 0.0
+    options: dict[str, Any] = {"weight_decay": decay}
+    if name == "sgd":
+        options.update(momentum=float(get("momentum")),
+                       dampening=float(get(SGD_DAMPENING, 0.0)),
+                       nesterov=bool(get("sgd_nesterov", False)))
+    elif name in ("adam", "adamw", "nadam", "radam", "adamax"):
+        options.update(beta1=float(get("beta1")), beta2=float(get("beta2")))
+        if name in ("adam", "adamw"):
+            options["amsgrad"] = bool(get("amsgrad"))
+    elif name == "rmsprop":
+        options.update(alpha=float(get("rmsprop_alpha")), momentum=float(get("momentum")),
+                       centered=bool(get("rmsprop_centered")))
+    elif name == "adagrad":
+        options["lr_decay"] = float(get(ADAGRAD_LR_DECAY, 0.0))
+    elif name == "adadelta":
+        options["rho"] = float(get("adadelta_rho"))
+    _check(name, options, where)
+    return options
+
+
+def _check(name: str, o: Mapping[str, Any], where: str) -> None:
+    """torch's constructor checks, so that a member torch would refuse fails here too."""
+    def fail(what: str) -> None:
+        raise ValueError(f"{where}{name}: invalid {what}")
+
+    if not o["weight_decay"] >= 0.0:
+        fail(f"weight_decay value: {o['weight_decay']}")
+    if "momentum" in o and not o["momentum"] >= 0.0:
+        fail(f"momentum value: {o['momentum']}")
+    if o.get("nesterov") and (o["momentum"] <= 0 or o["dampening"] != 0):
+        fail("nesterov: Nesterov momentum requires a momentum and zero dampening")
+    for beta in ("beta1", "beta2"):
+        if beta in o and not 0.0 <= o[beta] < 1.0:
+            fail(f"{beta}: {o[beta]}")
+    if "alpha" in o and not o["alpha"] >= 0.0:
+        fail(f"alpha value: {o['alpha']}")
+    if "rho" in o and not 0.0 <= o["rho"] <= 1.0:
+        fail(f"rho value: {o['rho']}")
+    if "lr_decay" in o and not o["lr_decay"] >= 0.0:
+        fail(f"lr_decay value: {o['lr_decay']}")
+
+
+class BatchedOptimizer:
+    """n members of ONE optimizer type; all state stacked along dim 0.
+
+    `members[i]` is member i's trial params (the dict hpsearch's space produces; its lr is not
+    read: each step brings every member's current lr). `shapes[j]` is the per-member shape of
+    parameter tensor j. `step` updates `params[j]` (shape [n, *shapes[j]]) in place.
+    """
+
+    def __init__(
+        self, name: str, members: Sequence[Mapping[str, Value]],
+        shapes: Sequence[torch.Size | Sequence[int]], *, dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if name not in BATCHED_OPTIMIZERS:
+            known = ", ".join(sorted(BATCHED_OPTIMIZERS))
+            raise ValueError(f"optimizer {name!r} has no batched form (only {known})")
+        for i, member in enumerate(members):
+            if str(member.get("optimizer", name)) != name:
+                raise ValueError(f"member {i} uses optimizer {member['optimizer']!r}, not "
+                                 f"{name!r}: a BatchedOptimizer holds one optimizer type")
+        self.name = name
+        self.shapes = tuple(torch.Size(shape) for shape in shapes)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        # Per-step coefficients are computed in float64, as torch computes them in Python
+        # floats, then rounded once to `dtype` (MPS has no float64).
+        self._coef = torch.float32 if self.device.type == "mps" else torch.float64
+        self._eps = _EPS.get(name, 0.0)
+        self._options = [member_options(name, member, f"member {i}: ")
+                         for i, member in enumerate(members)]
+        n = len(self._options)
+        # Each member's own step count (members join at different times).
+        self._steps = torch.zeros(n, dtype=self._coef, device=self.device)
+        # NAdam's running product of momentum coefficients: torch keeps it in float32 unless
+        # the default dtype is float64, and its rounding shows in the updates, so do as torch.
+        self._mu_product: torch.Tensor | None = None
+        if name == "nadam":
+            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 and \
+                self._coef == torch.float64 else torch.float32
+            self._mu_product = torch.ones(n, dtype=scalar, device=self.device)
+        self._state: dict[str, list[torch.Tensor]] = {}
+        self._step_impl: Callable[..., None] = getattr(self, f"_step_{name}")
+        self._refresh()
+
+    @property
+    def n(self) -> int:
+        """The number of members."""
+        return len(self._options)
+
+    @property
+    def options(self) -> list[dict[str, Any]]:
+        """Each member's options as torch gets them (a copy)."""
+        return [dict(options) for options in self._options]
+
+    def state(self, key: str) -> list[torch.Tensor]:
+        """State buffer `key` (e.g. "exp_avg") of every parameter tensor: [n, *shapes[j]]."""
+        return self._state[key]
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """Each member's step count: [n]."""
+        return self._steps
+
+    # -- membership --------------------------------------------------------------------------
+    def select(self, index: torch.Tensor | Sequence[int]) -> None:
+        """Keep only the members at positions `index`, in that order."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1:
+            raise ValueError(f"select takes a 1-D index of member positions; got shape "
+                             f"{tuple(index.shape)}")
+        # One host sync, outside `step`: the host-side options follow the members.
+        positions = index.tolist()
+        if any(not 0 <= i < self.n for i in positions):
+            raise IndexError(f"member index out of range for {self.n} members: {positions}")
+        self._options = [self._options[i] for i in positions]
+        index = index.to(self.device)
+        self._steps = self._steps.index_select(0, index)
+        if self._mu_product is not None:
+            self._mu_product = self._mu_product.index_select(0, index)
+        for key, buffers in self._state.items():
+            self._state[key] = [buffer.index_select(0, index) for buffer in buffers]
+        self._refresh()
+
+    def extend(self, other: BatchedOptimizer) -> None:
+        """Append `other`'s members (and their state and step counts) after this one's."""
+        if not isinstance(other, BatchedOptimizer) or other.name != self.name:
+            raise ValueError(f"can only extend a {self.name!r} BatchedOptimizer with another "
+                             f"{self.name!r} one; got {getattr(other, 'name', other)!r}")
+        if other.shapes != self.shapes or other.dtype != self.dtype or \
+                other.device != self.device:
+            raise ValueError("can only extend with a BatchedOptimizer of the same shapes, dtype "
+                             f"and device: {self.shapes}/{self.dtype}/{self.device} vs "
+                             f"{other.shapes}/{other.dtype}/{other.device}")
+        for key in set(self._state) | set(other._state):
+            # A buffer one side lacks is zero there: torch's initial state, and what the masked
+            # formulas expect for members that do not use it.
+            mine = self._state.get(key) or self._zeros(self.n)
+            theirs = other._state.get(key) or other._zeros(other.n)
+            self._state[key] = [torch.cat([a, b]) for a, b in zip(mine, theirs, strict=True)]
+        self._steps = torch.cat([self._steps, other._steps])
+        if self._mu_product is not None and other._mu_product is not None:
+            self._mu_product = torch.cat([self._mu_product,
+                                          other._mu_product.to(self._mu_product.dtype)])
+        self._options = self._options + other._options
+        self._refresh()
+
+    def _zeros(self, n: int) -> list[torch.Tensor]:
+        return [torch.zeros((n, *shape), dtype=self.dtype, device=self.device)
+                for shape in self.shapes]
+
+    def _refresh(self) -> None:
+        """Rebuild what follows from the members' options: per-member hyperparameter tensors,
+        the host-side flags that pick the code paths, the state buffers they need, and the
+        hyperparameters' views shaped to broadcast against each parameter tensor's rank."""
+        opts = self._options
+        n = len(opts)
+
+        def column(key: str) -> torch.Tensor:
+            return torch.tensor([o[key] for o in opts], dtype=self._coef, device=self.device)
+
+        def mask(key: str) -> torch.Tensor:
+            return torch.tensor([bool(o[key]) for o in opts], dtype=torch.bool,
+                                device=self.device)
+
+        def flag(key: str) -> bool:
+            return any(o.get(key) for o in opts)
+
+        self._any_wd = flag("weight_decay")
+        self._any_momentum = flag("momentum")
+        self._any_nesterov = flag("nesterov")
+        self._any_amsgrad = flag("amsgrad")
+        self._all_amsgrad = self._any_amsgrad and all(o["amsgrad"] for o in opts)
+        self._any_centered = flag("centered")
+        # Dampening matters only where there is momentum (torch ignores it otherwise).
+        self._dampened = any(o.get("dampening") and o["momentum"] for o in opts)
+        self._any_lr_decay = flag("lr_decay")
+
+        # Hyperparameters in the coefficient dtype (float64), for per-step coefficients.
+        hp: dict[str, torch.Tensor] = {"weight_decay": column("weight_decay")}
+        # Constant coefficients, rounded once to the parameters' dtype (as torch rounds a
+        # Python-float scalar argument).
+        const: dict[str, torch.Tensor] = {"weight_decay": hp["weight_decay"]}
+        masks: dict[str, torch.Tensor] = {}
+        name = self.name
+        if name == "sgd":
+            hp["momentum"] = const["momentum"] = column("momentum")
+            hp["dampening"] = column("dampening")
+            masks["nesterov"] = mask("nesterov")
+        elif name in ("adam", "adamw", "nadam", "radam", "adamax"):
+            hp["beta1"], hp["beta2"] = column("beta1"), column("beta2")
+            const["one_minus_beta1"] = 1 - hp["beta1"]
+            const["beta2"] = hp["beta2"]
+            const["one_minus_beta2"] = 1 - hp["beta2"]
+            if self._any_amsgrad:
+                const["amsgrad"] = mask("amsgrad").to(self._coef)
+            if name == "radam":
+                hp["rho_inf"] = 2 / (1 - hp["beta2"]) - 1
+        elif name == "rmsprop":
+            alpha = column("alpha")
+            const["alpha"] = alpha
+            const["one_minus_alpha"] = 1 - alpha
+            # Non-centered members' gradient average stays 0 (weight 0), so that
+            # square_avg - grad_avg² is their square_avg exactly and needs no mask.
+            const["centered_weight"] = torch.where(mask("centered"), 1 - alpha, 0.0)
+            const["momentum"] = column("momentum")
+        elif name == "adagrad":
+            hp["lr_decay"] = column("lr_decay")
+        elif name == "adadelta":
+            rho = column("rho")
+            const["rho"] = rho
+            const["one_minus_rho"] = 1 - rho
+        self._hp = hp
+        self._const = {key: value.to(self.dtype) for key, value in const.items()}
+        self._masks = masks
+
+        # Views per rank (the cached reshapes every step reuses).
+        ranks = {len(shape) + 1 for shape in self.shapes}
+        self._bshape = {rank: (n, *(1,) * (rank - 1)) for rank in ranks}
+        self._views: dict[int, dict[str, torch.Tensor]] = {
+            rank: {key: value.view(self._bshape[rank])
+                   for key, value in {**self._const, **self._masks}.items()}
+            for rank in ranks
+        }
+        self._full = [torch.Size((n, *shape)) for shape in self.shapes]
+
+        needed = [key for key, needs in _BUFFERS[name] if needs(self)]
+        self._state = {key: self._state.get(key) or self._zeros(n) for key in needed}
+
+    # -- stepping ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+             lrs: Sequence[torch.Tensor]) -> None:
+        """One optimizer step for every member: `params[j]` ([n, *shapes[j]]) in place, from
+        `grads[j]` (same shape, left unchanged) and `lrs[j]` (each member's lr for tensor j:
+        [n], or shaped to broadcast against params[j], e.g. [n, 1, ...] or [n, *shapes[j]])."""
+        if not len(params) == len(grads) == len(lrs) == len(self.shapes):
+            raise ValueError(f"step takes {len(self.shapes)} params, grads and lrs; got "
+                             f"{len(params)}, {len(grads)} and {len(lrs)}")
+        for param, grad, full in zip(params, grads, self._full, strict=True):
+            if param.shape != full or grad.shape != full:
+                raise ValueError(f"expected params and grads of shape {tuple(full)}; got "
+                                 f"{tuple(param.shape)} and {tuple(grad.shape)}")
+        self._steps += 1
+        self._step_impl(params, grads, lrs)
+
+    def _lr(self, lr: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """The lrs in `dtype`, shaped to broadcast against a rank-`rank` parameter tensor."""
+        lr = lr.to(device=self.device, dtype=dtype)
+        if lr.dim() == 1:
+            return lr.view(self._bshape[rank])
+        if lr.dim() < rank:
+            return lr.reshape(*lr.shape, *(1,) * (rank - lr.dim()))
+        return lr
+
+    def _per_step(self, rank: int, *coefficients: torch.Tensor) -> list[torch.Tensor]:
+        """Per-member coefficients ([n], float64) rounded to the params' dtype, shaped to
+        broadcast."""
+        shape = self._bshape[rank]
+        return [c.to(self.dtype).view(shape) for c in coefficients]
+
+    def _decayed(self, param: torch.Tensor, grad: torch.Tensor,
+                 view: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """grad + weight_decay * param (L2 decay, torch's coupled form), a new tensor."""
+        if self._any_wd:
+            return torch.addcmul(grad, param, view["weight_decay"])
+        return grad
+
+    def _step_sgd(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                  lrs: Sequence[torch.Tensor]) -> None:
+        hp = self._hp
+        if self._dampened:
+            # torch's first step copies the gradient into the buffer (no dampening); members
+            # without momentum keep buffer = gradient every step.
+            first = self._steps == 1
+            keep = torch.where(first, 0.0, hp["momentum"])
+            take = torch.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"])
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            grad = self._decayed(param, grad, view)
+            if self._any_momentum:
+                # The buffer starts at 0, so momentum * 0 + grad is torch's first-step copy;
+                # members without momentum get buffer = grad.
+                buf = self._state["momentum_buffer"][j]
+                if self._dampened:
+                    keep_j, take_j = self._per_step(rank, keep, take)
+                    buf.mul_(keep_j).addcmul_(grad, take_j)
+                else:
+                    buf.mul_(view["momentum"]).add_(grad)
+                if self._any_nesterov:
+                    grad = torch.where(view["nesterov"],
+                                       torch.addcmul(grad, buf, view["momentum"]), buf)
+                else:
+                    grad = buf
+            param.addcmul_(grad, self._lr(lrs[j], rank, self.dtype), value=-1)
+
+    def _step_adam(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                   lrs: Sequence[torch.Tensor]) -> None:
+        hp = self._hp
+        bias_correction1 = 1 - hp["beta1"] ** self._steps
+        bias_correction2_sqrt = (1 - hp["beta2"] ** self._steps).sqrt()
+        decoupled = self.name == "adamw"
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            lr = self._lr(lrs[j], rank, self._coef)
+            if decoupled:
+                if self._any_wd:
+                    param.mul_((1 - lr * hp["weight_decay"].view(self._bshape[rank]))
+                               .to(self.dtype))
+            else:
+                grad = self._decayed(param, grad, view)
+            exp_avg = self._state["exp_avg"][j]
+            exp_avg_sq = self._state["exp_avg_sq"][j]
+            exp_avg.lerp_(grad, view["one_minus_beta1"])
+            exp_avg_sq.mul_(view["beta2"]).addcmul_(grad, grad * view["one_minus_beta2"])
+            second = exp_avg_sq
+            if self._any_amsgrad:
+                second = self._state["max_exp_avg_sq"][j]
+                if not self._all_amsgrad:
+                    # Zero the max of members without amsgrad: max(0, v) is their v.
+                    second.mul_(view["amsgrad"])
+                torch.maximum(second, exp_avg_sq, out=second)
+            (bc2_sqrt,) = self._per_step(rank, bias_correction2_sqrt)
+            denom = second.sqrt().div_(bc2_sqrt).add_(self._eps)
+            step_size = (lr / bias_correction1.view(self._bshape[rank])).neg_().to(self.dtype)
+            param.addcdiv_(exp_avg * step_size, denom)
+
+    _step_adamw = _step_adam
+
+    def _step_nadam(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                    lrs: Sequence[torch.Tensor]) -> None:
+        hp = self._hp
+        assert self._mu_product is not None
+        steps = self._steps
+        bias_correction2 = 1 - hp["beta2"] ** steps
+        mu = hp["beta1"] * (1.0 - 0.5 * 0.96 ** (steps * _NADAM_MOMENTUM_DECAY))
+        mu_next = hp["beta1"] * (1.0 - 0.5 * 0.96 ** ((steps + 1) * _NADAM_MOMENTUM_DECAY))
+        # As torch: the product in its scalar dtype, the rest from its value in float64.
+        self._mu_product.mul_(mu.to(self._mu_product.dtype))
+        mu_product = self._mu_product.to(self._coef)
+        mu_product_next = mu_product * mu_next
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            shape = self._bshape[rank]
+            lr = self._lr(lrs[j], rank, self._coef)
+            grad = self._decayed(param, grad, view)
+            exp_avg = self._state["exp_avg"][j]
+            exp_avg_sq = self._state["exp_avg_sq"][j]
+            exp_avg.lerp_(grad, view["one_minus_beta1"])
+            exp_avg_sq.mul_(view["beta2"]).addcmul_(grad, grad * view["one_minus_beta2"])
+            (bc2,) = self._per_step(rank, bias_correction2)
+            denom = exp_avg_sq.div(bc2).sqrt_().add_(self._eps)
+            grad_coef = (-lr * (1.0 - mu.view(shape)) / (1.0 - mu_product.view(shape)))
+            avg_coef = (-lr * mu_next.view(shape)) / (1.0 - mu_product_next.view(shape))
+            param.addcdiv_(grad * grad_coef.to(self.dtype), denom)
+            param.addcdiv_(exp_avg * avg_coef.to(self.dtype), denom)
+
+    def _step_radam(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                    lrs: Sequence[torch.Tensor]) -> None:
+        hp = self._hp
+        steps = self._steps
+        bias_correction1 = 1 - hp["beta1"] ** steps
+        beta2_t = hp["beta2"] ** steps
+        bias_correction2 = 1 - beta2_t
+        rho_inf = hp["rho_inf"]
+        rho_t = rho_inf - 2 * steps * beta2_t / bias_correction2
+        rectify = rho_t > 5.0
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        # Update = exp_avg * lr / bc1 * scale, scale = rect * sqrt(bc2) / (sqrt(v) + eps) where
+        # the variance is tractable (rho_t > 5), else 1: scale = (1 - r) + r * k / denom.
+        k = torch.where(rectify, rect * bias_correction2 ** 0.5, 0.0)
+        plain = (~rectify).to(self._coef)
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            lr = self._lr(lrs[j], rank, self._coef)
+            grad = self._decayed(param, grad, view)
+            exp_avg = self._state["exp_avg"][j]
+            exp_avg_sq = self._state["exp_avg_sq"][j]
+            exp_avg.lerp_(grad, view["one_minus_beta1"])
+            exp_avg_sq.mul_(view["beta2"]).addcmul_(grad, grad * view["one_minus_beta2"])
+            plain_j, k_j = self._per_step(rank, plain, k)
+            denom = exp_avg_sq.sqrt().add_(self._eps)
+            scale = torch.addcdiv(plain_j, k_j, denom)
+            step_size = (lr / bias_correction1.view(self._bshape[rank])).neg_().to(self.dtype)
+            param.addcmul_(exp_avg, scale.mul_(step_size))
+
+    def _step_adamax(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                     lrs: Sequence[torch.Tensor]) -> None:
+        bias_correction = 1 - self._hp["beta1"] ** self._steps
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            lr = self._lr(lrs[j], rank, self._coef)
+            grad = self._decayed(param, grad, view)
+            exp_avg = self._state["exp_avg"][j]
+            exp_inf = self._state["exp_inf"][j]
+            exp_avg.lerp_(grad, view["one_minus_beta1"])
+            torch.maximum(exp_inf.mul_(view["beta2"]), grad.abs().add_(self._eps), out=exp_inf)
+            clr = (lr / bias_correction.view(self._bshape[rank])).neg_().to(self.dtype)
+            param.addcdiv_(exp_avg * clr, exp_inf)
+
+    def _step_rmsprop(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                      lrs: Sequence[torch.Tensor]) -> None:
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            lr = self._lr(lrs[j], rank, self.dtype)
+            grad = self._decayed(param, grad, view)
+            square_avg = self._state["square_avg"][j]
+            square_avg.mul_(view["alpha"]).addcmul_(grad, grad * view["one_minus_alpha"])
+            if self._any_centered:
+                grad_avg = self._state["grad_avg"][j]
+                grad_avg.lerp_(grad, view["centered_weight"])
+                avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt_()
+            else:
+                avg = square_avg.sqrt()
+            avg.add_(self._eps)
+            if self._any_momentum:
+                # Members without momentum: buffer = grad / avg, the plain update.
+                buf = self._state["momentum_buffer"][j]
+                buf.mul_(view["momentum"]).addcdiv_(grad, avg)
+                param.addcmul_(buf, lr, value=-1)
+            else:
+                param.addcdiv_(grad * lr.neg(), avg)
+
+    def _step_adagrad(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                      lrs: Sequence[torch.Tensor]) -> None:
+        decay = None
+        if self._any_lr_decay:
+            decay = 1 + (self._steps - 1) * self._hp["lr_decay"]
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            grad = self._decayed(param, grad, view)
+            if decay is None:
+                clr = self._lr(lrs[j], rank, self.dtype).neg()
+            else:
+                lr = self._lr(lrs[j], rank, self._coef)
+                clr = (lr / decay.view(self._bshape[rank])).neg_().to(self.dtype)
+            state_sum = self._state["sum"][j]
+            state_sum.addcmul_(grad, grad)
+            std = state_sum.sqrt().add_(self._eps)
+            param.addcdiv_(grad * clr, std)
+
+    def _step_adadelta(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                       lrs: Sequence[torch.Tensor]) -> None:
+        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            rank = param.dim()
+            view = self._views[rank]
+            grad = self._decayed(param, grad, view)
+            square_avg = self._state["square_avg"][j]
+            acc_delta = self._state["acc_delta"][j]
+            square_avg.mul_(view["rho"]).addcmul_(grad, grad * view["one_minus_rho"])
+            std = square_avg.add(self._eps).sqrt_()
+            delta = acc_delta.add(self._eps).sqrt_().div_(std).mul_(grad)
+            acc_delta.mul_(view["rho"]).addcmul_(delta, delta * view["one_minus_rho"])
+            param.addcmul_(delta, self._lr(lrs[j], rank, self.dtype), value=-1)

@@ -1,0 +1,319 @@
+"""The cohort engine's training loop: many trials trained at once as one stacked model.
+
+A `Cohort` trains a changing set of members (trials), each with its own parameters and seed,
+epoch by epoch, exactly as the reference loop (`training.fit`) would train each one alone: the
+same initial weights (each member's model is built by the study's factory under its seed), the
+same batch order (each member's own generator), the same optimizer and schedule arithmetic
+(`batched_optimizers`, `batched_schedulers`, tested against torch.optim member by member).
+Like `training`, it knows nothing about Optuna: the search driver (`cohort_search`) adds
+members, runs epochs, and removes the members it ends.
+
+Members are grouped by batch size (members of a group take the same number of steps per epoch);
+within a group, by optimizer type, each type's members contiguous so that its batched optimizer
+steps a view of the stacked parameters. A removed member stops costing compute at once (the
+stack is compacted); members added later start at their own epoch 1 while others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer
+from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
+from hpsearch.config import StudyConfig
+from hpsearch.data import CLASSIFICATION, Dataset, Split
+from hpsearch.models import is_factory_path
+from hpsearch.params import Value
+from hpsearch.space import HEAD_LR_MULT
+from hpsearch.stacked_model import StackedModel, why_not_stackable
+from hpsearch.training import (
+    EpochStats,
+    clip_norm,
+    model_for,
+    resolve_device,
+    steps_per_epoch,
+)
+
+
+def why_not_cohort(config: StudyConfig, data: Dataset) -> str | None:
+    """Why the cohort engine cannot train `config`'s trials, or None when it can."""
+    kind = config.model.kind
+    if is_factory_path(kind) and config.space.model:
+        return f"model factory {kind!r} searches its own parameters, so members' models " \
+               "differ in shape"
+    optimizers = sorted(set(config.space.optimizers) - BATCHED_OPTIMIZERS)
+    if optimizers:
+        return f"optimizer {optimizers[0]!r} has no batched form (only the built-in ones do)"
+    schedulers = sorted(set(config.space.schedulers) - BATCHED_SCHEDULERS)
+    if schedulers:
+        return f"scheduler {schedulers[0]!r} has no batched form (only the built-in ones do)"
+    reason = why_not_stackable(model_for(config, data, config.space.complete({})))
+    return None if reason is None else f"{reason}; the cohort engine stacks nn.Sequential " \
+                                       "models of Linear layers and activations"
+
+
+@dataclass
+class Member:
+    """One trial in a cohort: what it trains with, and how far it got."""
+
+    key: Any  # the caller's handle (the search driver's Optuna trial)
+    params: Mapping[str, Value]
+    seed: int
+    generator: torch.Generator = field(init=False)
+    history: list[EpochStats] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class EpochOutcome:
+    """One member's epoch: its stats, or why it diverged (then `stats` is None)."""
+
+    member: Member
+    stats: EpochStats | None
+    diverged: str = ""
+
+
+class Cohort:
+    """Every member of the study in training, in groups by batch size."""
+
+    def __init__(self, config: StudyConfig, data: Dataset, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.config = config
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.data = _cast(data.to(self.device), dtype)
+        self.groups: dict[int, _Group] = {}
+
+    def __len__(self) -> int:
+        return sum(len(group.members) for group in self.groups.values())
+
+    @property
+    def members(self) -> list[Member]:
+        return [member for group in self.groups.values() for member in group.members]
+
+    def add(self, members: Sequence[Member]) -> None:
+        by_batch: dict[int, list[Member]] = {}
+        for member in members:
+            size = int(member.params.get("batch_size", self.config.training.batch_size))
+            by_batch.setdefault(size, []).append(member)
+        for size, joining in by_batch.items():
+            if size not in self.groups:
+                self.groups[size] = _Group(self.config, self.data, size, self.device,
+                                           self.dtype)
+            self.groups[size].add(joining)
+
+    def remove(self, members: Sequence[Member]) -> None:
+        leaving = {id(member) for member in members}
+        for size, group in list(self.groups.items()):
+            group.keep([m for m in group.members if id(m) not in leaving])
+            if not group.members:
+                del self.groups[size]
+
+    def run_epoch(self) -> list[EpochOutcome]:
+        """Train every member for one more epoch (its next one)."""
+        return [outcome for group in self.groups.values() for outcome in group.run_epoch()]
+
+
+def _cast(data: Dataset, dtype: torch.dtype) -> Dataset:
+    def cast(split: Split) -> Split:
+        target = split.target if data.task == CLASSIFICATION else split.target.to(dtype)
+        return Split(split.features.to(dtype), target)
+
+    if data.train.features.dtype == dtype:
+        return data
+    return replace(data, train=cast(data.train), valid=cast(data.valid), test=cast(data.test))
+
+
+class _Group:
+    """Members of one batch size: one stacked model, a batched optimizer per optimizer type
+    (its members contiguous), one batched schedule."""
+
+    def __init__(self, config: StudyConfig, data: Dataset, batch_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.config = config
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.classify = data.task == CLASSIFICATION
+        self.epochs = config.training.epochs
+        self.steps = steps_per_epoch(len(data.train), batch_size)
+        self.members: list[Member] = []
+        self.layout: StackedModel | None = None
+        self.flat = torch.empty(0, device=device, dtype=dtype)
+        self.optimizers: dict[str, BatchedOptimizer] = {}
+        self.ranges: dict[str, slice] = {}
+        self.schedule: BatchedSchedule | None = None
+        self.head_mask: torch.Tensor | None = None  # (1, P): the head's slots, if any member
+        self.max_norm = torch.empty(0, device=device, dtype=dtype)  # inf: no clipping
+
+    # -- membership ---------------------------------------------------------------------------
+    def add(self, joining: Sequence[Member]) -> None:
+        rows = []
+        for member in joining:
+            # As the reference engine does: the seed fixes the initial weights.
+            torch.manual_seed(member.seed)
+            model = model_for(self.config, self.data, member.params)
+            if self.layout is None:
+                self.layout = StackedModel(model)
+                self.head_mask = self.layout.head.to(self.device).unsqueeze(0)
+            rows.append(StackedModel.flatten(model))
+        new_flat = torch.stack(rows).to(self.device, self.dtype)
+        shapes = [torch.Size([self.layout.size])]
+        by_type: dict[str, list[Member]] = {}
+        for member in joining:
+            by_type.setdefault(str(member.params["optimizer"]), []).append(member)
+        for name, typed in by_type.items():
+            fresh = BatchedOptimizer(name, [m.params for m in typed], shapes, dtype=self.dtype,
+                                     device=self.device)
+            if name in self.optimizers:
+                self.optimizers[name].extend(fresh)
+            else:
+                self.optimizers[name] = fresh
+        schedule = BatchedSchedule([m.params for m in joining], self.epochs, self.steps,
+                                   device=self.device)
+        if self.schedule is None:
+            self.schedule = schedule
+        else:
+            self.schedule.extend(schedule)
+        norms = torch.tensor([clip_norm(m.params) or math.inf for m in joining],
+                             device=self.device, dtype=self.dtype)
+        members = self.members + list(joining)
+        flat = torch.cat([self.flat.detach(), new_flat]) if self.members else new_flat
+        max_norm = torch.cat([self.max_norm, norms])
+        # Each optimizer type's members contiguous, old ones before new ones (the order in
+        # which each type's batched optimizer holds them).
+        names = sorted(self.optimizers)
+        order = sorted(range(len(members)),
+                       key=lambda i: names.index(str(members[i].params["optimizer"])))
+        index = torch.tensor(order, device=self.device)
+        self.members = [members[i] for i in order]
+        self.flat = flat.index_select(0, index).requires_grad_(True)
+        self.max_norm = max_norm.index_select(0, index)
+        self.schedule.select(index)
+        self._update_ranges()
+
+    def keep(self, kept: Sequence[Member]) -> None:
+        """Keep only `kept` (a subsequence of the members, in order)."""
+        if len(kept) == len(self.members):
+            return
+        staying = {id(member) for member in kept}
+        positions = [i for i, m in enumerate(self.members) if id(m) in staying]
+        if not positions:
+            self.members = []
+            return
+        index = torch.tensor(positions, device=self.device)
+        for name, span in self.ranges.items():
+            local = [i - span.start for i in positions if span.start <= i < span.stop]
+            if local:
+                self.optimizers[name].select(torch.tensor(local, device=self.device))
+            else:
+                del self.optimizers[name]
+        self.members = [self.members[i] for i in positions]
+        self.flat = self.flat.detach().index_select(0, index).requires_grad_(True)
+        self.max_norm = self.max_norm.index_select(0, index)
+        self.schedule.select(index)
+        self._update_ranges()
+
+    def _update_ranges(self) -> None:
+        self.ranges = {}
+        start = 0
+        for name in sorted(self.optimizers):
+            stop = start + self.optimizers[name].n
+            self.ranges[name] = slice(start, stop)
+            start = stop
+        self.clipping = bool(torch.isfinite(self.max_norm).any())
+        self.head_lr = any(HEAD_LR_MULT.name in m.params for m in self.members)
+
+    # -- training -----------------------------------------------------------------------------
+    def run_epoch(self) -> list[EpochOutcome]:
+        if not self.members:
+            return []
+        lr_at_start = self.schedule.lr[:, 0].clone()
+        train_loss = self._train_epoch()
+        val_loss, accuracy = self._evaluate()
+        # One host sync for everything the epoch reports.
+        rows = torch.stack([train_loss.double(), val_loss,
+                            accuracy.double() if accuracy is not None else val_loss,
+                            lr_at_start.to(val_loss.device)]).tolist()
+        self.schedule.after_epoch(val_loss.to(self.schedule.lr.device))
+        outcomes = []
+        for member, train, valid, acc, lr in zip(self.members, *rows, strict=True):
+            epoch = len(member.history) + 1
+            if not (math.isfinite(train) and math.isfinite(valid)):
+                which, value = ("training", train) if not math.isfinite(train) else \
+                    ("validation", valid)
+                outcomes.append(EpochOutcome(member, None, f"{which} loss became {value} at "
+                                                           f"epoch {epoch} (lr {lr:.3g})"))
+                continue
+            stats = EpochStats(epoch, lr, train, valid, acc if self.classify else None)
+            member.history.append(stats)
+            outcomes.append(EpochOutcome(member, stats))
+        return outcomes
+
+    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        split = self.data.train
+        rows = len(split)
+        if self.steps == 1:
+            return [(split.features, split.target)]
+        # Each member's own shuffle, drawn on the CPU as the reference loop draws it.
+        order = torch.stack([torch.randperm(rows, generator=m.generator)
+                             for m in self.members]).to(self.device)
+        return [(split.features[order[:, start:start + self.batch_size]],
+                 split.target[order[:, start:start + self.batch_size]])
+                for start in range(0, rows, self.batch_size)]
+
+    def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each member's mean loss over its rows: (members,)."""
+        members, rows = output.shape[0], output.shape[1]
+        if self.classify:
+            if target.dim() == 1:
+                target = target.expand(members, rows)
+            losses = functional.cross_entropy(output.reshape(members * rows, -1),
+                                              target.reshape(-1), reduction="none")
+            return losses.view(members, rows).mean(1)
+        return (output - target).square().mean(dim=(1, 2))
+
+    def _train_epoch(self) -> torch.Tensor:
+        total = torch.zeros(len(self.members), device=self.device, dtype=self.dtype)
+        for features, target in self._batches():
+            flat = self.flat
+            flat.grad = None
+            loss = self._loss(self.layout.forward(flat, features), target)
+            loss.sum().backward()
+            grad = flat.grad
+            if self.clipping:
+                # clip_grad_norm_ member by member (its 1e-6 keeps a zero norm finite).
+                coef = (self.max_norm / (grad.norm(dim=1) + 1e-6)).clamp(max=1.0)
+                grad.mul_(coef.unsqueeze(1))
+            # float64, as torch's Python-float lrs are; (members, 1), or (members, P) where
+            # the head has an lr of its own.
+            lr = self.schedule.lr
+            lr = torch.where(self.head_mask, lr[:, 1:2], lr[:, 0:1]) if self.head_lr \
+                else lr[:, 0:1]
+            with torch.no_grad():
+                for name, span in self.ranges.items():
+                    self.optimizers[name].step([flat[span]], [grad[span]], [lr[span]])
+            self.schedule.after_batch()
+            total += loss.detach()
+        return total / self.steps
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        split = self.data.valid
+        output = self.layout.forward(self.flat, split.features)
+        # In float64, as the reference loop evaluates (see training.evaluate).
+        loss = self._loss(output.double(), split.target if self.classify
+                          else split.target.double())
+        if not self.classify:
+            return loss, None
+        return loss, (output.argmax(dim=2) == split.target).float().mean(1)
+

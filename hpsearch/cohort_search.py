@@ -1,0 +1,203 @@
+"""The cohort engine's search: ask trials into a cohort, train them together, and report,
+prune and tell each member as the reference engine's objective does for one trial.
+
+Per round (one epoch of every member): the members' validation losses are reported, then each
+member asks the study's pruner (so every decision of a round sees the same trials); ended
+members (pruned, diverged, or at their last epoch) are told and leave the cohort, and freed
+slots are refilled with newly asked trials (continuous batching: each member has its own epoch
+count). TPE samples with `constant_liar`, so trials asked while others run are spread out.
+
+A trial here is an ordinary Optuna trial with the reference engine's parameters, seed, values
+and user attrs (plus `engine = "cohort"`): reports, the dashboard and `hpsearch train --trial`
+read it like any other. The database sees one transaction a second for every member's records
+(the write-behind storage), one for a refill's parameters and one per heartbeat round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
+from hpsearch.config import StudyConfig
+from hpsearch.data import Dataset
+from hpsearch.errors import ConfigError
+from hpsearch.objective import PRUNED, trial_seed, trial_user_attrs
+from hpsearch.training import COMPLETED, DIVERGED, FitResult
+from hpsearch.workers import Interruptions, SlotLock
+from hpsearch.write_behind import WriteBehindStorage
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "reference", "cohort")
+COHORT = "cohort"
+REFERENCE = "reference"
+# Trials trained at once. More is faster per trial, but trials asked together learn nothing
+# from each other: 32 keeps TPE informed on a 200-trial search (see docs/benchmarks.md).
+DEFAULT_COHORT_SIZE = 32
+
+ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
+
+
+def choose_engine(engine: str, config: StudyConfig, data: Dataset) -> tuple[str, str]:
+    """The engine that runs `config`'s trials, and why the cohort engine doesn't (or "")."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == REFERENCE:
+        return REFERENCE, ""
+    reason = why_not_cohort(config, data)
+    if reason is None:
+        return COHORT, ""
+    if engine == COHORT:
+        raise ConfigError(f"--engine cohort cannot train study {config.name!r}: {reason}")
+    return REFERENCE, reason
+
+
+def run_cohort_until_target(
+    study: optuna.Study, config: StudyConfig, data: Dataset, target: int,
+    slot_lock: SlotLock, interruptions: Interruptions, cohort_size: int = DEFAULT_COHORT_SIZE,
+    device: str | torch.device = "cpu", worker_id: str = "",
+    on_round_end: Callable[[optuna.Study, FrozenTrial | None], None] | None = None,
+) -> None:
+    """Train trials in cohorts of `cohort_size` until the study has `target` finished ones
+    (the same rule as `study.run_until_target`: one machine's workers never overshoot)."""
+    if cohort_size < 1:
+        raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
+    cohort = Cohort(config, data, device)
+    device_type = cohort.device.type
+    search = _CohortSearch(study, config, cohort, worker_id)
+    try:
+        while True:
+            interruptions.check()
+            finished = search.refill(cohort_size, target, slot_lock)
+            if not len(cohort):
+                if finished >= target:
+                    return
+                time.sleep(0.5)  # the missing trials run elsewhere; one of them may fail
+                continue
+            with interruptions.interruptible():
+                outcomes = cohort.run_epoch()
+            search.end_round(outcomes, device_type)
+            if on_round_end is not None:
+                on_round_end(study, None)
+    except BaseException:
+        # Ctrl-C or an error: the cohort's trials end FAILED, as an interrupted trial of the
+        # reference engine does, so that the next run retries them.
+        search.fail_all()
+        raise
+
+
+class _CohortSearch:
+    """The Optuna side of a cohort: its trials, their reports, pruning and ends."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig, cohort: Cohort,
+                 worker_id: str):
+        self.study = study
+        self.config = config
+        self.cohort = cohort
+        self.worker_id = worker_id
+        self.storage = study._storage
+        self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
+            self.storage, WriteBehindStorage) else None
+        self.last_beat = time.monotonic()
+
+    def refill(self, cohort_size: int, target: int, slot_lock: SlotLock) -> int:
+        """Ask trials for the cohort's free slots while the study needs them; returns the
+        number of finished trials."""
+        # Imported here: `study` runs this engine, and these are its helpers.
+        from hpsearch.study import ATTR_WORKER, FINISHED_STATES, count_states, fail_stale_trials
+
+        free = cohort_size - len(self.cohort)
+        if free == 0:
+            self._beat()
+            return 0
+        joining = []
+        with _held(slot_lock):
+            fail_stale_trials(self.study)
+            states = count_states(self.study)
+            finished = sum(states.get(state, 0) for state in FINISHED_STATES)
+            room = target - finished - states.get(TrialState.RUNNING, 0)
+            for _ in range(max(0, min(free, room))):
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats are meant for Study.optimize: this loop
+                    # beats for its trials itself (`_beat`).
+                    warnings.filterwarnings("ignore", "Heartbeat of storage")
+                    trial = self.study.ask()
+                # One by one: each ask sees the ones before it as running (constant liar).
+                params = self.config.space.suggest(trial)
+                if self.worker_id:
+                    self.storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER,
+                                                       self.worker_id)
+                joining.append(Member(trial, params, trial_seed(self.config.seed,
+                                                                trial.number)))
+            if joining and isinstance(self.storage, WriteBehindStorage):
+                # The configurations reach the database before training (a dead worker's
+                # trials are retried with them), in one transaction, and beat at once.
+                self.storage.flush_all()
+                self.storage.record_heartbeats([m.key._trial_id for m in joining])
+        self.cohort.add(joining)
+        self._beat()
+        return finished
+
+    def _beat(self) -> None:
+        if self.beat_s is None or time.monotonic() - self.last_beat < self.beat_s:
+            return
+        self.last_beat = time.monotonic()
+        self.storage.record_heartbeats([m.key._trial_id for m in self.cohort.members])
+
+    def end_round(self, outcomes: list[EpochOutcome], device_type: str) -> None:
+        for outcome in outcomes:  # every report first: the pruner judges on the same trials
+            if outcome.stats is not None:
+                outcome.member.key.report(outcome.stats.val_loss, outcome.stats.epoch)
+        ended: list[tuple[Member, str, str]] = []
+        epochs = self.config.training.epochs
+        for outcome in outcomes:
+            member, stats = outcome.member, outcome.stats
+            if stats is None:
+                ended.append((member, DIVERGED, outcome.diverged))
+            elif member.key.should_prune():
+                ended.append((member, PRUNED, f"pruned by the {self.config.pruner.kind} "
+                                              f"pruner at epoch {stats.epoch}"))
+            elif stats.epoch == epochs:
+                ended.append((member, COMPLETED, ""))
+        for member, reason, detail in ended:
+            self._tell(member, reason, detail, device_type)
+        self.cohort.remove([member for member, _, _ in ended])
+
+    def _tell(self, member: Member, reason: str, detail: str, device_type: str) -> None:
+        trial: optuna.Trial = member.key
+        result = FitResult(member.history, reason, detail)
+        attrs: dict[str, Any] = trial_user_attrs(result, member.seed, reason, device_type)
+        attrs[ATTR_ENGINE] = COHORT
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        try:
+            if reason == COMPLETED:
+                self.study.tell(trial, member.history[-1].val_loss)
+            else:
+                self.study.tell(trial, state=TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d was failed by another worker's heartbeat check (this one "
+                        "was too slow to beat); its retry is queued", trial.number)
+
+    def fail_all(self) -> None:
+        for member in self.cohort.members:
+            with contextlib.suppress(Exception):
+                self.study.tell(member.key, state=TrialState.FAIL)
+
+
+@contextlib.contextmanager
+def _held(lock: SlotLock) -> Any:
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

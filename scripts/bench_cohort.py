@@ -1,0 +1,166 @@
+"""How much faster is the cohort engine than the reference engine? Three measurements, each
+printed as a markdown table (medians over --repeats runs, every run on a fresh SQLite file):
+
+- wine: the wine study, --trials trials (200), reference vs cohort engine side by side in one
+  run: wall time, epochs trained, seconds per epoch, best validation loss, and the ratios.
+- digits: the digits study at 100 epochs, --digits-trials trials (1,000) with the cohort engine
+  on --device (cpu; cuda where there is a GPU), and --digits-reference trials (100) with the
+  reference engine for a per-epoch comparison.
+- scaling: the wine study with cohorts of 8, 32, 128 and 512 trials (--sizes): time per trial,
+  time per trained epoch, and the process's peak memory (each size in its own process).
+
+    .venv/bin/python scripts/bench_cohort.py --part wine --repeats 3
+    .venv/bin/python scripts/bench_cohort.py --part digits --device cuda
+    .venv/bin/python scripts/bench_cohort.py --part scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import torch
+
+from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
+from hpsearch.config import StudyConfig, load_study_config
+from hpsearch.study import run_search
+
+
+def with_epochs(config: StudyConfig, epochs: int | None) -> StudyConfig:
+    if epochs is None:
+        return config
+    return dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                    epochs=epochs))
+
+
+def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int,
+            device: str = "cpu") -> dict[str, float]:
+    config = config.renamed(f"bench_{uuid.uuid4().hex[:8]}")
+    url = f"sqlite:///{folder / f'{config.name}.db'}"
+    started = time.perf_counter()
+    outcome = run_search(config, url, trials, engine=engine, cohort_size=cohort_size,
+                         device=device)
+    wall = time.perf_counter() - started
+    done = [t for t in outcome.study.get_trials(deepcopy=False) if t.state.is_finished()]
+    epochs = sum(t.user_attrs.get("epochs_run", 0) for t in done)
+    best = outcome.best_trial
+    return {"wall s": wall, "epochs": epochs, "ms/epoch": 1000 * wall / max(epochs, 1),
+            "best val loss": best.value if best else float("nan"),
+            "best val acc": best.user_attrs.get("val_accuracy", float("nan")) if best
+            else float("nan")}
+
+
+def table(title: str, rows: dict[str, list[dict[str, float]]], ratio_of: str = "") -> None:
+    print(f"\n{title}\n")
+    keys = list(next(iter(rows.values()))[0])
+    print("| run | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    medians = {name: {k: statistics.median(r[k] for r in runs) for k in keys}
+               for name, runs in rows.items()}
+    for name, values in medians.items():
+        print(f"| {name} | " + " | ".join(_fmt(values[k]) for k in keys) + " |")
+    if ratio_of:
+        base, fast = medians[ratio_of], medians[next(n for n in medians if n != ratio_of)]
+        print(f"\nratio (reference / cohort): wall time {base['wall s'] / fast['wall s']:.1f}x, "
+              f"time per epoch {base['ms/epoch'] / fast['ms/epoch']:.1f}x")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def wine(args: argparse.Namespace, folder: Path) -> None:
+    config = load_study_config("wine")
+    rows: dict[str, list[dict[str, float]]] = {}
+    for repeat in range(args.repeats):
+        for engine in (REFERENCE, COHORT):
+            result = measure(config, folder, args.trials, engine, args.cohort_size)
+            name = f"{engine}" + (f" (cohort {args.cohort_size})" if engine == COHORT else "")
+            rows.setdefault(name, []).append(result)
+            print(f"# wine {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
+    table(f"wine, {args.trials} trials, SQLite, median of {args.repeats} runs", rows,
+          ratio_of=REFERENCE)
+
+
+def digits(args: argparse.Namespace, folder: Path) -> None:
+    config = with_epochs(load_study_config("digits"), 100)
+    rows: dict[str, list[dict[str, float]]] = {}
+    for repeat in range(args.repeats):
+        runs = [(COHORT, args.digits_trials, args.device)]
+        if args.digits_reference:
+            runs.append((REFERENCE, args.digits_reference, "cpu"))
+        for engine, trials, device in runs:
+            result = measure(config, folder, trials, engine, args.cohort_size, device)
+            name = f"{engine}, {trials} trials, {device}"
+            rows.setdefault(name, []).append(result)
+            print(f"# digits {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
+    table(f"digits, 100 epochs, SQLite, median of {args.repeats} runs", rows)
+
+
+def scaling(args: argparse.Namespace) -> None:
+    rows: dict[str, list[dict[str, float]]] = {}
+    for repeat in range(args.repeats):
+        for size in args.sizes:
+            trials = max(args.trials, 2 * size)
+            output = subprocess.run(
+                [sys.executable, __file__, "--one-size", str(size), "--trials", str(trials),
+                 "--device", args.device],
+                check=True, capture_output=True, text=True).stdout
+            result = json.loads(output.splitlines()[-1])
+            rows.setdefault(f"cohort {size}, {trials} trials", []).append(result)
+            print(f"# size {size}, run {repeat + 1}: {json.dumps(result)}", flush=True)
+    table(f"wine, cohort sizes, SQLite, {args.device}, median of {args.repeats} runs", rows)
+
+
+def one_size(args: argparse.Namespace, folder: Path) -> None:
+    """One scaling point, in its own process so that its peak memory is its own."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = measure(load_study_config("wine"), folder, args.trials, COHORT, args.one_size,
+                     args.device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"ms/trial": 1000 * result["wall s"] / args.trials,
+                      "ms/epoch": result["ms/epoch"], "best val loss": result["best val loss"],
+                      "peak MiB": peak / 1024, "growth MiB": (peak - before) / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("wine", "digits", "scaling", "all"), default="all")
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--digits-trials", type=int, default=1000)
+    parser.add_argument("--digits-reference", type=int, default=100)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512])
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)  # as `hpsearch optimize` runs
+    folder = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
+    if args.one_size:
+        one_size(args, folder)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device "
+          f"{args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda"
+                              else ""))
+    if args.part in ("wine", "all"):
+        wine(args, folder)
+    if args.part in ("digits", "all"):
+        digits(args, folder)
+    if args.part in ("scaling", "all"):
+        scaling(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Searches run by the cohort engine: ordinary Optuna studies, with the reference engine's
+records, targets, pruning and resumption."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import SMALL_WINE
+from optuna.trial import TrialState
+
+from hpsearch.cli import cli
+from hpsearch.cohort_search import COHORT, REFERENCE, choose_engine
+from hpsearch.config import load_study_config
+from hpsearch.errors import ConfigError
+from hpsearch.report import trials_frame
+from hpsearch.study import retrain_trial, run_search
+
+
+@pytest.fixture(scope="module")
+def cohort_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
+    """A 20-trial wine search by the cohort engine, 5 trials at a time (SQLite)."""
+    folder = tmp_path_factory.mktemp("cohort_study")
+    path = folder / "small.toml"
+    path.write_text(SMALL_WINE.format(search=""))
+    url = f"sqlite:///{folder / 'study.db'}"
+    outcome = run_search(load_study_config(str(path)), url, 20, engine=COHORT, cohort_size=5)
+    return url, outcome
+
+
+def test_a_cohort_search_reaches_exactly_its_target_with_complete_records(cohort_study):
+    url, outcome = cohort_study
+    assert outcome.engine == COHORT and outcome.cohort_size == 5
+    study = optuna.load_study(study_name="small", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 20
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert outcome.counts.complete >= 1 and outcome.counts.pruned >= 1
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert attrs["engine"] == COHORT
+        assert attrs["seed"] == 1 + trial.number
+        steps = sorted(trial.intermediate_values)
+        if attrs["end_reason"] == "diverged":
+            assert steps == list(range(1, len(steps) + 1))
+            continue
+        # Every epoch trained is in the database, and nothing else.
+        assert steps == list(range(1, attrs["epochs_run"] + 1))
+        assert len(attrs["lr_curve"]) == attrs["epochs_run"]
+        if trial.state == TrialState.COMPLETE:
+            assert attrs["epochs_run"] == 12
+            assert trial.value == trial.intermediate_values[12]
+        else:
+            assert attrs["end_reason"] == "pruned"
+            assert "pruned by the median pruner at epoch" in attrs["end_detail"]
+
+
+def test_pruning_waits_for_the_pruners_warmup_and_startup(cohort_study):
+    url, _ = cohort_study
+    study = optuna.load_study(study_name="small", storage=url)
+    for trial in study.get_trials(states=(TrialState.PRUNED,)):
+        if trial.user_attrs["end_reason"] == "pruned":
+            assert trial.user_attrs["epochs_run"] >= 3  # warmup_epochs = 3
+
+
+def test_reports_read_a_cohort_study(cohort_study):
+    url, _ = cohort_study
+    frame = trials_frame(optuna.load_study(study_name="small", storage=url))
+    assert len(frame) == 20
+    assert set(frame["optimizer"].dropna()) <= {
+        "sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta"}
+
+
+def test_the_reference_engine_retrains_a_cohort_trial_to_the_same_loss(cohort_study):
+    url, _ = cohort_study
+    study = optuna.load_study(study_name="small", storage=url)
+    best = study.best_trial
+    again = retrain_trial("small", url, best.number)
+    assert math.isclose(again.retrained_loss, again.stored_loss, rel_tol=1e-3, abs_tol=1e-6)
+
+
+def test_a_cohort_search_resumes_to_a_larger_target(write_study, tmp_path: Path):
+    config = load_study_config(str(write_study()))
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    first = run_search(config, url, 7, engine=COHORT, cohort_size=4)
+    assert first.counts.finished == 7
+    second = run_search(config, url, 11, engine=COHORT, cohort_size=4)
+    assert second.counts.finished == 11 and second.ran == 4
+
+
+def test_auto_picks_the_cohort_engine_where_it_can_and_says_why_not(write_study):
+    config = load_study_config(str(write_study()))
+    assert choose_engine("auto", config, config.load_data()) == (COHORT, "")
+    assert choose_engine(REFERENCE, config, config.load_data()) == (REFERENCE, "")
+    text = Path(write_study()).read_text().replace('hidden = [10, 10]',
+                                                   'hidden = [10, 10]\ndropout = 0.1')
+    dropout = load_study_config(str(write_study("dropout", text=text)))
+    engine, why = choose_engine("auto", dropout, dropout.load_data())
+    assert engine == REFERENCE and "dropout" in why
+    with pytest.raises(ConfigError, match="--engine cohort cannot train study 'dropout'"):
+        choose_engine(COHORT, dropout, dropout.load_data())
+
+
+def test_cli_runs_the_cohort_engine_and_says_so(write_study, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(cli, [
+        "optimize", "--study", str(write_study()), "--trials", "6", "--storage", url,
+        "--engine", "cohort", "--cohort-size", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "engine: cohort, 3 trials at a time" in result.output
+    assert "6 of 6 finished trials" in result.output
+    bad = CliRunner().invoke(cli, [
+        "optimize", "--study", str(write_study()), "--trials", "6", "--storage", url,
+        "--engine", "cohort", "--cohort-size", "0", "--quiet"])
+    assert bad.exit_code != 0 and "--cohort-size must be >= 1" in bad.output
+
+
+def test_two_cohort_workers_share_a_study_and_stop_at_the_target(write_study, tmp_path: Path):
+    config = load_study_config(str(write_study()))
+    url = f"sqlite:///{tmp_path / 'workers.db'}"
+    outcome = run_search(config, url, 12, workers=2, engine=COHORT, cohort_size=4)
+    assert outcome.counts.finished == 12 and outcome.counts.failed == 0
+    trials = optuna.load_study(study_name="small", storage=url).get_trials()
+    assert len(trials) == 12
+    # Which worker ran which trial is a race (the first may finish before the second has
+    # imported torch); that each trial names its worker process is not.
+    assert all(":" in t.system_attrs["hpsearch_worker"] for t in trials)
