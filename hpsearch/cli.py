@@ -171,20 +171,20 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
         "nothing to run: the target was already reached"
     if outcome.ran and outcome.workers > 1:
         ran += f" with {outcome.workers} workers"
+    if outcome.ran and outcome.engine == COHORT:
+        ran += f", cohort engine, {outcome.cohort_size} trials at a time"
     click.echo(f"Study {name!r} in {mask_url(url)}: {c.finished} of {outcome.target} finished "
                f"trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
                f"failed {c.failed}")
-    if outcome.ran:
-        click.echo(f"  engine: {outcome.engine}"
-                   + (f", {outcome.cohort_size} trials at a time" if outcome.engine == COHORT
-                      else f" (not cohort: {outcome.engine_note})" if outcome.engine_note
-                      else ""))
     if c.failed:
         failed = [t for t in outcome.study.get_trials(deepcopy=False)
                   if t.state == optuna.trial.TrialState.FAIL]
         reason = failed[-1].system_attrs.get("fail_reason", "no reason recorded")
         click.echo(f"  last failure (trial #{failed[-1].number}): {reason.splitlines()[-1]}")
+    if outcome.ran and outcome.engine_note:
+        click.echo(f"  reference engine: the cohort engine can't train this study "
+                   f"({outcome.engine_note})")
     best = outcome.best_trial
     if best is None:
         click.echo("No complete trial yet: every trial was pruned, diverged or failed.")

@@ -27,6 +27,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
+from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
 from hpsearch.errors import ConfigError
@@ -120,7 +121,10 @@ class _CohortSearch:
             self._beat()
             return 0
         joining = []
-        with _held(slot_lock):
+        sampler = self.study.sampler
+        batch = sampler.batch() if isinstance(sampler, CohortTPESampler) else \
+            contextlib.nullcontext()
+        with _held(slot_lock), batch:
             fail_stale_trials(self.study)
             states = count_states(self.study)
             finished = sum(states.get(state, 0) for state in FINISHED_STATES)

@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
+from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.cohort_search import (
     COHORT,
     DEFAULT_COHORT_SIZE,
@@ -110,7 +111,8 @@ def worker_seed(study_seed: int, worker: int) -> int:
     return int(np.random.SeedSequence([study_seed, worker]).generate_state(1)[0])
 
 
-def build_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
+def build_sampler(config: StudyConfig, worker: int = 0,
+                  engine: str = "reference") -> optuna.samplers.BaseSampler:
     sampler = config.sampler
     seed = worker_seed(config.seed, worker)
     if sampler.kind == "random":
@@ -122,7 +124,10 @@ def build_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseS
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # multivariate + group: TPE models the parameters that occur together (one branch of
         # the conditional space) jointly instead of one by one.
-        return optuna.samplers.TPESampler(
+        # The cohort engine's TPE samples only the groups a trial uses, fitted once per
+        # refill (see cohort_sampler): the same model, at a fraction of the cost.
+        tpe = CohortTPESampler if engine == COHORT else optuna.samplers.TPESampler
+        return tpe(
             seed=seed, n_startup_trials=sampler.startup_trials, multivariate=True,
             group=True, constant_liar=True,
         )
@@ -156,7 +161,7 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
-               heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
+               heartbeat_s: int = HEARTBEAT_S, engine: str = "reference") -> optuna.Study:
     """Create the study, or resume it if the storage has it with the same config and data."""
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     exists = config.name in study_names(storage)
@@ -164,7 +169,7 @@ def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
         existing = optuna.load_study(study_name=config.name, storage=storage)
         _check_same_study(config, fingerprint, existing.user_attrs, storage_url)
     study = optuna.create_study(
-        study_name=config.name, storage=storage, sampler=build_sampler(config),
+        study_name=config.name, storage=storage, sampler=build_sampler(config, engine=engine),
         pruner=build_pruner(config), direction="minimize", load_if_exists=True,
     )
     if not exists:
@@ -281,7 +286,7 @@ def run_search(
     engine, engine_note = choose_engine(engine, config, data)
     if engine == COHORT and cohort_size < 1:
         raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
-    study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
+    study = open_study(config, storage_url, data.fingerprint, heartbeat_s, engine)
     fail_stale_trials(study)
     counts = count_trials(study.get_trials(deepcopy=False))
     if config.sampler.kind == "grid":
@@ -457,7 +462,8 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
     data = config.load_data()
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     study = optuna.load_study(study_name=config.name, storage=storage,
-                              sampler=build_sampler(config, worker), pruner=build_pruner(config))
+                              sampler=build_sampler(config, worker, engine),
+                              pruner=build_pruner(config))
     if engine == COHORT:
         run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
                                 cohort_size, device, WORKER_ID)

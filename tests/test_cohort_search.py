@@ -111,7 +111,7 @@ def test_cli_runs_the_cohort_engine_and_says_so(write_study, tmp_path: Path):
         "optimize", "--study", str(write_study()), "--trials", "6", "--storage", url,
         "--engine", "cohort", "--cohort-size", "3", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "engine: cohort, 3 trials at a time" in result.output
+    assert "cohort engine, 3 trials at a time" in result.output
     assert "6 of 6 finished trials" in result.output
     bad = CliRunner().invoke(cli, [
         "optimize", "--study", str(write_study()), "--trials", "6", "--storage", url,

@@ -175,7 +175,9 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
     server = serve(start_dashboard(url, "live", port=0))
     search = subprocess.Popen(
         [*HPSEARCH, "optimize", "--study", str(study_file), "--trials", "24", "--storage", url,
-         "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         # One trial at a time, so that trials arrive one by one while the dashboard polls.
+         "--engine", "reference", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     study = load_stored_study("live", url)
     polls = 0

@@ -69,7 +69,10 @@ def test_a_csv_study_runs_end_to_end_through_the_command(tmp_path, target, task,
         drop = ["id"{', "spend"' if target == "label" else ', "label"'}]
     """)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    result = run("optimize", "--study", str(path), "--trials", "4", "--storage", url)
+    result = run("optimize", "--study", str(path), "--trials", "4", "--storage", url,
+                 # Bit-for-bit re-training below is the reference engine's promise (the
+                 # cohort engine's is within float32 rounding: tests/test_cohort_search.py).
+                 "--engine", "reference")
     assert result.exit_code == 0, result.output
     assert "4 of 4 finished trials" in result.output
     assert ("validation accuracy" in result.output) is accuracy
@@ -83,7 +86,8 @@ def test_a_csv_study_runs_end_to_end_through_the_command(tmp_path, target, task,
     assert again.exit_code == 0, again.output
     assert "(identical)" in again.output
     # And the same command resumes it (same config, same data fingerprint).
-    more = run("optimize", "--study", str(path), "--trials", "5", "--storage", url)
+    more = run("optimize", "--study", str(path), "--trials", "5", "--storage", url,
+               "--engine", "reference")
     assert "5 of 5 finished trials (ran 1 trials" in more.output
 
 

@@ -139,7 +139,9 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(write_study, tmp_path, 
     path = write_study(text=write_study().read_text().replace("epochs = 12", "epochs = 100"))
     url = f"sqlite:///{tmp_path / 'i.db'}"
     command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
-               "--trials", "60", "--workers", "2", "--storage", url, "--quiet"]
+               "--trials", "60", "--workers", "2", "--storage", url, "--quiet",
+               # Long enough to be interrupted: the cohort engine would finish first.
+               "--engine", "reference"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 90
