@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 import uuid
@@ -73,6 +74,17 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     url = f"sqlite:///{folder / 'study.db'}"
     run_search(load_study_config(str(path)), url, 16)
     return url, "small"
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype set to `dtype` inside (float64 equivalence tests)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def skip_unless(available: bool, what: str) -> None:

@@ -9,12 +9,12 @@ FLOAT32_TOLERANCE in float32.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 import torch
+from conftest import default_dtype
 
 from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer
 from hpsearch.optimizers import OPTIMIZERS
@@ -200,16 +200,6 @@ class Run:
         self.twins += [TorchMember(m, [p[i] for p in fresh]) for i, m in enumerate(members)]
         self.params = [torch.cat([p, f]) for p, f in zip(self.params, fresh, strict=True)]
         self.members += members
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def test_every_builtin_optimizer_is_batched() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import torch
+from conftest import default_dtype
 
 from hpsearch.cohort import Cohort, Member, why_not_cohort
 from hpsearch.config import load_study_config
@@ -67,16 +67,6 @@ batch_size = {batch_size}
 [search.params]
 {params}
 """
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def study(write_study: Any, dataset: str = "wine", epochs: int = 20, batch_size: int = 0,
