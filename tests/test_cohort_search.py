@@ -3,7 +3,12 @@ records, targets, pruning and resumption."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +134,31 @@ def test_two_cohort_workers_share_a_study_and_stop_at_the_target(write_study, tm
     # Which worker ran which trial is a race (the first may finish before the second has
     # imported torch); that each trial names its worker process is not.
     assert all(":" in t.system_attrs["hpsearch_worker"] for t in trials)
+
+
+def test_ctrl_c_fails_the_cohorts_trials_and_the_study_resumes(write_study, tmp_path: Path):
+    """Interrupted mid-round, the cohort's running trials end FAILED (none left RUNNING), and
+    the same command later reaches the target."""
+    path = write_study(text=write_study().read_text().replace("epochs = 12", "epochs = 1000"))
+    url = f"sqlite:///{tmp_path / 'ctrl_c.db'}"
+    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
+               "--trials", "8", "--storage", url, "--quiet", "--engine", "cohort",
+               "--cohort-size", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until a cohort is training
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError):
+            trials = optuna.load_study(study_name="small", storage=url).trials
+            if sum(t.state == TrialState.RUNNING for t in trials) == 4:
+                break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    assert TrialState.RUNNING not in {t.state for t in trials}
+    assert sum(t.state == TrialState.FAIL for t in trials) >= 4
+    outcome = run_search(load_study_config(str(path)), url, 8, engine=COHORT, cohort_size=4)
+    assert outcome.counts.finished == 8 and outcome.counts.running == 0
