@@ -149,7 +149,9 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path):
     path = write_study(text=(Path(__file__).parent.parent / "studies/wine.toml").read_text())
     url = f"sqlite:///{tmp_path / 'i.db'}"
     command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
-               "--trials", "40", "--storage", url, "--quiet"]
+               "--trials", "40", "--storage", url, "--quiet",
+               # Slow enough to be interrupted (the cohort engine's Ctrl-C has its own test).
+               "--engine", "reference"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 60
