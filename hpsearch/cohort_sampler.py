@@ -25,7 +25,7 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
-from optuna.samplers._tpe.sampler import _split_trials
+from optuna.samplers._tpe.sampler import _split_trials, default_gamma
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -83,8 +83,6 @@ class CohortTPESampler(TPESampler):
                                    use_cache=not self._constant_liar)
         trials = [t for t in trials if t.number != trial.number]
         if self._gamma is None:
-            from optuna.samplers._tpe.sampler import default_gamma
-
             self._gamma = default_gamma
         finished = sum(t.state != TrialState.RUNNING for t in trials)
         below, above = _split_trials(study, trials, self._gamma(finished))

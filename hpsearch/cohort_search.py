@@ -33,7 +33,7 @@ from hpsearch.data import Dataset
 from hpsearch.errors import ConfigError
 from hpsearch.objective import PRUNED, trial_seed, trial_user_attrs
 from hpsearch.training import COMPLETED, DIVERGED, FitResult
-from hpsearch.workers import Interruptions, SlotLock
+from hpsearch.workers import POLL_S, Interruptions, SlotLock
 from hpsearch.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ def run_cohort_until_target(
 ) -> None:
     """Train trials in cohorts of `cohort_size` until the study has `target` finished ones
     (the same rule as `study.run_until_target`: one machine's workers never overshoot)."""
-    if cohort_size < 1:
-        raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
     cohort = Cohort(config, data, device)
     device_type = cohort.device.type
     search = _CohortSearch(study, config, cohort, worker_id)
@@ -80,14 +78,13 @@ def run_cohort_until_target(
             interruptions.check()
             finished = search.refill(cohort_size, target, slot_lock)
             if not len(cohort):
-                if finished >= target:
+                if finished is not None and finished >= target:
                     return
-                time.sleep(0.5)  # the missing trials run elsewhere; one of them may fail
+                time.sleep(POLL_S)  # the missing trials run elsewhere; one of them may fail
                 continue
             with interruptions.interruptible():
                 outcomes = cohort.run_epoch()
-            search.end_round(outcomes, device_type)
-            if on_round_end is not None:
+            if search.end_round(outcomes, device_type) and on_round_end is not None:
                 on_round_end(study, None)
     except BaseException:
         # Ctrl-C or an error: the cohort's trials end FAILED, as an interrupted trial of the
@@ -109,17 +106,21 @@ class _CohortSearch:
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
         self.last_beat = time.monotonic()
+        self.recount_at = 0.0  # no study count before this (monotonic) time
 
-    def refill(self, cohort_size: int, target: int, slot_lock: SlotLock) -> int:
+    def refill(self, cohort_size: int, target: int, slot_lock: SlotLock) -> int | None:
         """Ask trials for the cohort's free slots while the study needs them; returns the
-        number of finished trials."""
+        number of finished trials, or None when it did not count them."""
         # Imported here: `study` runs this engine, and these are its helpers.
         from hpsearch.study import ATTR_WORKER, FINISHED_STATES, count_states, fail_stale_trials
 
         free = cohort_size - len(self.cohort)
-        if free == 0:
-            self._beat()
-            return 0
+        self._beat()
+        # A full study gets room again only when another worker's trial fails (our own ends
+        # move a trial from running to finished): counting it every round would cost a query
+        # per epoch at the end of every search.
+        if free == 0 or time.monotonic() < self.recount_at:
+            return None
         joining = []
         sampler = self.study.sampler
         batch = sampler.batch() if isinstance(sampler, CohortTPESampler) else \
@@ -129,13 +130,15 @@ class _CohortSearch:
             states = count_states(self.study)
             finished = sum(states.get(state, 0) for state in FINISHED_STATES)
             room = target - finished - states.get(TrialState.RUNNING, 0)
+            if room <= 0:
+                self.recount_at = time.monotonic() + POLL_S
             for _ in range(max(0, min(free, room))):
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats are meant for Study.optimize: this loop
                     # beats for its trials itself (`_beat`).
                     warnings.filterwarnings("ignore", "Heartbeat of storage")
                     trial = self.study.ask()
-                # One by one: each ask sees the ones before it as running (constant liar).
+                # One by one: each trial's parameters are drawn before the next is asked.
                 params = self.config.space.suggest(trial)
                 if self.worker_id:
                     self.storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER,
@@ -148,7 +151,6 @@ class _CohortSearch:
                 self.storage.flush_all()
                 self.storage.record_heartbeats([m.key._trial_id for m in joining])
         self.cohort.add(joining)
-        self._beat()
         return finished
 
     def _beat(self) -> None:
@@ -157,14 +159,22 @@ class _CohortSearch:
         self.last_beat = time.monotonic()
         self.storage.record_heartbeats([m.key._trial_id for m in self.cohort.members])
 
-    def end_round(self, outcomes: list[EpochOutcome], device_type: str) -> None:
+    def end_round(self, outcomes: list[EpochOutcome], device_type: str) -> bool:
+        """Report, judge and end the round's members; True if any trial ended."""
+        lost = []  # failed by another worker's heartbeat check: no longer ours
         for outcome in outcomes:  # every report first: the pruner judges on the same trials
             if outcome.stats is not None:
-                outcome.member.key.report(outcome.stats.val_loss, outcome.stats.epoch)
+                try:
+                    outcome.member.key.report(outcome.stats.val_loss, outcome.stats.epoch)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    _warn_lost(outcome.member.key.number)
+                    lost.append(outcome.member)
         ended: list[tuple[Member, str, str]] = []
         epochs = self.config.training.epochs
         for outcome in outcomes:
             member, stats = outcome.member, outcome.stats
+            if any(member is gone for gone in lost):
+                continue
             if stats is None:
                 ended.append((member, DIVERGED, outcome.diverged))
             elif member.key.should_prune():
@@ -174,7 +184,8 @@ class _CohortSearch:
                 ended.append((member, COMPLETED, ""))
         for member, reason, detail in ended:
             self._tell(member, reason, detail, device_type)
-        self.cohort.remove([member for member, _, _ in ended])
+        self.cohort.remove([*lost, *(member for member, _, _ in ended)])
+        return bool(lost or ended)
 
     def _tell(self, member: Member, reason: str, detail: str, device_type: str) -> None:
         trial: optuna.Trial = member.key
@@ -189,13 +200,17 @@ class _CohortSearch:
             else:
                 self.study.tell(trial, state=TrialState.PRUNED)
         except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("trial %d was failed by another worker's heartbeat check (this one "
-                        "was too slow to beat); its retry is queued", trial.number)
+            _warn_lost(trial.number)
 
     def fail_all(self) -> None:
         for member in self.cohort.members:
             with contextlib.suppress(Exception):
                 self.study.tell(member.key, state=TrialState.FAIL)
+
+
+def _warn_lost(number: int) -> None:
+    log.warning("trial %d was failed by another worker's heartbeat check (this one was too "
+                "slow to beat); its retry is queued", number)
 
 
 @contextlib.contextmanager

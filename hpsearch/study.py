@@ -45,7 +45,7 @@ from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objectiv
 from hpsearch.params import Value
 from hpsearch.storage import GRACE_BEATS, HEARTBEAT_S, IN_MEMORY, mask_url, open_storage
 from hpsearch.training import DIVERGED, TrainedRun, check_model, train_configuration
-from hpsearch.workers import Interruptions, SlotLock, run_workers
+from hpsearch.workers import POLL_S, Interruptions, SlotLock, run_workers
 from hpsearch.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,6 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-# How often a worker with nothing to start re-checks the study, and the parent its progress.
-POLL_S = 0.5
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ STOP_TIMEOUT_S = 20
 EXIT_INTERRUPTED = 130
 
 
+# How often a worker with nothing to start re-checks the study, and the parent its progress.
+POLL_S = 0.5
+
+
 class SlotLock(Protocol):
     """A lock shared by the workers of one machine (a multiprocessing or threading lock)."""
 

@@ -259,19 +259,23 @@ class WriteBehindStorage(_CachedStorage):
         if time.monotonic() - self._pending[trial_id].since >= self.flush_s:
             # Every running trial of this process at once: a cohort of trials costs one
             # transaction a second, not one per trial.
-            self.flush_all()
+            self._flush(list(self._pending), owner=trial_id)
 
     def flush(self, trial_id: int) -> None:
         """Write the trial's pending records in one transaction (retried when the database
         asks for it: a deadlock between workers on MySQL, a lock timeout)."""
-        self._flush([trial_id])
+        self._flush([trial_id], owner=trial_id)
 
     def flush_all(self) -> None:
         """Write the pending records of all this process's running trials in one
         transaction."""
         self._flush(list(self._pending))
 
-    def _flush(self, trial_ids: list[int]) -> None:
+    def _flush(self, trial_ids: list[int], owner: int | None = None) -> None:
+        """Write the trials' records. A trial that another worker failed meanwhile is
+        dropped from the batch, never blocking the others' records; only a write on behalf
+        of that trial itself (`owner`) raises UpdateFinishedTrialError, as a direct write
+        would."""
         with self._write_lock:
             batch = {tid: self._pending[tid] for tid in trial_ids if tid in self._pending}
             now = time.monotonic()
@@ -283,7 +287,7 @@ class WriteBehindStorage(_CachedStorage):
                 return
             for attempt in range(WRITE_ATTEMPTS):
                 try:
-                    self._write(batch)
+                    finished = self._write(batch)
                     break
                 except optuna.exceptions.StorageInternalError as exc:
                     if attempt == WRITE_ATTEMPTS - 1 or not _is_transient(exc.__cause__):
@@ -292,9 +296,12 @@ class WriteBehindStorage(_CachedStorage):
             for trial_id in batch:
                 if trial_id in self._pending:  # written: what comes next starts a new batch
                     self._pending[trial_id] = _Pending()
+            if owner in finished:
+                self._backend.check_trial_is_updatable(owner, finished[owner])
 
-    def _write(self, batch: dict[int, _Pending]) -> None:
-        """Write the trials' pending records in one transaction."""
+    def _write(self, batch: dict[int, _Pending]) -> dict[int, TrialState]:
+        """Write the trials' pending records in one transaction, except those of trials
+        already finished in the database (failed by another worker); returns those."""
         backend = self._backend
         with _create_scoped_session(backend.scoped_session) as session:
             # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
@@ -302,19 +309,20 @@ class WriteBehindStorage(_CachedStorage):
             states = dict(session.execute(
                 sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
                 .where(models.TrialModel.trial_id.in_(list(batch)))).all())
+            finished = {}
             for trial_id in batch:
                 state = states.get(trial_id)
-                if state is not None and state.is_finished():
+                if state is None:
+                    raise KeyError(f"no trial with trial_id {trial_id}")
+                if state.is_finished():
                     # Another worker failed it (its heartbeat looked stale): it is not ours
                     # to write any more, and no longer running anywhere.
+                    finished[trial_id] = state
                     self._live.pop(trial_id, None)
                     self._pending.pop(trial_id, None)
                     self._views.pop(trial_id, None)
                     self._forget_snapshots()
-                if state is None:
-                    raise KeyError(f"no trial with trial_id {trial_id}")
-                backend.check_trial_is_updatable(trial_id, state)
-            pendings = batch.items()
+            pendings = [(tid, pending) for tid, pending in batch.items() if tid not in finished]
             _insert(session, models.TrialParamModel, [
                 {"trial_id": trial_id, "param_name": name, "param_value": internal,
                  "distribution_json": distributions.distribution_to_json(distribution)}
@@ -335,6 +343,7 @@ class WriteBehindStorage(_CachedStorage):
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for trial_id, pending in pendings
                     for key, value in getattr(pending, kind).items()])
+        return finished
 
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
         """Beat for several running trials in one transaction (Optuna's `record_heartbeat`

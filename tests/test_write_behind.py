@@ -86,6 +86,27 @@ def test_workers_see_each_others_finished_trials(tmp_path):
     assert seen[0].intermediate_values == {1: 0.3}
 
 
+def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path):
+    """Of a cohort's trials written together, one failed meanwhile by another worker's
+    heartbeat check is dropped: the others' records land, and only a write on behalf of the
+    failed trial itself raises, as a direct write would."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
+    study = optuna.create_study(study_name="b", storage=storage)
+    kept, lost = study.ask(), study.ask()
+    kept.report(0.5, 1)
+    lost.report(0.7, 1)
+    reader = optuna.storages.RDBStorage(url)
+    reader.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
+    storage.flush_all()
+    assert reader.get_trial(kept._trial_id).intermediate_values == {1: 0.5}
+    assert reader.get_trial(lost._trial_id).intermediate_values == {}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        lost.report(0.6, 2)
+    study.tell(kept, 0.5)
+    assert reader.get_trial(kept._trial_id).value == 0.5
+
+
 def test_a_failed_trial_keeps_what_it_reported(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
     storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
