@@ -118,8 +118,8 @@ class _CohortSearch:
         self._beat()
         # A full study gets room again only when another worker's trial fails (our own ends
         # move a trial from running to finished): counting it every round would cost a query
-        # per epoch at the end of every search.
-        if free == 0 or time.monotonic() < self.recount_at:
+        # per epoch at the end of every search. An empty cohort counts at once (it may be done).
+        if free == 0 or (len(self.cohort) and time.monotonic() < self.recount_at):
             return None
         joining = []
         sampler = self.study.sampler

@@ -315,10 +315,9 @@ def run_search(
                         (config.as_dict(), storage_url, target, heartbeat_s, device, engine,
                          cohort_size),
                         on_poll=report)
-    if storage_url != IN_MEMORY:
+    if isinstance(study._storage, WriteBehindStorage):
         # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
-        study = optuna.load_study(study_name=config.name,
-                                  storage=open_storage(storage_url, heartbeat_s=heartbeat_s))
+        study._storage.forget_snapshots()
     final = count_trials(study.get_trials(deepcopy=False))
     ran = final.finished + final.failed - counts.finished - counts.failed
     return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,

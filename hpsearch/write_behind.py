@@ -5,11 +5,14 @@ With Optuna's RDB storage every `trial.report()` is a transaction and every
 that made a search several times slower than in memory. `WriteBehindStorage` keeps the trials
 this process runs as live in-memory copies:
 
-- **Reads** of a study's trials come from a snapshot of the database (refreshed when one of
-  our trials finishes, and at least every `refresh_s` seconds, so that workers see each other's
-  trials) with our running trials overlaid live. With one worker nothing else changes the
-  database, so samplers and pruners see exactly what per-call reads would show: same trials,
-  same pruning decisions.
+- **Reads** of a study's trials come from a snapshot of the database (refreshed at least every
+  `refresh_s` seconds, so that workers see each other's trials) with our running trials
+  overlaid live. With one worker nothing else changes the database, so samplers and pruners
+  see exactly what per-call reads would show: same trials, same pruning decisions. A refresh
+  reads only what other workers may have changed (their new and unfinished trials): our own
+  trials are held here, running or as they ended, and a finished trial never changes. The
+  merged list is built once per change, not once per read (a cohort's pruner reads it once
+  per member and epoch).
 - **Writes** to our running trials (params, intermediate values, user and system attrs) update
   the live copy at once and reach the database in one transaction every `flush_s` seconds, and
   always before the trial's state changes: a finished trial is complete in the database, and a
@@ -37,7 +40,7 @@ import optuna
 import sqlalchemy
 from optuna import distributions
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
@@ -77,6 +80,8 @@ class WriteBehindStorage(_CachedStorage):
         # study id -> (when it was read, its trials)
         self._snapshots: dict[int, tuple[float, list[FrozenTrial]]] = {}
         self._views: dict[int, FrozenTrial] = {}  # trial id -> a copy of _live's, for readers
+        # study id -> the snapshot with our running trials overlaid, until something changes
+        self._merged: dict[int, list[FrozenTrial]] = {}
         self._write_lock = threading.RLock()
         self._stale_checks: dict[Any, float] = {}  # what was checked -> when (monotonic)
 
@@ -91,12 +96,22 @@ class WriteBehindStorage(_CachedStorage):
             if trial.state == TrialState.RUNNING:
                 self._adopt(trial_id, trial)  # overlaid on the snapshots from now on
             else:
-                self._forget_snapshots()  # a queued trial must be seen by the next pop
+                self.forget_snapshots()  # a queued trial must be seen by the next pop
         return trial_id
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
         self._live[trial_id] = copy.deepcopy(trial)
         self._pending[trial_id] = _Pending()
+        self._merged.clear()
+        study_id, _ = self._trial_id_to_study_id_and_number.get(trial_id, (None, None))
+        if study_id in self._studies:
+            # Read again by a refresh once it is no longer ours (another worker failed it).
+            self._studies[study_id].unfinished_trial_ids.add(trial_id)
+
+    def _changed(self, trial_id: int) -> None:
+        """Our running trial changed: readers get a new copy of it and a new merged list."""
+        self._views.pop(trial_id, None)
+        self._merged.clear()
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: distributions.BaseDistribution) -> None:
@@ -110,7 +125,7 @@ class WriteBehindStorage(_CachedStorage):
                 distributions.check_distribution_compatibility(known, distribution)
             else:
                 self._studies[study_id].param_distribution[param_name] = distribution
-        self._views.pop(trial_id, None)
+        self._changed(trial_id)
         live = self._live[trial_id]
         live.params = {**live.params,
                        param_name: distribution.to_external_repr(param_value_internal)}
@@ -124,7 +139,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_intermediate_value(trial_id, step, intermediate_value)
             return
-        self._views.pop(trial_id, None)
+        self._changed(trial_id)
         self._live[trial_id].intermediate_values[step] = intermediate_value
         self._pending[trial_id].intermediate_values[step] = intermediate_value
         self._maybe_flush(trial_id)
@@ -133,7 +148,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_user_attr(trial_id, key, value)
             return
-        self._views.pop(trial_id, None)
+        self._changed(trial_id)
         self._live[trial_id].user_attrs[key] = value
         self._pending[trial_id].user_attrs[key] = value
         self._maybe_flush(trial_id)
@@ -142,7 +157,7 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id not in self._live:
             super().set_trial_system_attr(trial_id, key, value)
             return
-        self._views.pop(trial_id, None)
+        self._changed(trial_id)
         self._live[trial_id].system_attrs[key] = value
         self._pending[trial_id].system_attrs[key] = value
         self._maybe_flush(trial_id)
@@ -156,12 +171,12 @@ class WriteBehindStorage(_CachedStorage):
             if state.is_finished():
                 self._settle(trial_id, state, values)
             elif changed:
-                self._views.pop(trial_id, None)
+                self._changed(trial_id)
                 self._live[trial_id].state = state
         else:
             if changed and state == TrialState.RUNNING:  # we claimed a queued (WAITING) trial
                 self._adopt(trial_id, self._backend.get_trial(trial_id))
-            self._forget_snapshots()
+            self.forget_snapshots()
         return changed
 
     def _settle(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> None:
@@ -170,38 +185,79 @@ class WriteBehindStorage(_CachedStorage):
         never written again, so this copy stays true)."""
         final = self._live.pop(trial_id)
         del self._pending[trial_id]
-        self._views.pop(trial_id, None)
+        self._changed(trial_id)
         final.state = state
         final.values = list(values) if values is not None else None
         final.datetime_complete = datetime.datetime.now()
         self._settled[trial_id] = final
-        for study_id, (taken, trials) in self._snapshots.items():
-            if self._belongs(trial_id, study_id):
-                kept = [t for t in trials if t._trial_id != trial_id]
-                trials = sorted([*kept, final], key=lambda t: t.number)
-                self._snapshots[study_id] = (taken, trials)
+        study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+        with self._lock:  # Optuna's cache holds it as it ended: never read back
+            study = self._studies.setdefault(study_id, _StudyInfo())
+            study.trials[number] = final
+            study.unfinished_trial_ids.discard(trial_id)
+        if study_id in self._snapshots:
+            taken, trials = self._snapshots[study_id]
+            kept = [t for t in trials if t._trial_id != trial_id]
+            self._snapshots[study_id] = (taken, sorted([*kept, final], key=lambda t: t.number))
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        ours = self._live.get(trial_id) or self._settled.get(trial_id)
-        return copy.deepcopy(ours) if ours is not None else super().get_trial(trial_id)
+        if trial_id in self._live:
+            return self._view(trial_id)
+        # Not copied, as Optuna's cache hands out its finished trials.
+        return self._settled.get(trial_id) or super().get_trial(trial_id)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         now = time.monotonic()
-        taken, trials = self._snapshots.get(study_id, (-float("inf"), []))
+        taken, _ = self._snapshots.get(study_id, (-float("inf"), []))
         if now - taken >= self.refresh_s:
-            trials = super().get_all_trials(study_id, deepcopy=False)
-            self._snapshots[study_id] = (now, trials)
-        if self._live:
-            # Our running trials as they are now, copied: a reader holds what it read, as it
-            # would from the database, while the trial goes on changing.
-            live = {tid: self._view(tid) for tid in self._live if self._belongs(tid, study_id)}
-            trials = [live.pop(t._trial_id, t) for t in trials]
-            # The rest were created after the snapshot, so their numbers come after its own.
-            trials += sorted(live.values(), key=lambda t: t.number)
+            self._snapshots[study_id] = (now, super().get_all_trials(study_id, deepcopy=False))
+            self._merged.pop(study_id, None)
+        trials = self._merged.get(study_id)
+        if trials is None:
+            trials = self._merged[study_id] = self._merge(study_id)
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def _merge(self, study_id: int) -> list[FrozenTrial]:
+        """The study's snapshot with our running trials overlaid as they are now."""
+        trials = self._snapshots[study_id][1]
+        # Copies of our running trials: a reader holds what it read, as it would from the
+        # database, while the trial goes on changing.
+        live = {tid: self._view(tid) for tid in self._live if self._belongs(tid, study_id)}
+        if not live:
+            return trials
+        trials = [live.pop(t._trial_id, t) for t in trials]
+        # The rest were created after the snapshot, so their numbers come after its own.
+        return trials + sorted(live.values(), key=lambda t: t.number)
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        """Optuna's incremental read (the trials it knows as unfinished, and those after the
+        last finished one), without our own trials: we hold them, live or as they ended."""
+        trial = models.TrialModel
+        with self._lock:
+            study = self._studies.setdefault(study_id, _StudyInfo())
+            with _create_scoped_session(self._backend.scoped_session) as session:
+                models.StudyModel.find_or_raise_by_id(study_id, session)
+                ids = list(session.scalars(
+                    sqlalchemy.select(trial.trial_id).where(
+                        trial.study_id == study_id,
+                        sqlalchemy.or_(trial.trial_id > study.last_finished_trial_id,
+                                       trial.trial_id.in_(study.unfinished_trial_ids)))))
+            if not ids:
+                return
+            ours = self._live.keys() | self._settled.keys()
+            wanted = {tid for tid in ids if tid not in ours}
+            newest = max(ids)
+            read = self._backend._get_trials(study_id, None, wanted, newest) if wanted else []
+            self._add_trials_to_cache(study_id, read)
+            # Every trial up to the newest is now held as it is: finished ones are final,
+            # the rest are read again next time.
+            unfinished = {t._trial_id for t in read if not t.state.is_finished()}
+            unfinished |= {tid for tid in ids if tid in self._live}
+            study.unfinished_trial_ids = unfinished
+            study.last_finished_trial_id = max([newest, *(t._trial_id for t in read)])
 
     def _view(self, trial_id: int) -> FrozenTrial:
         """A copy of our running trial as it is now, made again only after it changed."""
@@ -213,8 +269,11 @@ class WriteBehindStorage(_CachedStorage):
     def _belongs(self, trial_id: int, study_id: int) -> bool:
         return self._trial_id_to_study_id_and_number.get(trial_id, (None,))[0] == study_id
 
-    def _forget_snapshots(self) -> None:
+    def forget_snapshots(self) -> None:
+        """The next read of every study refreshes from the database (reading only what other
+        processes may have changed)."""
         self._snapshots.clear()
+        self._merged.clear()
 
     # -- for workers deciding whether to start a trial: fresh, cheap, never the snapshot -----
     def count_states(self, study_id: int) -> dict[TrialState, int]:
@@ -320,8 +379,8 @@ class WriteBehindStorage(_CachedStorage):
                     finished[trial_id] = state
                     self._live.pop(trial_id, None)
                     self._pending.pop(trial_id, None)
-                    self._views.pop(trial_id, None)
-                    self._forget_snapshots()
+                    self._changed(trial_id)
+                    self.forget_snapshots()
             pendings = [(tid, pending) for tid, pending in batch.items() if tid not in finished]
             _insert(session, models.TrialParamModel, [
                 {"trial_id": trial_id, "param_name": name, "param_value": internal,
@@ -374,7 +433,9 @@ def _is_transient(error: BaseException | None) -> bool:
 
 def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
     if rows:
-        session.execute(sqlalchemy.insert(model), rows)
+        # Into the table, not the ORM model: SQLAlchemy's ORM bulk insert handles each row
+        # in Python, ten times slower for our thousands of intermediate values.
+        session.execute(sqlalchemy.insert(model.__table__), rows)
 
 
 def flush_trial(trial: optuna.Trial) -> None:

@@ -81,6 +81,7 @@ def _fmt(value: float) -> str:
 
 def wine(args: argparse.Namespace, folder: Path) -> None:
     config = load_study_config("wine")
+    config.load_data()  # imports scikit-learn once, before either engine is timed
     rows: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         for engine in (REFERENCE, COHORT):
