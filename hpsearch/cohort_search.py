@@ -46,6 +46,8 @@ REFERENCE = "reference"
 DEFAULT_COHORT_SIZE = 32
 
 ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
+# Pruners that prune nothing until `startup_trials` trials completed.
+PRUNERS_WITH_STARTUP = ("median", "percentile", "patient")
 
 
 def choose_engine(engine: str, config: StudyConfig, data: Dataset) -> tuple[str, str]:
@@ -107,6 +109,12 @@ class _CohortSearch:
             self.storage, WriteBehindStorage) else None
         self.last_beat = time.monotonic()
         self.recount_at = 0.0  # no study count before this (monotonic) time
+        # Until the pruner has its startup trials complete, it prunes nothing: a full cohort
+        # would train every member of the first rounds to the last epoch (the reference
+        # engine prunes from the startup trials' end on). So the cohort starts with that many
+        # members, and fills up once they complete.
+        self.startup = (config.pruner.startup_trials
+                        if config.pruner.kind in PRUNERS_WITH_STARTUP else 0)
 
     def refill(self, cohort_size: int, target: int, slot_lock: SlotLock) -> int | None:
         """Ask trials for the cohort's free slots while the study needs them; returns the
@@ -114,7 +122,8 @@ class _CohortSearch:
         # Imported here: `study` runs this engine, and these are its helpers.
         from hpsearch.study import ATTR_WORKER, FINISHED_STATES, count_states, fail_stale_trials
 
-        free = cohort_size - len(self.cohort)
+        capacity = cohort_size if self.startup == 0 else min(cohort_size, self.startup)
+        free = capacity - len(self.cohort)
         self._beat()
         # A full study gets room again only when another worker's trial fails (our own ends
         # move a trial from running to finished): counting it every round would cost a query
@@ -130,15 +139,14 @@ class _CohortSearch:
             states = count_states(self.study)
             finished = sum(states.get(state, 0) for state in FINISHED_STATES)
             room = target - finished - states.get(TrialState.RUNNING, 0)
+            if states.get(TrialState.COMPLETE, 0) >= self.startup:
+                self.startup = 0  # the pruner is at work: the cohort fills up
+                free = cohort_size - len(self.cohort)
             if room <= 0:
                 self.recount_at = time.monotonic() + POLL_S
-            for _ in range(max(0, min(free, room))):
-                with warnings.catch_warnings():
-                    # Optuna warns that heartbeats are meant for Study.optimize: this loop
-                    # beats for its trials itself (`_beat`).
-                    warnings.filterwarnings("ignore", "Heartbeat of storage")
-                    trial = self.study.ask()
-                # One by one: each trial's parameters are drawn before the next is asked.
+            for trial in self._ask(max(0, min(free, room)), states.get(TrialState.WAITING, 0)):
+                # One by one: each trial's parameters are drawn before the next one's (the
+                # ones not drawn yet have none, which TPE's liars skip).
                 params = self.config.space.suggest(trial)
                 if self.worker_id:
                     self.storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER,
@@ -152,6 +160,20 @@ class _CohortSearch:
                 self.storage.record_heartbeats([m.key._trial_id for m in joining])
         self.cohort.add(joining)
         return finished
+
+    def _ask(self, count: int, waiting: int) -> list[optuna.Trial]:
+        """`count` new trials: queued ones (retries of dead workers' trials) first, as
+        `study.ask` takes them, and the rest created in one transaction."""
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize: this loop beats for
+            # its trials itself (`_beat`).
+            warnings.filterwarnings("ignore", "Heartbeat of storage")
+            if not isinstance(self.storage, WriteBehindStorage):
+                return [self.study.ask() for _ in range(count)]
+            asked = [self.study.ask() for _ in range(min(count, waiting))]
+        created = self.storage.create_running_trials(self.study._study_id, count - len(asked))
+        self.study._thread_local.cached_all_trials = None  # as `ask` resets it
+        return asked + [optuna.Trial(self.study, trial_id) for trial_id in created]
 
     def _beat(self) -> None:
         if self.beat_s is None or time.monotonic() - self.last_beat < self.beat_s:
@@ -183,17 +205,24 @@ class _CohortSearch:
             elif stats.epoch == epochs:
                 ended.append((member, COMPLETED, ""))
         for member, reason, detail in ended:
-            self._tell(member, reason, detail, device_type)
+            self._record_end(member, reason, detail, device_type)
+        if ended and isinstance(self.storage, WriteBehindStorage):
+            self.storage.flush_all()  # the ended trials' records in one transaction
+        for member, reason, _ in ended:
+            self._tell(member, reason)
         self.cohort.remove([*lost, *(member for member, _, _ in ended)])
         return bool(lost or ended)
 
-    def _tell(self, member: Member, reason: str, detail: str, device_type: str) -> None:
-        trial: optuna.Trial = member.key
+    def _record_end(self, member: Member, reason: str, detail: str, device_type: str) -> None:
+        """The user attrs the reference engine's objective leaves on a trial it ends."""
         result = FitResult(member.history, reason, detail)
         attrs: dict[str, Any] = trial_user_attrs(result, member.seed, reason, device_type)
         attrs[ATTR_ENGINE] = COHORT
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            member.key.set_user_attr(key, value)
+
+    def _tell(self, member: Member, reason: str) -> None:
+        trial: optuna.Trial = member.key
         try:
             if reason == COMPLETED:
                 self.study.tell(trial, member.history[-1].val_loss)

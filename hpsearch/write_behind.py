@@ -32,9 +32,9 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -48,6 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 FLUSH_S = 1.0
 REFRESH_S = 1.0
 WRITE_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -98,6 +99,41 @@ class WriteBehindStorage(_CachedStorage):
             else:
                 self.forget_snapshots()  # a queued trial must be seen by the next pop
         return trial_id
+
+    def create_running_trials(self, study_id: int, count: int) -> list[int]:
+        """`count` new RUNNING trials in one transaction (Optuna's `create_new_trial` takes
+        one each), numbered as Optuna numbers them, and held live from now on."""
+        if count <= 0:
+            return []
+
+        def create() -> list[FrozenTrial]:
+            with _create_scoped_session(self._backend.scoped_session) as session:
+                # Numbers are counted, so creators of the study's trials take turns (Optuna
+                # locks the study row for one trial the same way).
+                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                rows = [models.TrialModel(study_id=study_id, number=None,
+                                          state=TrialState.RUNNING,
+                                          datetime_start=datetime.datetime.now())
+                        for _ in range(count)]
+                session.add_all(rows)
+                session.flush()
+                rows.sort(key=lambda row: row.trial_id)
+                first = rows[0].count_past_trials(session)
+                for offset, row in enumerate(rows):
+                    row.number = first + offset
+                return [FrozenTrial(number=row.number, state=row.state, value=None, values=None,
+                                    datetime_start=row.datetime_start, datetime_complete=None,
+                                    params={}, distributions={}, user_attrs={}, system_attrs={},
+                                    intermediate_values={}, trial_id=row.trial_id)
+                        for row in rows]
+
+        trials = _retrying(create)
+        with self._lock:
+            self._studies.setdefault(study_id, _StudyInfo())
+            self._add_trials_to_cache(study_id, trials)
+        for trial in trials:
+            self._adopt(trial._trial_id, trial)
+        return [trial._trial_id for trial in trials]
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
         self._live[trial_id] = copy.deepcopy(trial)
@@ -344,14 +380,7 @@ class WriteBehindStorage(_CachedStorage):
             batch = {tid: pending for tid, pending in batch.items() if pending}
             if not batch:
                 return
-            for attempt in range(WRITE_ATTEMPTS):
-                try:
-                    finished = self._write(batch)
-                    break
-                except optuna.exceptions.StorageInternalError as exc:
-                    if attempt == WRITE_ATTEMPTS - 1 or not _is_transient(exc.__cause__):
-                        raise
-                    time.sleep(0.05 * 2**attempt)
+            finished = _retrying(lambda: self._write(batch))
             for trial_id in batch:
                 if trial_id in self._pending:  # written: what comes next starts a new batch
                     self._pending[trial_id] = _Pending()
@@ -419,6 +448,19 @@ class WriteBehindStorage(_CachedStorage):
                                 .values(heartbeat=now))
             _insert(session, beat, [{"trial_id": trial_id, "heartbeat": now}
                                     for trial_id in trial_ids if trial_id not in beating])
+
+
+def _retrying(write: Callable[[], _T]) -> _T:
+    """`write()`, again after a short wait when the database says to retry (a deadlock
+    between workers on MySQL, a lock timeout)."""
+    for attempt in range(WRITE_ATTEMPTS - 1):
+        try:
+            return write()
+        except optuna.exceptions.StorageInternalError as exc:
+            if not _is_transient(exc.__cause__):
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return write()
 
 
 def _is_transient(error: BaseException | None) -> bool:

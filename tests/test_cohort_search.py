@@ -72,6 +72,23 @@ def test_pruning_waits_for_the_pruners_warmup_and_startup(cohort_study):
             assert trial.user_attrs["epochs_run"] >= 3  # warmup_epochs = 3
 
 
+def test_the_cohort_starts_with_the_pruners_startup_trials_then_fills_up(cohort_study):
+    """Until the pruner's 3 startup trials complete it prunes nothing: the cohort trains just
+    those, and only then fills its 5 slots (members asked earlier would all train to the
+    end)."""
+    url, _ = cohort_study
+    trials = optuna.load_study(study_name="small", storage=url).get_trials()
+    first = [t for t in trials if t.number < 3]
+    assert all(t.state == TrialState.COMPLETE for t in first)
+    startup_done = max(t.datetime_complete for t in first)
+    assert all(t.datetime_start >= startup_done for t in trials if t.number >= 3)
+    # From then on up to 5 at a time: trial 7 starts before trials 3..7 all ended.
+    assert trials[7].datetime_start < max(t.datetime_complete for t in trials[3:7])
+    most = max(sum(t.datetime_start <= when < t.datetime_complete for t in trials)
+               for when in (t.datetime_start for t in trials))
+    assert most == 5
+
+
 def test_reports_read_a_cohort_study(cohort_study):
     url, _ = cohort_study
     frame = trials_frame(optuna.load_study(study_name="small", storage=url))
@@ -151,7 +168,8 @@ def test_ctrl_c_fails_the_cohorts_trials_and_the_study_resumes(write_study, tmp_
         time.sleep(0.5)
         with contextlib.suppress(KeyError):
             trials = optuna.load_study(study_name="small", storage=url).trials
-            if sum(t.state == TrialState.RUNNING for t in trials) == 4:
+            # 3: the cohort starts with the pruner's startup trials
+            if sum(t.state == TrialState.RUNNING for t in trials) == 3:
                 break
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -159,6 +177,6 @@ def test_ctrl_c_fails_the_cohorts_trials_and_the_study_resumes(write_study, tmp_
     assert "Traceback" not in stderr
     trials = optuna.load_study(study_name="small", storage=url).trials
     assert TrialState.RUNNING not in {t.state for t in trials}
-    assert sum(t.state == TrialState.FAIL for t in trials) >= 4
+    assert sum(t.state == TrialState.FAIL for t in trials) >= 3
     outcome = run_search(load_study_config(str(path)), url, 8, engine=COHORT, cohort_size=4)
     assert outcome.counts.finished == 8 and outcome.counts.running == 0

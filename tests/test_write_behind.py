@@ -86,6 +86,51 @@ def test_workers_see_each_others_finished_trials(tmp_path):
     assert seen[0].intermediate_values == {1: 0.3}
 
 
+def test_trials_created_together_are_numbered_as_optuna_numbers_them(tmp_path):
+    """A cohort's trials are created in one transaction; their numbers still follow the
+    study's order when another worker creates trials in between, and they are held live."""
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
+    other = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(study_name="n", storage=storage)
+    first = storage.create_running_trials(study._study_id, 3)
+    between = other.create_new_trial(study._study_id)
+    second = storage.create_running_trials(study._study_id, 2)
+    assert storage.create_running_trials(study._study_id, 0) == []
+    stored = {t._trial_id: t for t in optuna.load_study(study_name="n", storage=url).trials}
+    assert [stored[i].number for i in [*first, between, *second]] == [0, 1, 2, 3, 4, 5]
+    assert {stored[i].state for i in stored} == {optuna.trial.TrialState.RUNNING}
+    trial = optuna.Trial(study, second[0])
+    trial.report(0.5, 1)  # held here, not yet written
+    assert storage.get_trial(second[0]).intermediate_values == {1: 0.5}
+    assert other.get_trial(second[0]).intermediate_values == {}
+    study.tell(trial, 0.5)
+    assert other.get_trial(second[0]).intermediate_values == {1: 0.5}
+    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    ours = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0, flush_s=3600)
+    theirs = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0)
+    study, running = _ask(ours)
+    _, done = _ask(ours)
+    running.report(0.4, 1)
+    study.tell(done, 0.1)
+    their_study, their_trial = _ask(theirs)
+    their_trial.report(0.2, 1)
+    their_study.tell(their_trial, 0.2)
+    reads = []
+    original = ours._backend._get_trials
+    ours._backend._get_trials = lambda *args: reads.append(args[2]) or original(*args)
+    seen = {t.number: t for t in study.get_trials()}
+    assert [trial_ids for trial_ids in reads] == [{their_trial._trial_id}]
+    assert (seen[0].state, seen[0].intermediate_values) == (
+        optuna.trial.TrialState.RUNNING, {1: 0.4})
+    assert (seen[1].value, seen[2].value) == (0.1, 0.2)
+    assert seen[2].intermediate_values == {1: 0.2}
+
+
 def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path):
     """Of a cohort's trials written together, one failed meanwhile by another worker's
     heartbeat check is dropped: the others' records land, and only a write on behalf of the
