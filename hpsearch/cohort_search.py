@@ -1,11 +1,13 @@
 """The cohort engine's search: ask trials into a cohort, train them together, and report,
 prune and tell each member as the reference engine's objective does for one trial.
 
-Per round (one epoch of every member): the members' validation losses are reported, then each
-member asks the study's pruner (so every decision of a round sees the same trials); ended
-members (pruned, diverged, or at their last epoch) are told and leave the cohort, and freed
-slots are refilled with newly asked trials (continuous batching: each member has its own epoch
-count). TPE samples with `constant_liar`, so trials asked while others run are spread out.
+Per round (one epoch of every member): the members' validation losses are reported, then the
+study's pruner judges each member (every decision of a round sees the same trials; see
+cohort_pruning); ended members (pruned, diverged, or at their last epoch) are told and leave
+the cohort, and freed slots are refilled with newly asked trials (continuous batching: each
+member has its own epoch count). TPE samples with `constant_liar`, so trials asked while
+others run are spread out. The cohort starts with the pruner's startup trials (see
+`_CohortSearch`).
 
 A trial here is an ordinary Optuna trial with the reference engine's parameters, seed, values
 and user attrs (plus `engine = "cohort"`): reports, the dashboard and `hpsearch train --trial`
@@ -27,6 +29,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
+from hpsearch.cohort_pruning import RoundPruner
 from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
@@ -105,6 +108,7 @@ class _CohortSearch:
         self.cohort = cohort
         self.worker_id = worker_id
         self.storage = study._storage
+        self.pruner = RoundPruner(study.pruner)
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
         self.last_beat = time.monotonic()
@@ -191,6 +195,11 @@ class _CohortSearch:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     _warn_lost(outcome.member.key.number)
                     lost.append(outcome.member)
+        judged = [outcome for outcome in outcomes if outcome.stats is not None
+                  and not any(outcome.member is gone for gone in lost)]
+        decisions = self.pruner.decide(
+            self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
+        pruned = {id(o) for o, prune in zip(judged, decisions, strict=True) if prune}
         ended: list[tuple[Member, str, str]] = []
         epochs = self.config.training.epochs
         for outcome in outcomes:
@@ -199,7 +208,7 @@ class _CohortSearch:
                 continue
             if stats is None:
                 ended.append((member, DIVERGED, outcome.diverged))
-            elif member.key.should_prune():
+            elif id(outcome) in pruned:
                 ended.append((member, PRUNED, f"pruned by the {self.config.pruner.kind} "
                                               f"pruner at epoch {stats.epoch}"))
             elif stats.epoch == epochs:

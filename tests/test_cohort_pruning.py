@@ -1,0 +1,77 @@
+"""The cohort's round pruner decides exactly as the study's pruner does, member by member."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from hpsearch.cohort_pruning import RoundPruner
+
+# Members whose every value is NaN are part of the cases (the pruner prunes them).
+pytestmark = pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+
+PRUNERS = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+    "median, interval 3": lambda: optuna.pruners.MedianPruner(
+        n_startup_trials=0, n_warmup_steps=1, interval_steps=3),
+    "percentile 25, min 4": lambda: optuna.pruners.PercentilePruner(
+        25.0, n_startup_trials=2, n_warmup_steps=0, n_min_trials=4),
+    "percentile 90": lambda: optuna.pruners.PercentilePruner(90.0),
+    "patient (its own prune)": lambda: optuna.pruners.PatientPruner(
+        optuna.pruners.MedianPruner(n_startup_trials=2), patience=2),
+    "successive halving (its own prune)": lambda: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=2, reduction_factor=2),
+}
+
+
+def _values(rng: random.Random, steps: int) -> dict[int, float]:
+    """A noisy decreasing curve, with now and then a NaN."""
+    return {step: math.nan if rng.random() < 0.05 else rng.uniform(0, 2) / step
+            for step in range(1, steps + 1)}
+
+
+def _decisions(kind: str, direction: str, through_round_pruner: bool) -> list[bool]:
+    """Twelve rounds of 20 members, with completed trials joining between rounds as a
+    cohort's do; each round's decisions by the round pruner or by the pruner itself. (Twin
+    studies rather than asking both on one: successive halving records its rungs as it
+    decides.)"""
+    rng = random.Random(7)
+    study = optuna.create_study(direction=direction, pruner=PRUNERS[kind]())
+    round_pruner = RoundPruner(study.pruner)
+    decisions = []
+    for _round in range(12):
+        for _ in range(rng.randint(0, 3)):
+            values = _values(rng, rng.randint(1, 15))
+            last = values[max(values)]
+            study.add_trial(create_trial(
+                state=TrialState.COMPLETE, value=0.5 if math.isnan(last) else last,
+                params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                intermediate_values=values))
+        members = []
+        for _ in range(20):
+            trial = study.ask()
+            for step, value in _values(rng, rng.randint(1, 15)).items():
+                trial.report(value, step)
+            members.append(study._storage.get_trial(trial._trial_id))
+        if through_round_pruner:
+            decisions += round_pruner.decide(study, members)
+        else:
+            decisions += [study.pruner.prune(study, member) for member in members]
+        for member in members:
+            study.tell(member.number, state=TrialState.FAIL)
+    assert round_pruner.remembers == (kind.startswith(("median", "percentile")))
+    return [bool(decision) for decision in decisions]
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize("kind", list(PRUNERS))
+def test_same_decisions_as_the_pruner_member_by_member(kind: str, direction: str):
+    expected = _decisions(kind, direction, through_round_pruner=False)
+    assert _decisions(kind, direction, through_round_pruner=True) == expected
+    if not kind.startswith("patient"):  # it prunes only trials that stall: these rarely do
+        assert set(expected) == {True, False}  # the cases exercise both answers
