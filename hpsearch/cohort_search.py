@@ -213,12 +213,13 @@ class _CohortSearch:
                                               f"pruner at epoch {stats.epoch}"))
             elif stats.epoch == epochs:
                 ended.append((member, COMPLETED, ""))
-        for member, reason, detail in ended:
-            self._record_end(member, reason, detail, device_type)
-        if ended and isinstance(self.storage, WriteBehindStorage):
-            self.storage.flush_all()  # the ended trials' records in one transaction
-        for member, reason, _ in ended:
-            self._tell(member, reason)
+        # The ended trials' records and ends reach the database in one transaction.
+        together = self.storage.ending_together() if isinstance(
+            self.storage, WriteBehindStorage) else contextlib.nullcontext()
+        with together:
+            for member, reason, detail in ended:
+                self._record_end(member, reason, detail, device_type)
+                self._tell(member, reason)
         self.cohort.remove([*lost, *(member for member, _, _ in ended)])
         return bool(lost or ended)
 

@@ -27,12 +27,14 @@ Optuna's storage internals (its cached RDB wrapper and the RDB models).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +46,8 @@ from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
 
 FLUSH_S = 1.0
 REFRESH_S = 1.0
@@ -85,6 +89,10 @@ class WriteBehindStorage(_CachedStorage):
         self._merged: dict[int, list[FrozenTrial]] = {}
         self._write_lock = threading.RLock()
         self._stale_checks: dict[Any, float] = {}  # what was checked -> when (monotonic)
+        # Inside `ending_together`: our trials that ended, their end and their last records,
+        # written in one transaction when it closes.
+        self._ending: dict[int, tuple[TrialState, list[float] | None, datetime.datetime,
+                                      _Pending]] | None = None
 
     # -- our trials -------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -198,8 +206,34 @@ class WriteBehindStorage(_CachedStorage):
         self._pending[trial_id].system_attrs[key] = value
         self._maybe_flush(trial_id)
 
+    @contextlib.contextmanager
+    def ending_together(self) -> Iterator[None]:
+        """Our trials that end inside reach the database together when it closes: their last
+        records and their ends in one transaction (a cohort's round ends several at once),
+        instead of two transactions each."""
+        self._ending = {}
+        try:
+            yield
+        finally:
+            ending, self._ending = self._ending, None
+            if ending:
+                with self._write_lock:
+                    lost = _retrying(lambda: self._write(
+                        {tid: pending for tid, (*_, pending) in ending.items()}, ending))
+                for trial_id in lost:  # failed by another worker meanwhile: its end is theirs
+                    self._unsettle(trial_id)
+                    log.warning("trial %d was failed by another worker's heartbeat check "
+                                "before its end was written; its retry is queued",
+                                self._trial_id_to_study_id_and_number[trial_id][1])
+
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
+        if trial_id in self._live and state.is_finished() and self._ending is not None:
+            pending = self._pending[trial_id]
+            self._settle(trial_id, state, values)
+            final = self._settled[trial_id]
+            self._ending[trial_id] = (state, final.values, final.datetime_complete, pending)
+            return True
         if trial_id in self._live:
             self.flush(trial_id)  # everything the trial recorded lands before its state
         changed = super().set_trial_state_values(trial_id, state, values)
@@ -235,6 +269,14 @@ class WriteBehindStorage(_CachedStorage):
             taken, trials = self._snapshots[study_id]
             kept = [t for t in trials if t._trial_id != trial_id]
             self._snapshots[study_id] = (taken, sorted([*kept, final], key=lambda t: t.number))
+
+    def _unsettle(self, trial_id: int) -> None:
+        """Our settled trial is not as we left it in the database: read it from there."""
+        del self._settled[trial_id]
+        study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
+        with self._lock:
+            self._studies[study_id].unfinished_trial_ids.add(trial_id)
+        self.forget_snapshots()
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         if trial_id in self._live:
@@ -387,9 +429,12 @@ class WriteBehindStorage(_CachedStorage):
             if owner in finished:
                 self._backend.check_trial_is_updatable(owner, finished[owner])
 
-    def _write(self, batch: dict[int, _Pending]) -> dict[int, TrialState]:
-        """Write the trials' pending records in one transaction, except those of trials
-        already finished in the database (failed by another worker); returns those."""
+    def _write(self, batch: dict[int, _Pending],
+               ends: Mapping[int, tuple[TrialState, list[float] | None, datetime.datetime,
+                                        Any]] | None = None) -> dict[int, TrialState]:
+        """Write the trials' pending records, and `ends` (state, values, completion time),
+        in one transaction, except those of trials already finished in the database
+        (failed by another worker); returns those."""
         backend = self._backend
         with _create_scoped_session(backend.scoped_session) as session:
             # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
@@ -431,6 +476,15 @@ class WriteBehindStorage(_CachedStorage):
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for trial_id, pending in pendings
                     for key, value in getattr(pending, kind).items()])
+            ended = {tid: end for tid, end in (ends or {}).items() if tid not in finished}
+            for trial_id, (state, _, completed, _) in ended.items():
+                session.execute(sqlalchemy.update(models.TrialModel.__table__)
+                                .where(models.TrialModel.trial_id == trial_id)
+                                .values(state=state, datetime_complete=completed))
+            _insert(session, models.TrialValueModel, [
+                _value_row(trial_id, objective, value)
+                for trial_id, (_, values, _, _) in ended.items()
+                for objective, value in enumerate(values or [])])
         return finished
 
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
@@ -496,6 +550,11 @@ def _copy_of(trial: FrozenTrial) -> FrozenTrial:
     copied.system_attrs = dict(trial.system_attrs)
     copied.intermediate_values = dict(trial.intermediate_values)
     return copied
+
+
+def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
+    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+    return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
 
 
 def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""What persistence costs: hpsearch on in-memory, SQLite and PostgreSQL storage, against a
-plain Optuna script written the obvious way, side by side in one run.
+"""What persistence costs: hpsearch (both engines) on in-memory, SQLite and PostgreSQL storage,
+against a plain Optuna script written the obvious way, side by side in one run.
 
     .venv/bin/python scripts/bench_persistence.py --trials 200 --repeats 3
 
@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -25,10 +26,14 @@ import sqlalchemy
 import torch
 from torch import nn
 
+from hpsearch.cohort_search import COHORT, REFERENCE
 from hpsearch.config import load_study_config
 from hpsearch.study import run_search
 from hpsearch.training import COMPLETED
 
+# The reference engine (one trial at a time) and the cohort engine, `hpsearch optimize`'s
+# default for this study.
+ENGINES = (REFERENCE, COHORT)
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
@@ -71,12 +76,13 @@ def baseline(storage: str | None, trials: int, seed: int) -> tuple[float, int]:
     return seconds, sum(len(t.intermediate_values) for t in study.trials)
 
 
-def hpsearch(storage: str, trials: int, seed: int) -> tuple[float, int]:
-    """`hpsearch optimize --study wine` as a library call: (seconds, epochs trained)."""
+def hpsearch(storage: str, trials: int, seed: int, engine: str) -> tuple[float, int]:
+    """`hpsearch optimize --study wine --engine ENGINE` as a library call: (seconds, epochs
+    trained)."""
     config = load_study_config("wine")
     config = replace(config, seed=seed).renamed(f"bench-{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
-    outcome = run_search(config, storage, trials)
+    outcome = run_search(config, storage, trials, engine=engine)
     seconds = time.perf_counter() - started
     epochs = sum(t.user_attrs.get("epochs_run", 0) for t in outcome.study.trials)
     assert outcome.counts.finished == trials
@@ -121,11 +127,14 @@ def main() -> None:
         variants["plain Optuna, in-memory"] = lambda seed: baseline(None, args.trials, seed)
         variants["plain Optuna, SQLite"] = lambda seed: baseline(
             f"sqlite:///{folder / f'baseline-{seed}.db'}", args.trials, seed)
-    variants["hpsearch, in-memory"] = lambda seed: hpsearch("memory", args.trials, seed)
-    variants["hpsearch, SQLite"] = lambda seed: hpsearch(
-        f"sqlite:///{folder / f'hpsearch-{seed}.db'}", args.trials, seed)
-    if postgres is not None:
-        variants["hpsearch, PostgreSQL"] = lambda seed: hpsearch(postgres[0], args.trials, seed)
+    for engine in ENGINES:
+        label = f"hpsearch {engine}"
+        variants[f"{label}, in-memory"] = partial(hpsearch, "memory", args.trials, engine=engine)
+        variants[f"{label}, SQLite"] = lambda seed, engine=engine: hpsearch(
+            f"sqlite:///{folder / f'hpsearch-{engine}-{seed}.db'}", args.trials, seed, engine)
+        if postgres is not None:
+            variants[f"{label}, PostgreSQL"] = partial(hpsearch, postgres[0], args.trials,
+                                                       engine=engine)
 
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
     try:
@@ -151,15 +160,19 @@ def main() -> None:
               f"{statistics.median(e for _, e in runs):.0f} | "
               f"{1000 * median_per_epoch(name):.3f} |")
     print()
-    memory = median_per_epoch("hpsearch, in-memory")
-    for name in ("hpsearch, SQLite", "hpsearch, PostgreSQL"):
-        if name in results:
-            print(f"- {name} / hpsearch, in-memory (per epoch): "
-                  f"{median_per_epoch(name) / memory:.2f}x")
+    for engine in ENGINES:
+        memory = median_per_epoch(f"hpsearch {engine}, in-memory")
+        for storage in ("SQLite", "PostgreSQL"):
+            name = f"hpsearch {engine}, {storage}"
+            if name in results:
+                print(f"- {name} / in-memory (per epoch): "
+                      f"{median_per_epoch(name) / memory:.2f}x")
     if "plain Optuna, SQLite" in results:
         plain_sqlite = median_per_epoch("plain Optuna, SQLite")
-        print(f"- plain Optuna, SQLite / hpsearch, SQLite (per epoch): "
-              f"{plain_sqlite / median_per_epoch('hpsearch, SQLite'):.1f}x faster")
+        for engine in ENGINES:
+            print(f"- plain Optuna, SQLite / hpsearch {engine}, SQLite (per epoch): "
+                  f"{plain_sqlite / median_per_epoch(f'hpsearch {engine}, SQLite'):.1f}x "
+                  "faster")
         print(f"- plain Optuna: SQLite / in-memory (per epoch): "
               f"{plain_sqlite / median_per_epoch('plain Optuna, in-memory'):.1f}x")
     if postgres is None and not args.no_postgres:

@@ -131,6 +131,38 @@ def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp
     assert seen[2].intermediate_values == {1: 0.2}
 
 
+def test_trials_ending_together_reach_the_database_in_one_write(tmp_path, caplog):
+    """A cohort's round ends several trials: their last records and ends are written when
+    the round closes, in one transaction; one failed meanwhile by another worker keeps the
+    FAIL that worker wrote, and this storage reads it back."""
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600,
+                                 refresh_s=3600)
+    reader = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(study_name="e", storage=storage)
+    done, pruned, lost = study.ask(), study.ask(), study.ask()
+    for trial, value in ((done, 0.25), (pruned, 0.75), (lost, 0.5)):
+        trial.report(value, 1)
+    reader.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
+    with storage.ending_together():
+        done.set_user_attr("end_reason", "completed")
+        study.tell(done, 0.25)
+        study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+        study.tell(lost, 0.5)
+        assert reader.get_trial(done._trial_id).state == optuna.trial.TrialState.RUNNING
+        assert reader.get_trial(done._trial_id).intermediate_values == {}
+    stored = {t.number: t for t in optuna.load_study(study_name="e", storage=url).trials}
+    assert (stored[0].state, stored[0].value, stored[0].intermediate_values,
+            stored[0].user_attrs) == (optuna.trial.TrialState.COMPLETE, 0.25, {1: 0.25},
+                                      {"end_reason": "completed"})
+    assert stored[0].datetime_complete is not None
+    assert (stored[1].state, stored[1].value) == (optuna.trial.TrialState.PRUNED, 0.75)
+    assert (stored[2].state, stored[2].value, stored[2].intermediate_values) == (
+        optuna.trial.TrialState.FAIL, None, {})
+    assert "trial 2 was failed by another worker's heartbeat check" in caplog.text
+    assert [t.state for t in study.get_trials()] == [t.state for t in stored.values()]
+
+
 def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path):
     """Of a cohort's trials written together, one failed meanwhile by another worker's
     heartbeat check is dropped: the others' records land, and only a write on behalf of the
