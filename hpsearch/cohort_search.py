@@ -148,7 +148,8 @@ class _CohortSearch:
                 free = cohort_size - len(self.cohort)
             if room <= 0:
                 self.recount_at = time.monotonic() + POLL_S
-            for trial in self._ask(max(0, min(free, room)), states.get(TrialState.WAITING, 0)):
+            waiting = min(states.get(TrialState.WAITING, 0), max(0, min(free, room)))
+            for trial in self._ask(max(0, min(free, room)), waiting):
                 # One by one: each trial's parameters are drawn before the next one's (the
                 # ones not drawn yet have none, which TPE's liars skip).
                 params = self.config.space.suggest(trial)
@@ -159,9 +160,10 @@ class _CohortSearch:
                                                                 trial.number)))
             if joining and isinstance(self.storage, WriteBehindStorage):
                 # The configurations reach the database before training (a dead worker's
-                # trials are retried with them), in one transaction, and beat at once.
-                self.storage.flush_all()
-                self.storage.record_heartbeats([m.key._trial_id for m in joining])
+                # trials are retried with them), in one transaction. Created trials beat
+                # from their creation on; queued ones taken here beat now.
+                self.storage.flush_trials([m.key._trial_id for m in joining])
+                self.storage.record_heartbeats([m.key._trial_id for m in joining[:waiting]])
         self.cohort.add(joining)
         return finished
 

@@ -32,6 +32,7 @@ import copy
 import datetime
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
@@ -110,7 +111,8 @@ class WriteBehindStorage(_CachedStorage):
 
     def create_running_trials(self, study_id: int, count: int) -> list[int]:
         """`count` new RUNNING trials in one transaction (Optuna's `create_new_trial` takes
-        one each), numbered as Optuna numbers them, and held live from now on."""
+        one each), numbered as Optuna numbers them, beating from now on (their heartbeats in
+        the same transaction), and held live."""
         if count <= 0:
             return []
 
@@ -129,6 +131,9 @@ class WriteBehindStorage(_CachedStorage):
                 first = rows[0].count_past_trials(session)
                 for offset, row in enumerate(rows):
                     row.number = first + offset
+                now = session.execute(sqlalchemy.func.now()).scalar()  # the stale check's clock
+                _insert(session, models.TrialHeartbeatModel,
+                        [{"trial_id": row.trial_id, "heartbeat": now} for row in rows])
                 return [FrozenTrial(number=row.number, state=row.state, value=None, values=None,
                                     datetime_start=row.datetime_start, datetime_complete=None,
                                     params={}, distributions={}, user_attrs={}, system_attrs={},
@@ -403,10 +408,9 @@ class WriteBehindStorage(_CachedStorage):
         asks for it: a deadlock between workers on MySQL, a lock timeout)."""
         self._flush([trial_id], owner=trial_id)
 
-    def flush_all(self) -> None:
-        """Write the pending records of all this process's running trials in one
-        transaction."""
-        self._flush(list(self._pending))
+    def flush_trials(self, trial_ids: Sequence[int]) -> None:
+        """Write the pending records of several of our running trials in one transaction."""
+        self._flush(list(trial_ids))
 
     def _flush(self, trial_ids: list[int], owner: int | None = None) -> None:
         """Write the trials' records. A trial that another worker failed meanwhile is
@@ -557,7 +561,13 @@ def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
     return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
 
 
+_FINITE = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
+
+
 def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
+    if math.isfinite(value):  # nearly all of them: Optuna's conversion costs more than a write
+        return {"trial_id": trial_id, "step": step, "intermediate_value": value,
+                "intermediate_value_type": _FINITE}
     stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
     return {"trial_id": trial_id, "step": step, "intermediate_value": stored,
             "intermediate_value_type": kind}

@@ -175,7 +175,7 @@ def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path)
     lost.report(0.7, 1)
     reader = optuna.storages.RDBStorage(url)
     reader.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
-    storage.flush_all()
+    storage.flush_trials([kept._trial_id, lost._trial_id])
     assert reader.get_trial(kept._trial_id).intermediate_values == {1: 0.5}
     assert reader.get_trial(lost._trial_id).intermediate_values == {}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
