@@ -48,6 +48,7 @@ REFERENCE = "reference"
 # from each other: 32 keeps TPE informed on a 200-trial search (see docs/benchmarks.md).
 DEFAULT_COHORT_SIZE = 32
 
+REFILL_AT = 8  # a running cohort is refilled once 1/REFILL_AT of its slots are free
 ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
 # Pruners that prune nothing until `startup_trials` trials completed.
 PRUNERS_WITH_STARTUP = ("median", "percentile", "patient")
@@ -129,10 +130,13 @@ class _CohortSearch:
         capacity = cohort_size if self.startup == 0 else min(cohort_size, self.startup)
         free = capacity - len(self.cohort)
         self._beat()
-        # A full study gets room again only when another worker's trial fails (our own ends
-        # move a trial from running to finished): counting it every round would cost a query
-        # per epoch at the end of every search. An empty cohort counts at once (it may be done).
-        if free == 0 or (len(self.cohort) and time.monotonic() < self.recount_at):
+        # A refill costs a TPE fit per group and a few transactions whatever its size, so a
+        # running cohort waits until an eighth of it is free. A full study gets room again
+        # only when another worker's trial fails (our own ends move a trial from running to
+        # finished): counting it every round would cost a query per epoch at the end of
+        # every search. An empty cohort counts at once (it may be done).
+        if len(self.cohort) and (free < max(1, capacity // REFILL_AT)
+                                 or time.monotonic() < self.recount_at):
             return None
         joining = []
         sampler = self.study.sampler
