@@ -10,6 +10,7 @@ other numbers of epochs.
 
     .venv/bin/python scripts/bench_workers.py --trials 60 --repeats 3
     .venv/bin/python scripts/bench_workers.py --postgres ''   # SQLite only
+    .venv/bin/python scripts/bench_workers.py --engine cohort
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from pathlib import Path
 
 import optuna
 
+from hpsearch.cohort_search import COHORT, REFERENCE
 from hpsearch.config import load_study_config
 from hpsearch.study import run_search
 
 DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
-def measure(url: str, trials: int, workers: int) -> dict[str, float]:
+def measure(url: str, trials: int, workers: int, engine: str) -> dict[str, float]:
     config = load_study_config("wine").renamed(f"bench_{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
-    outcome = run_search(config, url, trials, workers=workers)
+    outcome = run_search(config, url, trials, workers=workers, engine=engine)
     wall = time.perf_counter() - started
     done = [t for t in outcome.study.get_trials() if t.state.is_finished()]
     span = (max(t.datetime_complete for t in done)
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES,
                         help="libpq connection string of a server where a scratch database "
                              "may be created ('' to skip PostgreSQL)")
+    parser.add_argument("--engine", choices=(REFERENCE, COHORT), default=REFERENCE,
+                        help="the engine each worker runs (default: reference)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the workers inherit it
     folder = Path(tempfile.mkdtemp(prefix="bench_workers_"))
@@ -67,7 +71,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, url_for in storages.items():
                 for workers in (1, 2):
-                    result = measure(url_for(f"{repeat}_{workers}"), args.trials, workers)
+                    result = measure(url_for(f"{repeat}_{workers}"), args.trials, workers,
+                                     args.engine)
                     results.setdefault((name, workers), []).append(result)
                     print(f"# {name}, {workers} worker(s), run {repeat + 1}: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
@@ -75,7 +80,8 @@ def main() -> None:
         if admin is not None:
             admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
             admin.close()
-    print(f"\nwine study, {args.trials} trials per run, median of {args.repeats} runs\n")
+    print(f"\nwine study, {args.engine} engine, {args.trials} trials per run, median of "
+          f"{args.repeats} runs\n")
     print("| storage | workers | trials/s | epochs/s | wall s | ratio trials/s | "
           "ratio epochs/s |")
     print("|---|---|---|---|---|---|---|")
