@@ -125,6 +125,7 @@ def scaling(args: argparse.Namespace) -> None:
 
 def one_size(args: argparse.Namespace, folder: Path) -> None:
     """One scaling point, in its own process so that its peak memory is its own."""
+    load_study_config("wine").load_data()  # scikit-learn's import is not the search's time
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = measure(load_study_config("wine"), folder, args.trials, COHORT, args.one_size,
                      args.device)
