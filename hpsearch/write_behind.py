@@ -15,8 +15,8 @@ this process runs as live in-memory copies:
   per member and epoch).
 - **Writes** to our running trials (params, intermediate values, user and system attrs) update
   the live copy at once and reach the database in one transaction every `flush_s` seconds, and
-  always before the trial's state changes: a finished trial is complete in the database, and a
-  running one (the dashboard's curves) is at most `flush_s` behind. `flush_trial` writes a
+  with the trial's end (the same transaction): a finished trial is complete in the database,
+  and a running one (the dashboard's curves) is at most `flush_s` behind. `flush_trial` writes a
   trial's records at once (the objective does it when a trial's parameters are drawn, so that
   a retry of a dead worker's trial runs the same configuration).
 
@@ -214,8 +214,7 @@ class WriteBehindStorage(_CachedStorage):
     @contextlib.contextmanager
     def ending_together(self) -> Iterator[None]:
         """Our trials that end inside reach the database together when it closes: their last
-        records and their ends in one transaction (a cohort's round ends several at once),
-        instead of two transactions each."""
+        records and their ends in one transaction (a cohort's round ends several at once)."""
         self._ending = {}
         try:
             yield
@@ -233,19 +232,23 @@ class WriteBehindStorage(_CachedStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
-        if trial_id in self._live and state.is_finished() and self._ending is not None:
-            pending = self._pending[trial_id]
-            self._settle(trial_id, state, values)
-            final = self._settled[trial_id]
-            self._ending[trial_id] = (state, final.values, final.datetime_complete, pending)
+        if trial_id in self._live and state.is_finished():
+            # Its last records and its end in one transaction (Optuna's takes two), or with
+            # the others ending together.
+            end = (state, list(values) if values is not None else None,
+                   datetime.datetime.now(), self._pending[trial_id])
+            if self._ending is not None:
+                self._ending[trial_id] = end
+            else:
+                with self._write_lock:
+                    lost = _retrying(lambda: self._write({trial_id: end[3]}, {trial_id: end}))
+                if lost:  # raises, as a direct write would: another worker failed it
+                    self._backend.check_trial_is_updatable(trial_id, lost[trial_id])
+            self._settle(trial_id, state, values, end[2])
             return True
-        if trial_id in self._live:
-            self.flush(trial_id)  # everything the trial recorded lands before its state
         changed = super().set_trial_state_values(trial_id, state, values)
         if trial_id in self._live:
-            if state.is_finished():
-                self._settle(trial_id, state, values)
-            elif changed:
+            if changed:
                 self._changed(trial_id)
                 self._live[trial_id].state = state
         else:
@@ -254,7 +257,8 @@ class WriteBehindStorage(_CachedStorage):
             self.forget_snapshots()
         return changed
 
-    def _settle(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> None:
+    def _settle(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
+                completed: datetime.datetime) -> None:
         """Our trial finished: it leaves the live set and takes its final form in the
         snapshots, as the database now has it, without reading it back (a finished trial is
         never written again, so this copy stays true)."""
@@ -263,7 +267,7 @@ class WriteBehindStorage(_CachedStorage):
         self._changed(trial_id)
         final.state = state
         final.values = list(values) if values is not None else None
-        final.datetime_complete = datetime.datetime.now()
+        final.datetime_complete = completed
         self._settled[trial_id] = final
         study_id, number = self._trial_id_to_study_id_and_number[trial_id]
         with self._lock:  # Optuna's cache holds it as it ended: never read back
