@@ -122,3 +122,20 @@ def test_passwords_never_show_in_a_search_its_logs_and_the_listing(
     wrong = run("studies", "--storage", url.replace(SECRET, "wrong%40pw"))
     assert "s3cr" not in result.output + listing.output + wrong.output
     assert "wrong" not in wrong.output
+
+
+def test_postgresql_commits_do_not_wait_for_the_disk_and_url_options_are_kept(postgres_url):
+    """A search's sessions run with synchronous_commit=off (as SQLite runs with
+    synchronous=NORMAL); options the user put in the URL still apply."""
+    import sqlalchemy
+
+    from hpsearch.storage import open_storage
+
+    for query, timeout in (("", "0"), ("?options=-c%20statement_timeout%3D5000", "5s")):
+        storage = open_storage(postgres_url + query)
+        engine = storage._backend.engine
+        with engine.connect() as connection:
+            settings = [connection.execute(sqlalchemy.text(f"SHOW {name}")).scalar()
+                        for name in ("synchronous_commit", "statement_timeout")]
+        engine.dispose()
+        assert settings == ["off", timeout]
