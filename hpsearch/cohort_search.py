@@ -152,8 +152,9 @@ class _CohortSearch:
                 free = cohort_size - len(self.cohort)
             if room <= 0:
                 self.recount_at = time.monotonic() + POLL_S
-            waiting = min(states.get(TrialState.WAITING, 0), max(0, min(free, room)))
-            for trial in self._ask(max(0, min(free, room)), waiting):
+            asking = max(0, min(free, room))
+            waiting = min(states.get(TrialState.WAITING, 0), asking)
+            for trial in self._ask(asking, waiting):
                 # One by one: each trial's parameters are drawn before the next one's (the
                 # ones not drawn yet have none, which TPE's liars skip).
                 params = self.config.space.suggest(trial)
