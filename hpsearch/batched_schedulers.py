@@ -41,6 +41,7 @@ from hpsearch.schedulers import (
     _lambda_inverse_time,
     _lambda_polynomial,
     _multistep_milestones,
+    check_onecycle_rise,
 )
 
 BATCHED_SCHEDULERS: frozenset[str] = frozenset(
@@ -248,11 +249,11 @@ def _per_epoch_table(name: str, members: list[Mapping[str, Value]], base: Tensor
 
 # -- onecycle, per batch ---------------------------------------------------------------------------
 
-def _onecycle_table(members: list[Mapping[str, Value]], base: Tensor, total: int,
-                    rows: list[int]) -> Tensor:
+def _onecycle_table(members: list[Mapping[str, Value]], base: Tensor, total: int) -> Tensor:
     """[m, total + 1, 2]: OneCycleLR's lr after s optimizer steps (two phases, momentum not
     cycled), computed as OneCycleLR.get_lr computes it (a closed form in torch too)."""
-    pct_start = torch.tensor([float(p["onecycle_pct_start"]) for p in members], dtype=F64)
+    pct_start = torch.tensor([check_onecycle_rise(float(p["onecycle_pct_start"]), total)
+                              for p in members], dtype=F64)
     div = torch.tensor([float(p["onecycle_div_factor"]) for p in members], dtype=F64)
     final_div = torch.tensor([float(p["onecycle_final_div_factor"]) for p in members], dtype=F64)
     cosine = torch.tensor([str(p["onecycle_anneal"]) == "cos" for p in members])
@@ -261,14 +262,6 @@ def _onecycle_table(members: list[Mapping[str, Value]], base: Tensor, total: int
     rising = steps <= rise_end
     numerator = torch.where(rising, steps - 0.0, steps - rise_end)
     denominator = torch.where(rising, rise_end - 0.0, (total - 1) - rise_end)
-    zero = denominator == 0
-    if zero.any():
-        # torch's get_lr divides 0 by 0 there (ZeroDivisionError): that trial cannot run.
-        row = int(zero.any(1).nonzero()[0])
-        raise ValueError(
-            f"member {rows[row]}: OneCycleLR divides by zero with onecycle_pct_start "
-            f"{float(pct_start[row])} over {total} steps (torch raises ZeroDivisionError)"
-        )
     pct = numerator / denominator
     max_lr = base[:, None, :]
     initial = max_lr / div[:, None, None]
@@ -340,7 +333,7 @@ class BatchedSchedule:
             index = torch.tensor(rows, dtype=torch.long)
             chosen = [members[i] for i in rows]
             if name == "onecycle":
-                part = _onecycle_table(chosen, base[index], epochs * steps_per_epoch, rows)
+                part = _onecycle_table(chosen, base[index], epochs * steps_per_epoch)
             else:
                 part = _per_epoch_table(name, chosen, base[index], warm[index], epochs)
             table[index] = _held(part, length)

@@ -169,7 +169,15 @@ class _CohortSearch:
                 # from their creation on; queued ones taken here beat now.
                 self.storage.flush_trials([m.key._trial_id for m in joining])
                 self.storage.record_heartbeats([m.key._trial_id for m in joining[:waiting]])
-        self.cohort.add(joining)
+        try:
+            self.cohort.add(joining)
+        except BaseException:
+            # Not yet members (`fail_all` won't see them): they end FAILED here, not as stale
+            # trials that would be retried with the same configuration.
+            for member in joining:
+                with contextlib.suppress(Exception):
+                    self.study.tell(member.key, state=TrialState.FAIL)
+            raise
         return finished
 
     def _ask(self, count: int, waiting: int) -> list[optuna.Trial]:

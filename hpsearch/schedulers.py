@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from hpsearch.errors import ConfigError
 from hpsearch.params import Param, Value
 
 # The warm-up starts at this fraction of `lr`. Not searched: the warm-up's length matters more.
@@ -26,6 +27,16 @@ WARMUP = Param(
     "warmup_frac", "float", "linear warm-up length as a fraction of the epochs (0: none)",
     default=0.0, low=0.0, high=0.2, bounds=(0.0, 0.5),
 )
+
+
+def check_onecycle_rise(pct_start: float, total_steps: int) -> float:
+    """`pct_start`, unless OneCycleLR cannot run with it: when its rise ends one step in
+    (pct_start * total_steps == 1), torch's get_lr divides zero by zero."""
+    if float(pct_start * total_steps) - 1 == 0:
+        raise ConfigError(
+            f"onecycle_pct_start {pct_start:g} over {total_steps} steps makes OneCycleLR rise "
+            "for a single step, where torch divides by zero; use another onecycle_pct_start")
+    return pct_start
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                 # Each parameter group peaks at its own lr (the head's may be a multiple).
                 o, max_lr=[group["lr"] for group in o.param_groups],
                 total_steps=b.epochs * b.steps_per_epoch,
-                pct_start=float(p["onecycle_pct_start"]),
+                pct_start=check_onecycle_rise(float(p["onecycle_pct_start"]),
+                                              b.epochs * b.steps_per_epoch),
                 div_factor=float(p["onecycle_div_factor"]),
                 final_div_factor=float(p["onecycle_final_div_factor"]),
                 anneal_strategy=str(p["onecycle_anneal"]),

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
+from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.schedulers import BUILTIN_SCHEDULERS, build_schedule
 from hpsearch.space import SearchSpace
@@ -361,14 +362,19 @@ def test_extend_needs_the_same_run_length():
         schedule.extend(BatchedSchedule(members_of("none", False, False), 12, 1))
 
 
-def test_onecycle_that_torch_cannot_run_is_a_value_error():
-    # pct_start * total_steps == 1: OneCycleLR computes 0 / 0 at step 0.
+def test_onecycle_that_torch_cannot_run_is_the_same_config_error_in_both_engines():
+    # pct_start * total_steps == 1: torch's OneCycleLR computes 0 / 0 at step 0.
     params = {"scheduler": "onecycle", "lr": 0.1, "onecycle_pct_start": 0.1,
               "onecycle_div_factor": 25.0, "onecycle_final_div_factor": 1e4,
               "onecycle_anneal": "cos"}
     with pytest.raises(ZeroDivisionError):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10,
+                                            pct_start=0.1)
+    message = "onecycle_pct_start 0.1 over 10 steps makes OneCycleLR rise for a single step"
+    with pytest.raises(ConfigError, match=message):
         torch_lrs(params, 10, 1, [1.0] * 10)
-    with pytest.raises(ValueError, match="member 1: OneCycleLR divides by zero"):
+    with pytest.raises(ConfigError, match=message):
         BatchedSchedule([{"scheduler": "none", "lr": 0.1}, params], 10, 1)
 
 

@@ -108,6 +108,10 @@ def test_train_trial_retrains_a_stored_trial(small_study):
         (["train", "--study", "wine", "--set", "lr"], "Error: --set expects name=value; got 'lr'"),
         (["train", "--study", "wine", "--set", "optimizer=adam", "--set", "momentum=0.9"],
          "Error: parameter 'momentum' does not apply to optimizer 'adam' with scheduler 'none'"),
+        (["train", "--study", "wine", "--set", "scheduler=onecycle",
+          "--set", "onecycle_pct_start=0.01"],
+         "Error: onecycle_pct_start 0.01 over 100 steps makes OneCycleLR rise for a single "
+         "step, where torch divides by zero; use another onecycle_pct_start"),
         (["studies", "--storage", "mysql+nosuchdriver://u@h/db"],
          "Error: storage mysql+nosuchdriver://u@h/db: unknown database kind "
          "'mysql+nosuchdriver'"),
