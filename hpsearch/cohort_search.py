@@ -210,8 +210,9 @@ class _CohortSearch:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     _warn_lost(outcome.member.key.number)
                     lost.append(outcome.member)
-        judged = [outcome for outcome in outcomes if outcome.stats is not None
-                  and not any(outcome.member is gone for gone in lost)]
+        gone = {id(member) for member in lost}
+        judged = [outcome for outcome in outcomes
+                  if outcome.stats is not None and id(outcome.member) not in gone]
         decisions = self.pruner.decide(
             self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
         pruned = {id(o) for o, prune in zip(judged, decisions, strict=True) if prune}
@@ -219,7 +220,7 @@ class _CohortSearch:
         epochs = self.config.training.epochs
         for outcome in outcomes:
             member, stats = outcome.member, outcome.stats
-            if any(member is gone for gone in lost):
+            if id(member) in gone:
                 continue
             if stats is None:
                 ended.append((member, DIVERGED, outcome.diverged))

@@ -32,7 +32,7 @@ WARMUP = Param(
 def check_onecycle_rise(pct_start: float, total_steps: int) -> float:
     """`pct_start`, unless OneCycleLR cannot run with it: when its rise ends one step in
     (pct_start * total_steps == 1), torch's get_lr divides zero by zero."""
-    if float(pct_start * total_steps) - 1 == 0:
+    if pct_start * total_steps == 1:
         raise ConfigError(
             f"onecycle_pct_start {pct_start:g} over {total_steps} steps makes OneCycleLR rise "
             "for a single step, where torch divides by zero; use another onecycle_pct_start")

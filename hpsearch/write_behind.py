@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import optuna
 import sqlalchemy
@@ -72,6 +72,15 @@ class _Pending:
                     or self.system_attrs)
 
 
+class _End(NamedTuple):
+    """How one of our trials ended, and the records it had not written yet."""
+
+    state: TrialState
+    values: list[float] | None
+    completed: datetime.datetime
+    records: _Pending
+
+
 class WriteBehindStorage(_CachedStorage):
     """Optuna's cached RDB storage, with this process's running trials kept in memory."""
 
@@ -92,8 +101,7 @@ class WriteBehindStorage(_CachedStorage):
         self._stale_checks: dict[Any, float] = {}  # what was checked -> when (monotonic)
         # Inside `ending_together`: our trials that ended, their end and their last records,
         # written in one transaction when it closes.
-        self._ending: dict[int, tuple[TrialState, list[float] | None, datetime.datetime,
-                                      _Pending]] | None = None
+        self._ending: dict[int, _End] | None = None
 
     # -- our trials -------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
@@ -222,8 +230,7 @@ class WriteBehindStorage(_CachedStorage):
             ending, self._ending = self._ending, None
             if ending:
                 with self._write_lock:
-                    lost = _retrying(lambda: self._write(
-                        {tid: pending for tid, (*_, pending) in ending.items()}, ending))
+                    lost = _retrying(lambda: self._write({}, ending))
                 for trial_id in lost:  # failed by another worker meanwhile: its end is theirs
                     self._unsettle(trial_id)
                     log.warning("trial %d was failed by another worker's heartbeat check "
@@ -235,16 +242,16 @@ class WriteBehindStorage(_CachedStorage):
         if trial_id in self._live and state.is_finished():
             # Its last records and its end in one transaction (Optuna's takes two), or with
             # the others ending together.
-            end = (state, list(values) if values is not None else None,
-                   datetime.datetime.now(), self._pending[trial_id])
+            end = _End(state, list(values) if values is not None else None,
+                       datetime.datetime.now(), self._pending[trial_id])
             if self._ending is not None:
                 self._ending[trial_id] = end
             else:
                 with self._write_lock:
-                    lost = _retrying(lambda: self._write({trial_id: end[3]}, {trial_id: end}))
+                    lost = _retrying(lambda: self._write({}, {trial_id: end}))
                 if lost:  # raises, as a direct write would: another worker failed it
                     self._backend.check_trial_is_updatable(trial_id, lost[trial_id])
-            self._settle(trial_id, state, values, end[2])
+            self._settle(trial_id, state, values, end.completed)
             return True
         changed = super().set_trial_state_values(trial_id, state, values)
         if trial_id in self._live:
@@ -437,12 +444,13 @@ class WriteBehindStorage(_CachedStorage):
             if owner in finished:
                 self._backend.check_trial_is_updatable(owner, finished[owner])
 
-    def _write(self, batch: dict[int, _Pending],
-               ends: Mapping[int, tuple[TrialState, list[float] | None, datetime.datetime,
-                                        Any]] | None = None) -> dict[int, TrialState]:
-        """Write the trials' pending records, and `ends` (state, values, completion time),
-        in one transaction, except those of trials already finished in the database
-        (failed by another worker); returns those."""
+    def _write(self, batch: Mapping[int, _Pending],
+               ends: Mapping[int, _End] | None = None) -> dict[int, TrialState]:
+        """Write the pending records of `batch`'s trials, and `ends` (with their last
+        records), in one transaction, except those of trials already finished in the
+        database (failed by another worker); returns those."""
+        ends = ends or {}
+        batch = {**batch, **{trial_id: end.records for trial_id, end in ends.items()}}
         backend = self._backend
         with _create_scoped_session(backend.scoped_session) as session:
             # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
@@ -484,15 +492,15 @@ class WriteBehindStorage(_CachedStorage):
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for trial_id, pending in pendings
                     for key, value in getattr(pending, kind).items()])
-            ended = {tid: end for tid, end in (ends or {}).items() if tid not in finished}
-            for trial_id, (state, _, completed, _) in ended.items():
+            ended = {tid: end for tid, end in ends.items() if tid not in finished}
+            for trial_id, end in ended.items():
                 session.execute(sqlalchemy.update(models.TrialModel.__table__)
                                 .where(models.TrialModel.trial_id == trial_id)
-                                .values(state=state, datetime_complete=completed))
+                                .values(state=end.state, datetime_complete=end.completed))
             _insert(session, models.TrialValueModel, [
                 _value_row(trial_id, objective, value)
-                for trial_id, (_, values, _, _) in ended.items()
-                for objective, value in enumerate(values or [])])
+                for trial_id, end in ended.items()
+                for objective, value in enumerate(end.values or [])])
         return finished
 
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
