@@ -57,7 +57,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.objective import ATTR_END_REASON, ATTR_SEED, trial_user_attrs
 from hpsearch.params import Value
 from hpsearch.report import trial_state
-from hpsearch.storage import mask_url, open_storage
+from hpsearch.storage import close_storage, mask_url, open_storage
 from hpsearch.study import (
     ATTR_FINGERPRINT,
     ATTR_VERSION,
@@ -260,20 +260,24 @@ def _claimed(tasks: Sequence[RunTask], next_task: Any) -> Iterator[RunTask]:
 
 
 def _work(_worker: int, _slot_lock: SlotLock, interruptions: Interruptions,
-          document: dict[str, Any], storage_url: str, study_name: str,
+          document: dict[str, Any], data: Dataset, storage_url: str, study_name: str,
           tasks: list[RunTask], next_task: Any, done: Any, device: str) -> None:
-    """One worker process: its own config, data and storage connection; the shared tasks."""
+    """One worker process: its own config and storage connection, the parent's data; the
+    shared tasks."""
     config = stored_study_config(document)
     resolved = resolve_device(device)
-    data = config.load_data().to(resolved)
-    study = optuna.load_study(study_name=study_name,
-                              storage=open_storage(storage_url, write_behind=False))
+    storage = open_storage(storage_url, write_behind=False)
 
     def count() -> None:
         with done.get_lock():
             done.value += 1
 
-    _run_tasks(study, config, data, _claimed(tasks, next_task), resolved, interruptions, count)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        _run_tasks(study, config, data.to(resolved), _claimed(tasks, next_task), resolved,
+                   interruptions, count)
+    finally:
+        close_storage(storage)
 
 
 # -- the confirmation -------------------------------------------------------------------------
@@ -343,8 +347,8 @@ def run_confirmation(
         context = multiprocessing.get_context("spawn")
         next_task, done = context.Value("i", 0), context.Value("i", 0)
         run_workers(_work, workers,
-                    (config.as_dict(), storage_url, study.study_name, tasks, next_task, done,
-                     resolved.type),
+                    (config.as_dict(), data, storage_url, study.study_name, tasks, next_task,
+                     done, resolved.type),
                     on_poll=lambda: report(done.value))
         ran = done.value
     seconds = time.perf_counter() - started

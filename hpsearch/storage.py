@@ -110,6 +110,13 @@ def open_storage(url: str, write_behind: bool = True,
     return WriteBehindStorage(rdb) if write_behind else rdb
 
 
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Close the storage's database connections (a worker does before it exits)."""
+    rdb = getattr(storage, "_backend", storage)
+    if isinstance(rdb, optuna.storages.RDBStorage):
+        rdb.engine.dispose()
+
+
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)

@@ -40,10 +40,18 @@ from hpsearch.cohort_search import (
     run_cohort_until_target,
 )
 from hpsearch.config import StudyConfig, stored_study_config
+from hpsearch.data import Dataset
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
 from hpsearch.params import Value
-from hpsearch.storage import GRACE_BEATS, HEARTBEAT_S, IN_MEMORY, mask_url, open_storage
+from hpsearch.storage import (
+    GRACE_BEATS,
+    HEARTBEAT_S,
+    IN_MEMORY,
+    close_storage,
+    mask_url,
+    open_storage,
+)
 from hpsearch.training import DIVERGED, TrainedRun, check_model, train_configuration
 from hpsearch.workers import POLL_S, Interruptions, SlotLock, run_workers
 from hpsearch.write_behind import WriteBehindStorage
@@ -312,8 +320,8 @@ def run_search(
                         signal.signal(number, handler)
         else:
             run_workers(_work, workers,
-                        (config.as_dict(), storage_url, target, heartbeat_s, device, engine,
-                         cohort_size),
+                        (config.as_dict(), data, storage_url, target, heartbeat_s, device,
+                         engine, cohort_size),
                         on_poll=report)
     if isinstance(study._storage, WriteBehindStorage):
         # Read afresh: the workers' (and other machines') trials are newer than this snapshot.
@@ -451,22 +459,25 @@ def run_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], fl
 
 
 def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
-          document: dict[str, Any], storage_url: str, target: int, heartbeat_s: int,
-          device: str, engine: str, cohort_size: int) -> None:
-    """One worker process: the study's config, data and storage of its own, its own sampler
+          document: dict[str, Any], data: Dataset, storage_url: str, target: int,
+          heartbeat_s: int, device: str, engine: str, cohort_size: int) -> None:
+    """One worker process: the study's config, the parent's data (loading it again would cost
+    each worker a second of importing scikit-learn), a storage of its own, its own sampler
     seed, the shared loop."""
     config = stored_study_config(document)
-    data = config.load_data()
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
-    study = optuna.load_study(study_name=config.name, storage=storage,
-                              sampler=build_sampler(config, worker, engine),
-                              pruner=build_pruner(config))
-    if engine == COHORT:
-        run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
-                                cohort_size, device, WORKER_ID)
-    else:
-        run_until_target(study, Objective(config, data, device=device), target, slot_lock,
-                         interruptions)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=storage,
+                                  sampler=build_sampler(config, worker, engine),
+                                  pruner=build_pruner(config))
+        if engine == COHORT:
+            run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
+                                    cohort_size, device, WORKER_ID)
+        else:
+            run_until_target(study, Objective(config, data, device=device), target,
+                             slot_lock, interruptions)
+    finally:
+        close_storage(storage)
 
 
 def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:

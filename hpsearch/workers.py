@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -155,20 +156,34 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
     torch.set_num_threads(1)
     logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(levels[1])
+    code = 0
     try:
         work(index, lock, interruptions, *args)
     except KeyboardInterrupt:
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        code = EXIT_INTERRUPTED
     except HPSearchError as exc:
         errors.put(str(exc))
-        raise SystemExit(1) from None
+        code = 1
     except Exception as exc:  # a bug: the line for the parent, the traceback for --debug
         log.debug("worker %d failed:\n%s", index, traceback.format_exc())
         where = traceback.extract_tb(exc.__traceback__)[-1]
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0]
         errors.put(f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:{where.lineno}, "
                    f"{where.name})")
-        raise SystemExit(1) from None
+        code = 1
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    """End the worker process now. The interpreter's usual teardown collects every module, and
+    with torch and scikit-learn loaded that took 0.8-1.2 s per worker, all of it after the
+    last trial (measured on a 2-worker search). Nothing is lost by skipping it: `work` wrote
+    its trials as they ended and closed its storage, the error line is in the parent's pipe
+    already (a SimpleQueue writes at once), and the logs and stdio are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class Interruptions:

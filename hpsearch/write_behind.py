@@ -160,6 +160,11 @@ class WriteBehindStorage(_CachedStorage):
         self._live[trial_id] = copy.deepcopy(trial)
         self._pending[trial_id] = _Pending()
         self._merged.clear()
+        # The sampler reads the study next, for this trial's parameters: it should see what
+        # other workers finished meanwhile, not a snapshot up to `refresh_s` old (with two
+        # workers that lag made TPE's proposals train more epochs per trial). It costs a
+        # query per trial (per refill in a cohort): no measurable time in one process.
+        self.forget_snapshots()
         study_id, _ = self._trial_id_to_study_id_and_number.get(trial_id, (None, None))
         if study_id in self._studies:
             # Read again by a refresh once it is no longer ours (another worker failed it).

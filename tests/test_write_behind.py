@@ -86,6 +86,24 @@ def test_workers_see_each_others_finished_trials(tmp_path):
     assert seen[0].intermediate_values == {1: 0.3}
 
 
+def test_a_new_trial_is_sampled_from_what_other_workers_finished_up_to_now(tmp_path):
+    """Between refreshes a worker reads its snapshot; asking a trial reads afresh, so that
+    the sampler knows the other workers' latest trials, as in one process."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    first = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=3600)
+    second = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=3600)
+    study_a, trial_a = _ask(first)
+    study_b, _ = _ask(second)
+    assert [t.state for t in study_b.get_trials()] == [optuna.trial.TrialState.RUNNING] * 2
+    study_a.tell(trial_a, 0.3)
+    assert study_b.get_trials()[0].state == optuna.trial.TrialState.RUNNING  # the snapshot
+    study_b.ask()  # the sampler's reads come next
+    seen = study_b.get_trials()
+    assert [(t.number, t.state) for t in seen] == [
+        (0, optuna.trial.TrialState.COMPLETE), (1, optuna.trial.TrialState.RUNNING),
+        (2, optuna.trial.TrialState.RUNNING)]
+
+
 def test_trials_created_together_are_numbered_as_optuna_numbers_them(tmp_path):
     """A cohort's trials are created in one transaction; their numbers still follow the
     study's order when another worker creates trials in between, and they are held live."""
