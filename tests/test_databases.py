@@ -139,3 +139,41 @@ def test_postgresql_commits_do_not_wait_for_the_disk_and_url_options_are_kept(po
                         for name in ("synchronous_commit", "statement_timeout")]
         engine.dispose()
         assert settings == ["off", timeout]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres_url", "mariadb_url"])
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, tmp_path):
+    """The write-behind storage writes its records in bulk (on PostgreSQL through COPY):
+    every kind of record, awkward values included, reads back through Optuna's own storage
+    as it was set."""
+    import optuna
+
+    from hpsearch.storage import open_storage
+
+    url = (f"sqlite:///{tmp_path / 'bulk.db'}" if database == "sqlite"
+           else request.getfixturevalue(database))
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=f"bulk_{uuid.uuid4().hex[:8]}", storage=storage)
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+    kind = trial.suggest_categorical("optimizer", ["sgd", "adam\tw"])
+    values = {1: 0.5, 2: float("inf"), 3: float("-inf"), 4: float("nan"), 5: 1e-300}
+    for step, value in values.items():
+        trial.report(value, step)
+    awkward = "tab\there, newline\nthere, back\\slash, quote ' \" and ünïcode"
+    trial.set_user_attr("note", awkward)
+    trial.set_user_attr("history", [0.5, None, {"a": 1}])
+    storage.flush(trial._trial_id)  # written: the note is in the database now
+    trial.set_user_attr("note", awkward + "!")  # set again: replaces it
+    study._storage.set_trial_system_attr(trial._trial_id, "worker", "host:1")
+    study.tell(trial, float("inf"))
+    stored = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
+    assert stored.params == {"lr": lr, "optimizer": kind}
+    assert stored.intermediate_values[1] == 0.5 and stored.intermediate_values[5] == 1e-300
+    assert stored.intermediate_values[2] == float("inf")
+    assert stored.intermediate_values[3] == float("-inf")
+    assert stored.intermediate_values[4] != stored.intermediate_values[4]  # NaN
+    assert stored.user_attrs == {"note": awkward + "!", "history": [0.5, None, {"a": 1}]}
+    assert stored.system_attrs["worker"] == "host:1"
+    assert (stored.state, stored.value) == (optuna.trial.TrialState.COMPLETE, float("inf"))
