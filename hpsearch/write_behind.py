@@ -343,8 +343,8 @@ class WriteBehindStorage(_CachedStorage):
         trial = models.TrialModel
         with self._lock:
             study = self._studies.setdefault(study_id, _StudyInfo())
+            # One query (a search refreshes once per trial it asks, and every second).
             with _create_scoped_session(self._backend.scoped_session) as session:
-                models.StudyModel.find_or_raise_by_id(study_id, session)
                 ids = list(session.scalars(
                     sqlalchemy.select(trial.trial_id).where(
                         trial.study_id == study_id,
