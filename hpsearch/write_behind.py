@@ -6,13 +6,14 @@ that made a search several times slower than in memory. `WriteBehindStorage` kee
 this process runs as live in-memory copies:
 
 - **Reads** of a study's trials come from a snapshot of the database (refreshed at least every
-  `refresh_s` seconds, so that workers see each other's trials) with our running trials
-  overlaid live. With one worker nothing else changes the database, so samplers and pruners
-  see exactly what per-call reads would show: same trials, same pruning decisions. A refresh
-  reads only what other workers may have changed (their new and unfinished trials): our own
-  trials are held here, running or as they ended, and a finished trial never changes. The
-  merged list is built once per change, not once per read (a cohort's pruner reads it once
-  per member and epoch).
+  `refresh_s` seconds, and whenever we create a trial, so that workers see each other's trials
+  and a new trial is sampled from all that finished) with our running trials overlaid live.
+  With one worker nothing else changes the database, so samplers and pruners see exactly what
+  per-call reads would show: same trials, same pruning decisions. A refresh reads only what
+  other workers may have changed (their new and unfinished trials): our own trials are held
+  here, running or as they ended, and a finished trial never changes. The merged list is
+  built once per change, not once per read (a cohort's pruner reads it once per member and
+  epoch).
 - **Writes** to our running trials (params, intermediate values, user and system attrs) update
   the live copy at once and reach the database in one transaction every `flush_s` seconds, and
   with the trial's end (the same transaction): a finished trial is complete in the database,
