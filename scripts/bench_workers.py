@@ -1,6 +1,7 @@
 """How much faster does `--workers 2` search than one worker? Runs the same wine study with 1
-and 2 workers on SQLite and on PostgreSQL, interleaved, several times each, and prints a
-markdown table: trials/s and epochs/s (median), and the 2-vs-1 ratios.
+and 2 workers on SQLite and on PostgreSQL, interleaved, several times each (run k with study
+seed k, for 1 and 2 workers alike), and prints a markdown table: trials/s and epochs/s
+(median), and the 2-vs-1 ratios.
 
 Throughput is measured over the trials themselves (first trial started to last trial ended,
 read from the study), so the seconds a spawned worker needs to import torch do not count; the
@@ -20,6 +21,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -32,8 +34,9 @@ from hpsearch.study import run_search
 DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
-def measure(url: str, trials: int, workers: int, engine: str) -> dict[str, float]:
-    config = load_study_config("wine").renamed(f"bench_{uuid.uuid4().hex[:8]}")
+def measure(url: str, trials: int, workers: int, engine: str, seed: int) -> dict[str, float]:
+    config = replace(load_study_config("wine"), seed=seed).renamed(
+        f"bench_{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
     outcome = run_search(config, url, trials, workers=workers, engine=engine)
     wall = time.perf_counter() - started
@@ -75,8 +78,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, url_for in storages.items():
                 for workers in (1, 2):
+                    # Run k searches with seed k, with 1 and with 2 workers: one seed's
+                    # search is one draw of how long its trials survive pruning.
                     result = measure(url_for(f"{repeat}_{workers}"), args.trials, workers,
-                                     args.engine)
+                                     args.engine, seed=repeat)
                     results.setdefault((name, workers), []).append(result)
                     print(f"# {name}, {workers} worker(s), run {repeat + 1}: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
