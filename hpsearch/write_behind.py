@@ -168,9 +168,9 @@ class WriteBehindStorage(_CachedStorage):
             ("system_attrs", key) for key in trial.system_attrs}
         self._merged.clear()
         # The sampler reads the study next, for this trial's parameters: it should see what
-        # other workers finished meanwhile, not a snapshot up to `refresh_s` old (with two
-        # workers that lag made TPE's proposals train more epochs per trial). It costs a
-        # query per trial (per refill in a cohort): no measurable time in one process.
+        # other workers finished meanwhile, as a read of the database would, not a snapshot
+        # up to `refresh_s` old (with two workers, ~8 of the other's trials). It costs a query
+        # per trial (per refill in a cohort): no measurable time in one process.
         self.forget_snapshots()
         study_id, _ = self._trial_id_to_study_id_and_number.get(trial_id, (None, None))
         if study_id in self._studies:
