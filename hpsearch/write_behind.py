@@ -483,6 +483,7 @@ class WriteBehindStorage(_CachedStorage):
                 self._pending.pop(trial_id, None)
                 self._stored_attrs.pop(trial_id, None)
                 self._changed(trial_id)
+            if finished:
                 self.forget_snapshots()
             pendings = [(tid, pending) for tid, pending in batch.items() if tid not in finished]
             _insert(session, models.TrialParamModel, [
