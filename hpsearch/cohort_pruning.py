@@ -5,7 +5,9 @@ of the completed trials' values at a trial's step afresh for every member and ev
 after the cohort engine's other savings it was the largest cost of a round. Those values only
 change when a trial completes, so `RoundPruner` keeps each step's percentile until the number
 of completed trials changes (a completed trial never changes again) and otherwise takes
-Optuna's own steps, in Optuna's order, with Optuna's helpers: the same decisions. Any other
+Optuna's own steps, in Optuna's order, with Optuna's helpers: the same decisions. It reads a
+trial as a `Curve` (its last step, best value and previous step), which a cohort keeps for its
+members as they train. Any other
 pruner (successive halving, Hyperband, patient, a user's subclass) decides through its own
 `prune`, as `trial.should_prune()` would.
 """
@@ -13,16 +15,34 @@ pruner (successive halving, Hyperband, patient, a user's subclass) decides throu
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import optuna
 from optuna.pruners import MedianPruner, PercentilePruner
 from optuna.pruners._percentile import (
     _get_best_intermediate_result_over_steps,
     _get_percentile_intermediate_result_over_trials,
-    _is_first_in_interval_step,
 )
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+
+class Curve(NamedTuple):
+    """What a percentile pruner reads of a trial's intermediate values."""
+
+    step: int  # the last step reported
+    best: float  # the best value over all steps (NaNs skipped; NaN if all are NaN)
+    previous_step: int  # the largest reported step other than `step`, or -1
+
+    @classmethod
+    def of(cls, trial: FrozenTrial, direction: StudyDirection) -> Curve | None:
+        """The curve of `trial`, as Optuna's helpers read it; None if it reported nothing."""
+        step = trial.last_step
+        if step is None:
+            return None
+        steps = trial.intermediate_values.keys()
+        return cls(step, _get_best_intermediate_result_over_steps(trial, direction),
+                   max((s for s in steps if s != step), default=-1))
 
 
 class RoundPruner:
@@ -31,34 +51,40 @@ class RoundPruner:
         # Exactly these classes: a subclass may decide otherwise.
         self.remembers = type(pruner) in (MedianPruner, PercentilePruner)
         self._percentiles: dict[int, float] = {}  # step -> percentile over completed trials
-        self._completed = -1  # how many completed trials _percentiles was computed from
+        self._completed: list[FrozenTrial] = []  # the completed trials _percentiles is from
 
     def decide(self, study: optuna.Study, trials: list[FrozenTrial]) -> list[bool]:
         """Whether to prune each of `trials` (their latest state), all judged on the study
         as it is now."""
         if not self.remembers:
             return [self.pruner.prune(study, trial) for trial in trials]
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(completed) != self._completed:
-            self._percentiles.clear()
-            self._completed = len(completed)
-        return [self._prune(study, trial, completed) for trial in trials]
+        return self.decide_curves(study, [Curve.of(trial, study.direction) for trial in trials])
 
-    def _prune(self, study: optuna.Study, trial: FrozenTrial,
-               completed: list[FrozenTrial]) -> bool:
+    def decide_curves(self, study: optuna.Study, curves: list[Curve | None]) -> list[bool]:
+        """`decide` for a median or percentile pruner (`remembers`), from what it reads of
+        each trial: a cohort keeps its members' curves as they train, where a FrozenTrial
+        would be a copy of every value so far, per member and epoch."""
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(completed) != len(self._completed):
+            self._percentiles.clear()
+            self._completed = completed
+        return [curve is not None and self._prune(study.direction, curve) for curve in curves]
+
+    def _prune(self, direction: StudyDirection, curve: Curve) -> bool:
         """PercentilePruner.prune, step by step."""
         pruner: PercentilePruner = self.pruner  # type: ignore[assignment]
+        completed = self._completed
         if not completed or len(completed) < pruner._n_startup_trials:
             return False
-        step = trial.last_step
-        if step is None or step < pruner._n_warmup_steps:
+        step = curve.step
+        if step < pruner._n_warmup_steps:
             return False
-        if not _is_first_in_interval_step(step, trial.intermediate_values.keys(),
-                                          pruner._n_warmup_steps, pruner._interval_steps):
+        # _is_first_in_interval_step, from the previous step instead of all of them.
+        nearest_lower_pruning_step = (step - pruner._n_warmup_steps) // \
+            pruner._interval_steps * pruner._interval_steps + pruner._n_warmup_steps
+        if curve.previous_step >= nearest_lower_pruning_step:
             return False
-        direction = study.direction
-        best = _get_best_intermediate_result_over_steps(trial, direction)
-        if math.isnan(best):
+        if math.isnan(curve.best):
             return True
         percentile = self._percentiles.get(step)
         if percentile is None:
@@ -67,5 +93,5 @@ class RoundPruner:
         if math.isnan(percentile):
             return False
         if direction == StudyDirection.MAXIMIZE:
-            return best < percentile
-        return best > percentile
+            return curve.best < percentile
+        return curve.best > percentile

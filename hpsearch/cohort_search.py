@@ -26,10 +26,11 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
-from hpsearch.cohort_pruning import RoundPruner
+from hpsearch.cohort_pruning import Curve, RoundPruner
 from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
@@ -110,6 +111,7 @@ class _CohortSearch:
         self.worker_id = worker_id
         self.storage = study._storage
         self.pruner = RoundPruner(study.pruner)
+        self.best_loss: dict[int, float] = {}  # id(member) -> its best val loss so far
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
         self.last_beat = time.monotonic()
@@ -139,10 +141,7 @@ class _CohortSearch:
                                  or time.monotonic() < self.recount_at):
             return None
         joining = []
-        sampler = self.study.sampler
-        batch = sampler.batch() if isinstance(sampler, CohortTPESampler) else \
-            contextlib.nullcontext()
-        with _held(slot_lock), batch:
+        with _held(slot_lock):
             fail_stale_trials(self.study)
             states = count_states(self.study)
             finished = sum(states.get(state, 0) for state in FINISHED_STATES)
@@ -154,15 +153,19 @@ class _CohortSearch:
                 self.recount_at = time.monotonic() + POLL_S
             asking = max(0, min(free, room))
             waiting = min(states.get(TrialState.WAITING, 0), asking)
-            for trial in self._ask(asking, waiting):
-                # One by one: each trial's parameters are drawn before the next one's (the
-                # ones not drawn yet have none, which TPE's liars skip).
-                params = self.config.space.suggest(trial)
-                if self.worker_id:
-                    self.storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER,
-                                                       self.worker_id)
-                joining.append(Member(trial, params, trial_seed(self.config.seed,
-                                                                trial.number)))
+            sampler = self.study.sampler
+            batch = sampler.batch(asking) if isinstance(sampler, CohortTPESampler) else \
+                contextlib.nullcontext()
+            with batch:
+                for trial in self._ask(asking, waiting):
+                    # One by one: each trial's parameters are drawn before the next one's
+                    # (the ones not drawn yet have none, which TPE's liars skip).
+                    params = self.config.space.suggest(trial)
+                    if self.worker_id:
+                        self.storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER,
+                                                           self.worker_id)
+                    joining.append(Member(trial, params, trial_seed(self.config.seed,
+                                                                    trial.number)))
             if joining and isinstance(self.storage, WriteBehindStorage):
                 # The configurations reach the database before training (a dead worker's
                 # trials are retried with them), in one transaction. Created trials beat
@@ -213,8 +216,7 @@ class _CohortSearch:
         gone = {id(member) for member in lost}
         judged = [outcome for outcome in outcomes
                   if outcome.stats is not None and id(outcome.member) not in gone]
-        decisions = self.pruner.decide(
-            self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
+        decisions = self._decide(judged)
         pruned = {id(o) for o, prune in zip(judged, decisions, strict=True) if prune}
         ended: list[tuple[Member, str, str]] = []
         epochs = self.config.training.epochs
@@ -236,8 +238,29 @@ class _CohortSearch:
             for member, reason, detail in ended:
                 self._record_end(member, reason, detail, device_type)
                 self._tell(member, reason)
-        self.cohort.remove([*lost, *(member for member, _, _ in ended)])
+        leaving = [*lost, *(member for member, _, _ in ended)]
+        for member in leaving:
+            self.best_loss.pop(id(member), None)
+        self.cohort.remove(leaving)
         return bool(lost or ended)
+
+    def _decide(self, judged: list[EpochOutcome]) -> list[bool]:
+        """The pruner's decision for each judged member, on the study as it is now."""
+        if not self.pruner.remembers:
+            return self.pruner.decide(
+                self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
+        # A member reported every epoch from 1 on, finite values only (a non-finite one
+        # ends it as diverged): its curve is its last epoch, its best loss so far and the
+        # epoch before, as the pruner would read them from the trial.
+        better = max if self.study.direction == StudyDirection.MAXIMIZE else min
+        curves = []
+        for outcome in judged:
+            member, stats = outcome.member, outcome.stats
+            best = self.best_loss.get(id(member))
+            best = stats.val_loss if best is None else better(best, stats.val_loss)
+            self.best_loss[id(member)] = best
+            curves.append(Curve(stats.epoch, best, stats.epoch - 1 if stats.epoch > 1 else -1))
+        return self.pruner.decide_curves(self.study, curves)
 
     def _record_end(self, member: Member, reason: str, detail: str, device_type: str) -> None:
         """The user attrs the reference engine's objective leaves on a trial it ends."""

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.cohort_pruning import RoundPruner
+from hpsearch.cohort_pruning import Curve, RoundPruner
 
 # Members whose every value is NaN are part of the cases (the pruner prunes them).
 pytestmark = pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
@@ -75,3 +75,23 @@ def test_same_decisions_as_the_pruner_member_by_member(kind: str, direction: str
     assert _decisions(kind, direction, through_round_pruner=True) == expected
     if not kind.startswith("patient"):  # it prunes only trials that stall: these rarely do
         assert set(expected) == {True, False}  # the cases exercise both answers
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_curve_kept_epoch_by_epoch_is_the_curve_read_from_the_trial(direction: str):
+    """The cohort keeps each member's curve as it reports epochs 1, 2, ... (finite values):
+    its running best and the epoch before must be what the pruner reads from the trial."""
+    rng = random.Random(3)
+    study = optuna.create_study(direction=direction)
+    better = max if direction == "maximize" else min
+    for _ in range(5):
+        trial = study.ask()
+        best = None
+        for epoch in range(1, rng.randint(1, 30) + 1):
+            value = rng.uniform(0, 2) / epoch
+            trial.report(value, epoch)
+            best = value if best is None else better(best, value)
+            kept = Curve(epoch, best, epoch - 1 if epoch > 1 else -1)
+            read = Curve.of(study._storage.get_trial(trial._trial_id), study.direction)
+            assert kept == read
+        study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,212 @@
+"""The cohort engine's TPE: lazy groups, one fit and few draws per group and batch, seeded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.samplers._tpe.sampler import default_gamma
+from optuna.trial import TrialState
+
+from hpsearch.cohort_sampler import _SPARE_BLOCKS, CohortTPESampler
+from hpsearch.config import load_study_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+STARTUP = 20
+CANDIDATES = 24  # TPESampler's default n_ei_candidates
+SHARED = ("lr", "optimizer")  # the group every trial of the toy space uses
+BRANCH = {"sgd": "momentum", "adam": "beta1"}
+
+
+def suggest_toy(trial: optuna.Trial) -> dict[str, Any]:
+    """A conditional space shaped like hpsearch's: an optimizer, and each its own parameter."""
+    optimizer = trial.suggest_categorical("optimizer", list(BRANCH))
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    if optimizer == "sgd":
+        trial.suggest_float("momentum", 0.0, 0.99)
+    else:
+        trial.suggest_float("beta1", 0.5, 0.999)
+    return trial.params
+
+
+def toy_loss(params: dict[str, Any]) -> float:
+    branch_value = params.get("momentum", params.get("beta1"))
+    return (math.log10(params["lr"]) + 2) ** 2 + (branch_value - 0.9) ** 2
+
+
+def toy_study(seed: int) -> tuple[optuna.Study, CohortTPESampler]:
+    """A study past its startup trials, with the cohort engine's sampler settings."""
+    sampler = CohortTPESampler(seed=seed, n_startup_trials=STARTUP, multivariate=True,
+                               group=True, constant_liar=True)
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(STARTUP):
+        trial = study.ask()
+        study.tell(trial, toy_loss(suggest_toy(trial)))
+    return study, sampler
+
+
+@dataclass
+class Fit:
+    group: tuple[str, ...]
+    draws: Any  # the sampler's record of the group: its estimators and share
+    candidates: list[dict[str, np.ndarray]] = field(default_factory=list)  # one per draw
+
+
+def record_fits(sampler: CohortTPESampler, monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
+    """The sampler's fits as they happen, each with the candidates drawn from it."""
+    fits: list[Fit] = []
+    fit_group = sampler._fit
+
+    def recording_fit(study, trial, search_space):
+        draws = fit_group(study, trial, search_space)
+        fit = Fit(tuple(search_space), draws)
+        draw = draws.below.sample
+
+        def recording_draw(rng, size):
+            candidates = draw(rng, size)
+            fit.candidates.append(candidates)
+            return candidates
+
+        draws.below.sample = recording_draw
+        fits.append(fit)
+        return draws
+
+    monkeypatch.setattr(sampler, "_fit", recording_fit)
+    return fits
+
+
+def ask_batch(study: optuna.Study, sampler: CohortTPESampler, count: int,
+              size: int) -> list[optuna.Trial]:
+    """As the cohort refills: ask `count` trials, then draw their params in `batch(size)`."""
+    asked = [study.ask() for _ in range(count)]
+    with sampler.batch(size):
+        for trial in asked:
+            suggest_toy(trial)
+    return asked
+
+
+def test_a_trial_samples_only_the_groups_of_the_branch_it_takes(monkeypatch):
+    study, sampler = toy_study(seed=3)
+    # Both branches' groups are in the space: the one a trial doesn't take is not sampled.
+    assert {p for t in study.trials for p in t.params} >= set(BRANCH.values())
+    fits = record_fits(sampler, monkeypatch)
+    for _ in range(4):
+        fits.clear()
+        trial = study.ask()
+        params = suggest_toy(trial)
+        branch = BRANCH[params["optimizer"]]
+        assert [fit.group for fit in fits] == [SHARED, (branch,)]
+        assert set(params) == {*SHARED, branch}
+        study.tell(trial, toy_loss(params))
+
+
+def blocks_of(fit: Fit) -> list[dict[str, np.ndarray]]:
+    """The group's candidates, draw after draw, in blocks of one trial's candidates."""
+    drawn = {name: np.concatenate([c[name] for c in fit.candidates]) for name in fit.group}
+    count = len(drawn[fit.group[0]]) // CANDIDATES
+    return [{name: values[i * CANDIDATES:(i + 1) * CANDIDATES] for name, values in drawn.items()}
+            for i in range(count)]
+
+
+def batch_of_twelve(monkeypatch: pytest.MonkeyPatch) -> tuple[optuna.Study, list[Fit],
+                                                                list[optuna.Trial]]:
+    """A seed whose batch takes both branches, and the sgd one more often than its share of
+    the good trials foretells (so that its group draws more than once)."""
+    study, sampler = toy_study(seed=8)
+    fits = record_fits(sampler, monkeypatch)
+    asked = ask_batch(study, sampler, count=12, size=12)
+    assert "".join(trial.params["optimizer"][0] for trial in asked) == "ssaasassssss"
+    return study, fits, asked
+
+
+def test_a_batch_fits_each_group_once_and_gives_each_trial_the_best_of_its_own_block(
+        monkeypatch):
+    _, fits, asked = batch_of_twelve(monkeypatch)
+    assert [fit.group for fit in fits] == [SHARED, ("momentum",), ("beta1",)]
+    for fit in fits:
+        users = [t for t in asked if set(fit.group) <= t.params.keys()]
+        blocks = blocks_of(fit)
+        assert len(users) <= len(blocks) <= len(asked) - asked.index(users[0])
+        for trial, block in zip(users, blocks, strict=False):
+            acquisition = fit.draws.below.log_pdf(block) - fit.draws.above.log_pdf(block)
+            best = int(np.argmax(acquisition))
+            chosen = {name: trial.distributions[name].to_internal_repr(trial.params[name])
+                      for name in fit.group}
+            assert chosen == {name: values[best] for name, values in block.items()}
+    assert [len(c["lr"]) for c in fits[0].candidates] == [len(asked) * CANDIDATES]
+    assert len(fits[1].candidates) > 1
+    assert len({trial.params["lr"] for trial in asked}) == len(asked)
+
+
+def test_a_group_draws_for_its_share_of_the_batch_and_a_few_spare(monkeypatch):
+    study, fits, asked = batch_of_twelve(monkeypatch)
+    good = sorted(study.trials[:STARTUP], key=lambda t: t.value)[:default_gamma(STARTUP)]
+    for fit in fits:
+        share = sum(set(fit.group) <= t.params.keys() for t in good) / len(good)
+        assert fit.draws.share == share
+        first = next(i for i, t in enumerate(asked) if set(fit.group) <= t.params.keys())
+        later = len(asked) - first - 1
+        expected = 1 + min(later, math.ceil(later * share) + _SPARE_BLOCKS)
+        assert len(fit.candidates[0][fit.group[0]]) == expected * CANDIDATES
+    assert [fit.draws.share for fit in fits] == [1.0, 0.0, 1.0]  # both ends of the range
+
+
+def test_trials_beyond_the_batch_size_each_draw_their_own_block(monkeypatch):
+    study, sampler = toy_study(seed=5)
+    fits = record_fits(sampler, monkeypatch)
+    asked = ask_batch(study, sampler, count=4, size=2)
+    shared = next(fit for fit in fits if fit.group == SHARED)
+    assert [len(draw["lr"]) // CANDIDATES for draw in shared.candidates] == [2, 1, 1]
+    assert len({trial.params["lr"] for trial in asked}) == len(asked)
+    with pytest.raises(ValueError, match="size must be >= 0, got -1"), sampler.batch(-1):
+        pass
+
+
+def searched_params(seed: int) -> list[dict[str, Any]]:
+    """Two refills (the first under-sized), told in between, then trials one by one."""
+    study, sampler = toy_study(seed)
+    for count, size in ((5, 5), (4, 3)):
+        for trial in ask_batch(study, sampler, count, size):
+            study.tell(trial, toy_loss(trial.params))
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, toy_loss(suggest_toy(trial)))
+    return [trial.params for trial in study.trials]
+
+
+def test_the_same_seed_and_asks_give_the_same_params():
+    assert searched_params(seed=11) == searched_params(seed=11)
+    assert searched_params(seed=11)[STARTUP:] != searched_params(seed=12)[STARTUP:]
+
+
+def test_a_search_of_the_wine_space_runs_in_batches_past_its_startup_trials(monkeypatch):
+    """hpsearch's real conditional space (every optimizer x every schedule), refilled 8
+    trials at a time; a made-up loss that prefers one optimizer and a learning rate."""
+    space = load_study_config("wine").space
+
+    def loss(params: dict[str, Any]) -> float:
+        return (math.log10(params["lr"]) + 2) ** 2 + (params["optimizer"] != "adam")
+
+    sampler = CohortTPESampler(seed=1, n_startup_trials=16, multivariate=True, group=True,
+                               constant_liar=True)
+    fits = record_fits(sampler, monkeypatch)
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(6):
+        asked = [study.ask() for _ in range(8)]
+        with sampler.batch(len(asked)):
+            drawn = [space.suggest(trial) for trial in asked]
+        for trial, params in zip(asked, drawn, strict=True):
+            assert params == space.complete(params)  # one branch, whole and valid
+            study.tell(trial, loss(params))
+
+    trials = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(trials) == 48
+    assert fits  # TPE modelled the trials after the startup ones
+    assert {fit.group for fit in fits} >= {("lr", "optimizer", "scheduler", "use_weight_decay")}
+    startup, modelled = trials[:16], trials[16:]
+    assert np.mean([t.value for t in modelled]) < np.mean([t.value for t in startup])
