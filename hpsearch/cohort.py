@@ -12,6 +12,11 @@ Members are grouped by batch size (members of a group take the same number of st
 within a group, by optimizer type, each type's members contiguous so that its batched optimizer
 steps a view of the stacked parameters. A removed member stops costing compute at once (the
 stack is compacted); members added later start at their own epoch 1 while others go on.
+
+A training step takes its gradients from the stacked model's hand-written backward pass
+(`StackedModel.loss_and_grad`), not from autograd, whose bookkeeping per step is a large part of
+a step for models this small; clipping, the head's lr and the batched optimizers' steps then
+work on that one (members, P) gradient.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch.nn import functional
 
 from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer
 from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
@@ -31,7 +35,7 @@ from hpsearch.data import CLASSIFICATION, Dataset, Split
 from hpsearch.models import is_factory_path
 from hpsearch.params import Value
 from hpsearch.space import HEAD_LR_MULT
-from hpsearch.stacked_model import StackedModel, why_not_stackable
+from hpsearch.stacked_model import StackedModel, member_losses, why_not_stackable
 from hpsearch.training import (
     EpochStats,
     clip_norm,
@@ -187,7 +191,7 @@ class _Group:
         norms = torch.tensor([clip_norm(m.params) or math.inf for m in joining],
                              device=self.device, dtype=self.dtype)
         members = self.members + list(joining)
-        flat = torch.cat([self.flat.detach(), new_flat]) if self.members else new_flat
+        flat = torch.cat([self.flat, new_flat]) if self.members else new_flat
         max_norm = torch.cat([self.max_norm, norms])
         # Each optimizer type's members contiguous, old ones before new ones (the order in
         # which each type's batched optimizer holds them).
@@ -196,7 +200,7 @@ class _Group:
                        key=lambda i: names.index(str(members[i].params["optimizer"])))
         index = torch.tensor(order, device=self.device)
         self.members = [members[i] for i in order]
-        self.flat = flat.index_select(0, index).requires_grad_(True)
+        self.flat = flat.index_select(0, index)
         self.max_norm = max_norm.index_select(0, index)
         self.schedule.select(index)
         self._update_ranges()
@@ -218,7 +222,7 @@ class _Group:
             else:
                 del self.optimizers[name]
         self.members = [self.members[i] for i in positions]
-        self.flat = self.flat.detach().index_select(0, index).requires_grad_(True)
+        self.flat = self.flat.index_select(0, index)
         self.max_norm = self.max_norm.index_select(0, index)
         self.schedule.select(index)
         self._update_ranges()
@@ -271,25 +275,10 @@ class _Group:
                  split.target[order[:, start:start + self.batch_size]])
                 for start in range(0, rows, self.batch_size)]
 
-    def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each member's mean loss over its rows: (members,)."""
-        members, rows = output.shape[0], output.shape[1]
-        if self.classify:
-            if target.dim() == 1:
-                target = target.expand(members, rows)
-            losses = functional.cross_entropy(output.reshape(members * rows, -1),
-                                              target.reshape(-1), reduction="none")
-            return losses.view(members, rows).mean(1)
-        return (output - target).square().mean(dim=(1, 2))
-
     def _train_epoch(self) -> torch.Tensor:
         total = torch.zeros(len(self.members), device=self.device, dtype=self.dtype)
         for features, target in self._batches():
-            flat = self.flat
-            flat.grad = None
-            loss = self._loss(self.layout.forward(flat, features), target)
-            loss.sum().backward()
-            grad = flat.grad
+            loss, grad = self.layout.loss_and_grad(self.flat, features, target, self.classify)
             if self.clipping:
                 # clip_grad_norm_ member by member (its 1e-6 keeps a zero norm finite).
                 coef = (self.max_norm / (grad.norm(dim=1) + 1e-6)).clamp(max=1.0)
@@ -299,11 +288,10 @@ class _Group:
             lr = self.schedule.lr
             lr = torch.where(self.head_mask, lr[:, 1:2], lr[:, 0:1]) if self.head_lr \
                 else lr[:, 0:1]
-            with torch.no_grad():
-                for name, span in self.ranges.items():
-                    self.optimizers[name].step([flat[span]], [grad[span]], [lr[span]])
+            for name, span in self.ranges.items():
+                self.optimizers[name].step([self.flat[span]], [grad[span]], [lr[span]])
             self.schedule.after_batch()
-            total += loss.detach()
+            total += loss
         return total / self.steps
 
     @torch.no_grad()
@@ -311,8 +299,8 @@ class _Group:
         split = self.data.valid
         output = self.layout.forward(self.flat, split.features)
         # In float64, as the reference loop evaluates (see training.evaluate).
-        loss = self._loss(output.double(), split.target if self.classify
-                          else split.target.double())
+        loss = member_losses(output.double(), split.target if self.classify
+                             else split.target.double(), self.classify)
         if not self.classify:
             return loss, None
         return loss, (output.argmax(dim=2) == split.target).float().mean(1)

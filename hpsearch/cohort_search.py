@@ -3,7 +3,7 @@ prune and tell each member as the reference engine's objective does for one tria
 
 Per round (one epoch of every member): the members' validation losses are reported, then the
 study's pruner judges each member (every decision of a round sees the same trials; see
-cohort_pruning); ended members (pruned, diverged, or at their last epoch) are told and leave
+hpsearch.pruning); ended members (pruned, diverged, or at their last epoch) are told and leave
 the cohort, and freed slots are refilled with newly asked trials (continuous batching: each
 member has its own epoch count). TPE samples with `constant_liar`, so trials asked while
 others run are spread out. The cohort starts with the pruner's startup trials (see
@@ -26,16 +26,15 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
-from hpsearch.cohort_pruning import Curve, RoundPruner
-from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
 from hpsearch.errors import ConfigError
+from hpsearch.lazy_tpe import LazyTPESampler
 from hpsearch.objective import PRUNED, trial_seed, trial_user_attrs
+from hpsearch.pruning import Curve, RoundPruner
 from hpsearch.training import COMPLETED, DIVERGED, FitResult
 from hpsearch.workers import POLL_S, Interruptions, SlotLock
 from hpsearch.write_behind import WriteBehindStorage
@@ -111,7 +110,7 @@ class _CohortSearch:
         self.worker_id = worker_id
         self.storage = study._storage
         self.pruner = RoundPruner(study.pruner)
-        self.best_loss: dict[int, float] = {}  # id(member) -> its best val loss so far
+        self.curves: dict[int, Curve] = {}  # id(member) -> its curve, as the pruner reads it
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
         self.last_beat = time.monotonic()
@@ -154,7 +153,7 @@ class _CohortSearch:
             asking = max(0, min(free, room))
             waiting = min(states.get(TrialState.WAITING, 0), asking)
             sampler = self.study.sampler
-            batch = sampler.batch(asking) if isinstance(sampler, CohortTPESampler) else \
+            batch = sampler.batch(asking) if isinstance(sampler, LazyTPESampler) else \
                 contextlib.nullcontext()
             with batch:
                 for trial in self._ask(asking, waiting):
@@ -240,7 +239,7 @@ class _CohortSearch:
                 self._tell(member, reason)
         leaving = [*lost, *(member for member, _, _ in ended)]
         for member in leaving:
-            self.best_loss.pop(id(member), None)
+            self.curves.pop(id(member), None)
         self.cohort.remove(leaving)
         return bool(lost or ended)
 
@@ -249,17 +248,12 @@ class _CohortSearch:
         if not self.pruner.remembers:
             return self.pruner.decide(
                 self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
-        # A member reported every epoch from 1 on, finite values only (a non-finite one
-        # ends it as diverged): its curve is its last epoch, its best loss so far and the
-        # epoch before, as the pruner would read them from the trial.
-        better = max if self.study.direction == StudyDirection.MAXIMIZE else min
         curves = []
         for outcome in judged:
-            member, stats = outcome.member, outcome.stats
-            best = self.best_loss.get(id(member))
-            best = stats.val_loss if best is None else better(best, stats.val_loss)
-            self.best_loss[id(member)] = best
-            curves.append(Curve(stats.epoch, best, stats.epoch - 1 if stats.epoch > 1 else -1))
+            key = id(outcome.member)
+            self.curves[key] = Curve.extended(self.curves.get(key), outcome.stats.epoch,
+                                              outcome.stats.val_loss, self.study.direction)
+            curves.append(self.curves[key])
         return self.pruner.decide_curves(self.study, curves)
 
     def _record_end(self, member: Member, reason: str, detail: str, device_type: str) -> None:

@@ -1,10 +1,12 @@
 """The Optuna objective: trial -> parameters -> the shared training loop -> validation loss.
 
 It reports the validation loss every epoch (the dashboard's curves, and what the pruner
-judges), stops a trial the pruner condemns, and records what a person later wants to know
-about the trial as user attrs. A diverged trial (non-finite loss) ends as PRUNED with
-`end_reason = "diverged"`: it can never become the best trial, the sampler still learns that its
-region is bad (a FAIL would be ignored by TPE), and the study goes on.
+judges: the median and percentile pruners through `pruning.RoundPruner`, the same decisions as
+`trial.should_prune()` at a fraction of the cost), stops a trial the pruner condemns, and
+records what a person later wants to know about the trial as user attrs. A diverged trial
+(non-finite loss) ends as PRUNED with `end_reason = "diverged"`: it can never become the best
+trial, the sampler still learns that its region is bad (a FAIL would be ignored by TPE), and
+the study goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
+from hpsearch.pruning import Curve, RoundPruner
 from hpsearch.training import (
     COMPLETED,
     DIVERGED,
@@ -57,6 +60,7 @@ class Objective:
         self.device = resolve_device(device)
         check_model(config, data)
         self.data = data.to(self.device)
+        self._pruner: RoundPruner | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.config.space.suggest(trial)
@@ -64,10 +68,18 @@ class Objective:
         # retry of its trial runs the same configuration.
         flush_trial(trial)
         seed = trial_seed(self.config.seed, trial.number)
+        study = trial.study
+        if self._pruner is None or self._pruner.pruner is not study.pruner:
+            self._pruner = RoundPruner(study.pruner)  # its percentiles outlive a trial
+        curve: Curve | None = None
 
         def report_and_judge(stats: EpochStats) -> bool:
+            nonlocal curve
             trial.report(stats.val_loss, stats.epoch)
-            return trial.should_prune()
+            if not self._pruner.remembers:
+                return trial.should_prune()
+            curve = Curve.extended(curve, stats.epoch, stats.val_loss, study.direction)
+            return self._pruner.decide_curves(study, [curve])[0]
 
         run = train_configuration(self.config, self.data, params, seed, report_and_judge,
                                   device=self.device)

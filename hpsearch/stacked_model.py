@@ -4,8 +4,19 @@ A stackable model is an `nn.Sequential` of `nn.Linear` layers and element-wise a
 (the built-in `mlp` and `linear`, or a user's factory that builds one). Each member's weights
 are one row of a flat parameter tensor of shape (members, P), laid out in the order of
 `model.parameters()`; a layer's weight is a view of its slice. One forward pass through the
-stack runs every member with batched matrix products, so K members cost about what one costs
-while the framework's per-call overhead dominates (it does, for the models hpsearch tunes).
+stack runs every member with one call per layer: a batched matrix product, or, where all
+members take the same rows, one product with every member's weights side by side: a step
+makes as many calls for K members as for one.
+
+Training does not go through autograd: `loss_and_grad` runs the forward pass, keeps each
+layer's input, and runs the backward pass written out by hand. For models this small, autograd's
+bookkeeping is a large part of a step (a graph node per op, and for each layer's slice of
+`flat`, a zeroed (members, P) buffer its gradient is accumulated into); by hand, the backward
+pass is about as many batched ops as the forward, and the gradient comes out as one
+(members, P) tensor. The activations' derivatives are torch's own backward kernels, so the
+gradient is the one `loss.sum().backward()` would give, to rounding
+(tests/test_stacked_model.py). Only layers whose derivative is written here stack; a subclass
+of one of them does not, as it may compute something else.
 
 Members are built by the model's own factory under their own seed, so a member starts from
 exactly the weights the reference engine's model would start from.
@@ -15,15 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from hpsearch.models import ACTIVATIONS
 
-# Modules a stacked forward applies to (members, rows, features) tensors unchanged: they act
-# element by element.
-_ELEMENTWISE = (*ACTIVATIONS.values(), nn.Identity)
+_aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,71 @@ class _Linear:
     n_in: int
     n_out: int
 
+    def weight_of(self, flat: torch.Tensor) -> torch.Tensor:
+        """Every member's weight, (members, out, in) as nn.Linear holds it: a view of `flat`."""
+        return flat[:, self.weight].view(flat.shape[0], self.n_out, self.n_in)
 
-Layer = _Linear | Callable[[torch.Tensor], torch.Tensor]
+    def apply(self, flat: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Every member's output, (members, rows, out), for its own rows (members, rows, in)
+        or the same rows for all, (rows, in)."""
+        members = flat.shape[0]
+        if inputs.dim() == 2:
+            # One product with all members' weights side by side: several times faster than a
+            # batched product, which is one small product per member.
+            weights = self.weight_of(flat).reshape(members * self.n_out, self.n_in).T
+            if self.bias is None:
+                side_by_side = torch.mm(inputs, weights)
+            else:
+                side_by_side = torch.addmm(flat[:, self.bias].reshape(1, -1), inputs, weights)
+            return side_by_side.view(len(inputs), members, self.n_out).transpose(0, 1) \
+                .contiguous()
+        weight = self.weight_of(flat).transpose(1, 2)  # (members, in, out), for x @ W.T
+        if self.bias is None:
+            return torch.bmm(inputs, weight)
+        return torch.baddbmm(flat[:, self.bias].unsqueeze(1), inputs, weight)
+
+
+@dataclass(frozen=True)
+class _Activation:
+    """An element-wise activation with its derivative."""
+
+    function: Callable[[torch.Tensor], torch.Tensor]
+    # (gradient w.r.t. the output, input, output) -> gradient w.r.t. the input
+    backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+Layer = _Linear | _Activation
+
+
+def _activation(module: nn.Module) -> _Activation | None:
+    """`module` with its derivative, or None where the derivative is not written out here.
+
+    By exact type, as a subclass may compute something else. Every option that changes an
+    activation's values is read (GELU's `approximate`); `inplace` (ReLU, SiLU) changes none,
+    and the stack never applies an activation in place.
+    """
+    kind = type(module)
+    if kind is nn.ReLU:
+        return _Activation(torch.relu, lambda grad, _, output:
+                           _aten.threshold_backward(grad, output, 0))
+    if kind is nn.Tanh:
+        return _Activation(torch.tanh, lambda grad, _, output: _aten.tanh_backward(grad, output))
+    if kind is nn.Sigmoid:
+        return _Activation(torch.sigmoid, lambda grad, _, output:
+                           _aten.sigmoid_backward(grad, output))
+    if kind is nn.GELU:
+        approximate = module.approximate
+        return _Activation(partial(functional.gelu, approximate=approximate),
+                           lambda grad, input, _:
+                           _aten.gelu_backward(grad, input, approximate=approximate))
+    if kind is nn.SiLU:
+        return _Activation(functional.silu, lambda grad, input, _:
+                           _aten.silu_backward(grad, input))
+    return None
+
+
+def _passes_through(module: nn.Module) -> bool:
+    return type(module) is nn.Identity or (type(module) is nn.Dropout and module.p == 0)
 
 
 def why_not_stackable(model: nn.Module) -> str | None:
@@ -42,17 +116,45 @@ def why_not_stackable(model: nn.Module) -> str | None:
     if not isinstance(model, nn.Sequential):
         return f"the model is a {type(model).__name__}, not an nn.Sequential of Linear layers"
     for module in model:
-        if isinstance(module, nn.Dropout):
-            if module.p > 0:
-                return "the model has dropout (random masks differ from member to member)"
-        elif not isinstance(module, (nn.Linear, *_ELEMENTWISE)):
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return "the model has dropout (random masks differ from member to member)"
+        if not (type(module) is nn.Linear or _passes_through(module)
+                or _activation(module) is not None):
+            stacking = [name for name, kind in ACTIVATIONS.items()
+                        if _activation(kind()) is not None]
             return f"the model has a {type(module).__name__} layer (only Linear layers and " \
-                   f"the activations {', '.join(ACTIVATIONS)} stack)"
+                   f"the activations {', '.join(stacking)} stack)"
     if not any(isinstance(module, nn.Linear) for module in model):
         return "the model has no Linear layer"
     if any(not p.requires_grad for p in model.parameters()):
         return "the model has frozen parameters"
     return None
+
+
+def member_losses(output: torch.Tensor, target: torch.Tensor, classify: bool) -> torch.Tensor:
+    """Each member's mean loss over its rows, (members,), as training minimises it; `output`
+    is (members, rows, outputs). Classification: cross-entropy, `target` the class of each
+    row, (rows,) for every member or (members, rows). Regression: squared error, the mean over
+    rows and outputs; `target` (rows, outputs) or (members, rows, outputs)."""
+    return _losses_and_terms(output, target, classify)[0]
+
+
+def _losses_and_terms(output: torch.Tensor, target: torch.Tensor,
+                      classify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`member_losses`, and what their gradient is made of: the log-probabilities
+    (classification) or the residuals (regression)."""
+    if classify:
+        # Over a short last dimension (a few classes) log_softmax is several times slower than
+        # over the rows of a transposed copy.
+        log_probs = torch.log_softmax(output.transpose(1, 2).contiguous(), dim=1).transpose(1, 2)
+        return -log_probs.gather(2, _class_index(target, output)).mean(dim=(1, 2)), log_probs
+    residuals = output - target
+    return residuals.square().mean(dim=(1, 2)), residuals
+
+
+def _class_index(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Each row's class as an index into `output`'s last dimension: (members, rows, 1)."""
+    return target.unsqueeze(-1).expand(output.shape[0], output.shape[1], 1)
 
 
 class StackedModel:
@@ -74,11 +176,15 @@ class StackedModel:
                     offset = bias.stop
                 self.layers.append(_Linear(weight, bias, module.in_features,
                                            module.out_features))
-            elif not isinstance(module, nn.Dropout):
-                self.layers.append(module)
+            elif not _passes_through(module):
+                self.layers.append(_activation(module))
         self.size = offset  # P: parameters per member
         if self.size != sum(p.numel() for p in model.parameters()):
             raise ValueError("the model's parameters are not all in its Linear layers")
+        # Layers before the first Linear one act on the features alone: no gradient reaches
+        # them.
+        self.first_linear = next(i for i, layer in enumerate(self.layers)
+                                 if isinstance(layer, _Linear))
         head = next(layer for layer in reversed(self.layers) if isinstance(layer, _Linear))
         # The head (the last layer), for a head learning rate of its own (head_lr_mult).
         self.head = torch.zeros(self.size, dtype=torch.bool)
@@ -94,20 +200,42 @@ class StackedModel:
     def forward(self, flat: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Every member's output: `flat` is (members, P); `features` is (rows, F), the same
         rows for all members, or (members, rows, F). Returns (members, rows, outputs)."""
-        members = flat.shape[0]
-        hidden = features
-        for layer in self.layers:
-            if not isinstance(layer, _Linear):
-                hidden = layer(hidden)
+        return self._layer_values(flat, features)[-1]
+
+    @torch.no_grad()
+    def loss_and_grad(self, flat: torch.Tensor, features: torch.Tensor, target: torch.Tensor,
+                      classify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's loss (`member_losses` of its `forward` output), (members,), and the
+        gradient of their sum w.r.t. `flat`, (members, P): what autograd's
+        `loss.sum().backward()` leaves in `flat.grad`, without autograd."""
+        values = self._layer_values(flat, features)
+        output = values[-1]
+        losses, terms = _losses_and_terms(output, target, classify)
+        rows = output.shape[1]
+        if classify:  # of -mean(log softmax(output)[class]): (softmax - one-hot) / rows
+            grad = terms.exp_().scatter_(2, _class_index(target, output), -1.0, reduce="add")
+            grad.div_(rows)
+        else:  # of mean(residuals ** 2): 2 residuals / (rows * outputs)
+            grad = terms.mul_(2.0 / (rows * output.shape[2]))
+        pieces: list[torch.Tensor] = []  # each layer's part of the gradient, the last first
+        for position in range(len(self.layers) - 1, self.first_linear - 1, -1):
+            layer, layer_input = self.layers[position], values[position]
+            if isinstance(layer, _Activation):
+                grad = layer.backward(grad, layer_input, values[position + 1])
                 continue
-            # (members, in, out): nn.Linear's (out, in) weight, transposed for x @ W.T.
-            weight = flat[:, layer.weight].view(members, layer.n_out, layer.n_in).transpose(1, 2)
-            if hidden.dim() == 2:  # shared rows: broadcast them over the members
-                hidden = torch.matmul(hidden, weight)
-                if layer.bias is not None:
-                    hidden = hidden + flat[:, layer.bias].unsqueeze(1)
-            elif layer.bias is not None:
-                hidden = torch.baddbmm(flat[:, layer.bias].unsqueeze(1), hidden, weight)
+            if layer.bias is not None:
+                pieces.append(grad.sum(dim=1))
+            pieces.append(torch.matmul(grad.transpose(1, 2), layer_input).reshape(len(flat), -1))
+            if position > self.first_linear:
+                grad = torch.bmm(grad, layer.weight_of(flat))
+        return losses, torch.cat(pieces[::-1], dim=1)
+
+    def _layer_values(self, flat: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's input, then the last layer's output."""
+        values = [features]
+        for layer in self.layers:
+            if isinstance(layer, _Activation):
+                values.append(layer.function(values[-1]))
             else:
-                hidden = torch.bmm(hidden, weight)
-        return hidden
+                values.append(layer.apply(flat, values[-1]))
+        return values

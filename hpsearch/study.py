@@ -32,7 +32,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.cohort_sampler import CohortTPESampler
 from hpsearch.cohort_search import (
     COHORT,
     DEFAULT_COHORT_SIZE,
@@ -42,6 +41,7 @@ from hpsearch.cohort_search import (
 from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.data import Dataset
 from hpsearch.errors import ConfigError, StorageError
+from hpsearch.lazy_tpe import LazyTPESampler
 from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
 from hpsearch.params import Value
 from hpsearch.storage import (
@@ -117,8 +117,7 @@ def worker_seed(study_seed: int, worker: int) -> int:
     return int(np.random.SeedSequence([study_seed, worker]).generate_state(1)[0])
 
 
-def build_sampler(config: StudyConfig, worker: int = 0,
-                  engine: str = "reference") -> optuna.samplers.BaseSampler:
+def build_sampler(config: StudyConfig, worker: int = 0) -> optuna.samplers.BaseSampler:
     sampler = config.sampler
     seed = worker_seed(config.seed, worker)
     if sampler.kind == "random":
@@ -129,11 +128,10 @@ def build_sampler(config: StudyConfig, worker: int = 0,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # multivariate + group: TPE models the parameters that occur together (one branch of
-        # the conditional space) jointly instead of one by one.
-        # The cohort engine's TPE samples only the groups a trial uses, fitted once per
-        # refill (see cohort_sampler): the same model, at a fraction of the cost.
-        tpe = CohortTPESampler if engine == COHORT else optuna.samplers.TPESampler
-        return tpe(
+        # the conditional space) jointly instead of one by one. LazyTPESampler samples only
+        # the groups a trial uses (and, in the cohort engine, fits once per refill): the
+        # same model, at a fraction of Optuna's cost.
+        return LazyTPESampler(
             seed=seed, n_startup_trials=sampler.startup_trials, multivariate=True,
             group=True, constant_liar=True,
         )
@@ -167,7 +165,7 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
-               heartbeat_s: int = HEARTBEAT_S, engine: str = "reference") -> optuna.Study:
+               heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
     """Create the study, or resume it if the storage has it with the same config and data."""
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     exists = config.name in study_names(storage)
@@ -175,7 +173,7 @@ def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
         existing = optuna.load_study(study_name=config.name, storage=storage)
         _check_same_study(config, fingerprint, existing.user_attrs, storage_url)
     study = optuna.create_study(
-        study_name=config.name, storage=storage, sampler=build_sampler(config, engine=engine),
+        study_name=config.name, storage=storage, sampler=build_sampler(config),
         pruner=build_pruner(config), direction="minimize", load_if_exists=True,
     )
     if not exists:
@@ -292,7 +290,7 @@ def run_search(
     engine, engine_note = choose_engine(engine, config, data)
     if engine == COHORT and cohort_size < 1:
         raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
-    study = open_study(config, storage_url, data.fingerprint, heartbeat_s, engine)
+    study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
     fail_stale_trials(study)
     counts = count_trials(study.get_trials(deepcopy=False))
     if config.sampler.kind == "grid":
@@ -468,7 +466,7 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     try:
         study = optuna.load_study(study_name=config.name, storage=storage,
-                                  sampler=build_sampler(config, worker, engine),
+                                  sampler=build_sampler(config, worker),
                                   pruner=build_pruner(config))
         if engine == COHORT:
             run_cohort_until_target(study, config, data, target, slot_lock, interruptions,

@@ -1,4 +1,4 @@
-"""The cohort engine's TPE: lazy groups, one fit and few draws per group and batch, seeded."""
+"""hpsearch's TPE: lazy groups, one fit and few draws per group and batch, seeded."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from optuna.samplers._tpe.sampler import default_gamma
 from optuna.trial import TrialState
 
-from hpsearch.cohort_sampler import _SPARE_BLOCKS, CohortTPESampler
 from hpsearch.config import load_study_config
+from hpsearch.lazy_tpe import _SPARE_BLOCKS, LazyTPESampler
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -39,9 +39,9 @@ def toy_loss(params: dict[str, Any]) -> float:
     return (math.log10(params["lr"]) + 2) ** 2 + (branch_value - 0.9) ** 2
 
 
-def toy_study(seed: int) -> tuple[optuna.Study, CohortTPESampler]:
+def toy_study(seed: int) -> tuple[optuna.Study, LazyTPESampler]:
     """A study past its startup trials, with the cohort engine's sampler settings."""
-    sampler = CohortTPESampler(seed=seed, n_startup_trials=STARTUP, multivariate=True,
+    sampler = LazyTPESampler(seed=seed, n_startup_trials=STARTUP, multivariate=True,
                                group=True, constant_liar=True)
     study = optuna.create_study(sampler=sampler)
     for _ in range(STARTUP):
@@ -57,7 +57,7 @@ class Fit:
     candidates: list[dict[str, np.ndarray]] = field(default_factory=list)  # one per draw
 
 
-def record_fits(sampler: CohortTPESampler, monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
+def record_fits(sampler: LazyTPESampler, monkeypatch: pytest.MonkeyPatch) -> list[Fit]:
     """The sampler's fits as they happen, each with the candidates drawn from it."""
     fits: list[Fit] = []
     fit_group = sampler._fit
@@ -80,7 +80,7 @@ def record_fits(sampler: CohortTPESampler, monkeypatch: pytest.MonkeyPatch) -> l
     return fits
 
 
-def ask_batch(study: optuna.Study, sampler: CohortTPESampler, count: int,
+def ask_batch(study: optuna.Study, sampler: LazyTPESampler, count: int,
               size: int) -> list[optuna.Trial]:
     """As the cohort refills: ask `count` trials, then draw their params in `batch(size)`."""
     asked = [study.ask() for _ in range(count)]
@@ -192,7 +192,7 @@ def test_a_search_of_the_wine_space_runs_in_batches_past_its_startup_trials(monk
     def loss(params: dict[str, Any]) -> float:
         return (math.log10(params["lr"]) + 2) ** 2 + (params["optimizer"] != "adam")
 
-    sampler = CohortTPESampler(seed=1, n_startup_trials=16, multivariate=True, group=True,
+    sampler = LazyTPESampler(seed=1, n_startup_trials=16, multivariate=True, group=True,
                                constant_liar=True)
     fits = record_fits(sampler, monkeypatch)
     study = optuna.create_study(sampler=sampler)

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.cohort_pruning import Curve, RoundPruner
+from hpsearch.pruning import Curve, RoundPruner
 
 # Members whose every value is NaN are part of the cases (the pruner prunes them).
 pytestmark = pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
