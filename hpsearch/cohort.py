@@ -163,8 +163,10 @@ class _Group:
     def add(self, joining: Sequence[Member]) -> None:
         rows = []
         for member in joining:
-            # As the reference engine does: the seed fixes the initial weights.
-            torch.manual_seed(member.seed)
+            # As the reference engine's torch.manual_seed does for the CPU, where models are
+            # built: the seed fixes the initial weights. (Seeding every device too took
+            # longer than building the model.)
+            torch.default_generator.manual_seed(member.seed)
             model = model_for(self.config, self.data, member.params)
             if self.layout is None:
                 self.layout = StackedModel(model)

@@ -147,7 +147,10 @@ def _losses_and_terms(output: torch.Tensor, target: torch.Tensor,
         # Over a short last dimension (a few classes) log_softmax is several times slower than
         # over the rows of a transposed copy.
         log_probs = torch.log_softmax(output.transpose(1, 2).contiguous(), dim=1).transpose(1, 2)
-        return -log_probs.gather(2, _class_index(target, output)).mean(dim=(1, 2)), log_probs
+        # 0 - mean, not -mean: a perfect fit's loss is 0.0, as torch's cross_entropy gives
+        # it, not -0.0 (which a leaderboard would print as "-0").
+        mean_log_prob = log_probs.gather(2, _class_index(target, output)).mean(dim=(1, 2))
+        return 0.0 - mean_log_prob, log_probs
     residuals = output - target
     return residuals.square().mean(dim=(1, 2)), residuals
 

@@ -319,6 +319,14 @@ class WriteBehindStorage(_CachedStorage):
         if now - taken >= self.refresh_s:
             self._snapshots[study_id] = (now, super().get_all_trials(study_id, deepcopy=False))
             self._merged.pop(study_id, None)
+        if states is not None and TrialState.RUNNING not in states:
+            # Our live trials are all running, so they are not asked for: the snapshot's other
+            # trials are the answer, without merging (which copies every live trial that
+            # changed: a cohort's pruner asks for the completed trials every round, after
+            # every member reported).
+            trials = [t for t in self._snapshots[study_id][1]
+                      if t.state in states and t._trial_id not in self._live]
+            return copy.deepcopy(trials) if deepcopy else trials
         trials = self._merged.get(study_id)
         if trials is None:
             trials = self._merged[study_id] = self._merge(study_id)
