@@ -12,6 +12,12 @@ other numbers of epochs.
     .venv/bin/python scripts/bench_workers.py --trials 60 --repeats 3
     .venv/bin/python scripts/bench_workers.py --postgres ''   # SQLite only
     .venv/bin/python scripts/bench_workers.py --engine cohort
+    .venv/bin/python scripts/bench_workers.py --no-pruning   # every trial 100 epochs
+
+With `--no-pruning` the study's pruner is off: every trial trains its 100 epochs, so the trial
+rate no longer depends on how early the search's trials happen to be pruned (which differs
+from one search to the next by more than the workers' speed-up), and the ratio of trials/s is
+the workers' own.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ from hpsearch.study import run_search
 DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
-def measure(url: str, trials: int, workers: int, engine: str, seed: int) -> dict[str, float]:
+def measure(url: str, trials: int, workers: int, engine: str, seed: int,
+            pruning: bool) -> dict[str, float]:
     config = replace(load_study_config("wine"), seed=seed).renamed(
         f"bench_{uuid.uuid4().hex[:8]}")
+    if not pruning:
+        config = replace(config, pruner=replace(config.pruner, kind="none"))
     started = time.perf_counter()
     outcome = run_search(config, url, trials, workers=workers, engine=engine)
     wall = time.perf_counter() - started
@@ -56,6 +65,8 @@ def main() -> None:
                              "may be created ('' to skip PostgreSQL)")
     parser.add_argument("--engine", choices=(REFERENCE, COHORT), default=REFERENCE,
                         help="the engine each worker runs (default: reference)")
+    parser.add_argument("--no-pruning", action="store_true",
+                        help="turn the study's pruner off (every trial trains every epoch)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the workers inherit it
     # One worker runs in this process with `hpsearch optimize`'s default of 1 torch thread,
@@ -81,7 +92,7 @@ def main() -> None:
                     # Run k searches with seed k, with 1 and with 2 workers: one seed's
                     # search is one draw of how long its trials survive pruning.
                     result = measure(url_for(f"{repeat}_{workers}"), args.trials, workers,
-                                     args.engine, seed=repeat)
+                                     args.engine, seed=repeat, pruning=not args.no_pruning)
                     results.setdefault((name, workers), []).append(result)
                     print(f"# {name}, {workers} worker(s), run {repeat + 1}: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
@@ -90,7 +101,7 @@ def main() -> None:
             admin.execute(f"DROP DATABASE {scratch} WITH (FORCE)")
             admin.close()
     print(f"\nwine study, {args.engine} engine, {args.trials} trials per run, median of "
-          f"{args.repeats} runs\n")
+          f"{args.repeats} runs" + (", pruner off" if args.no_pruning else "") + "\n")
     print("| storage | workers | trials/s | epochs/s | wall s | ratio trials/s | "
           "ratio epochs/s | ratio wall |")
     print("|---|---|---|---|---|---|---|---|")
