@@ -16,6 +16,7 @@ creation, so the most a study can overshoot is (workers on all machines) - 1.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,13 +306,14 @@ def run_search(
             previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
             interruptions.install()
             try:
-                if engine == COHORT:
-                    run_cohort_until_target(study, config, data, target, threading.Lock(),
-                                            interruptions, cohort_size, device, WORKER_ID,
-                                            on_round_end=report)
-                else:
-                    run_until_target(study, Objective(config, data, device=device), target,
-                                     threading.Lock(), interruptions, on_trial_end=report)
+                with _heap_frozen():
+                    if engine == COHORT:
+                        run_cohort_until_target(study, config, data, target, threading.Lock(),
+                                                interruptions, cohort_size, device, WORKER_ID,
+                                                on_round_end=report)
+                    else:
+                        run_until_target(study, Objective(config, data, device=device), target,
+                                         threading.Lock(), interruptions, on_trial_end=report)
             finally:
                 if threading.current_thread() is threading.main_thread():
                     for number, handler in previous.items():
@@ -468,14 +470,28 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
         study = optuna.load_study(study_name=config.name, storage=storage,
                                   sampler=build_sampler(config, worker),
                                   pruner=build_pruner(config))
-        if engine == COHORT:
-            run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
-                                    cohort_size, device, WORKER_ID)
-        else:
-            run_until_target(study, Objective(config, data, device=device), target,
-                             slot_lock, interruptions)
+        with _heap_frozen():
+            if engine == COHORT:
+                run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
+                                        cohort_size, device, WORKER_ID)
+            else:
+                run_until_target(study, Objective(config, data, device=device), target,
+                                 slot_lock, interruptions)
     finally:
         close_storage(storage)
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Keep the garbage collector's full collections off the objects that exist before the
+    search (torch's, Optuna's, SQLAlchemy's, the data): measured, each full collection of that
+    heap took about 0.2 s, a tenth of a 200-trial cohort search on wine, and whether a search
+    hit one was luck. What the search allocates is collected as before."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:

@@ -585,24 +585,38 @@ def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
     """Insert `rows` (all with the same keys) into `model`'s table in the session's
     transaction.
 
-    Into the table, not the ORM model: SQLAlchemy's ORM bulk insert handles each row in
-    Python, ten times slower for our thousands of intermediate values. On PostgreSQL through
-    COPY: psycopg sends an executemany row by row (pipelined, yet some 20 us a row in
-    Python), and a cohort's write has hundreds of rows (measured: a flush of 128 members'
-    values took 3.7 ms instead of 6.5 ms)."""
+    Into the table, not the ORM model, and with the driver's own bulk insert: a cohort's write
+    has hundreds of rows, and SQLAlchemy prepares each row's parameters in Python (measured on
+    SQLite: 13 us a row, six times the database's own time; a 200-trial wine search spent
+    0.2 s there). On PostgreSQL through COPY (psycopg's executemany goes row by row); elsewhere
+    one executemany of the INSERT (pymysql sends it as one multi-row INSERT). Values are what
+    the ORM would store: an enum column takes the member's name. Rows with a date go through
+    SQLAlchemy, which formats dates as each dialect stores them."""
     if not rows:
         return
     connection = session.connection()
-    if connection.dialect.driver != "psycopg":
+    dialect = connection.dialect
+    columns = list(rows[0])
+    values = [[value.name if isinstance(value, enum.Enum) else value for value in row.values()]
+              for row in rows]
+    if dialect.driver == "psycopg":
+        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(
+                f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+        return
+    marker = _PLACEHOLDERS.get(dialect.paramstyle)
+    if marker is None or any(isinstance(value, datetime.datetime) for value in values[0]):
         session.execute(sqlalchemy.insert(model.__table__), rows)
         return
-    columns = list(rows[0])
-    with connection.connection.driver_connection.cursor() as cursor, cursor.copy(
-            f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            # An enum column takes the member's name, as SQLAlchemy stores it.
-            copy.write_row([value.name if isinstance(value, enum.Enum) else value
-                            for value in row.values()])
+    quote = dialect.identifier_preparer.quote  # `key` is a reserved word in MySQL
+    connection.exec_driver_sql(
+        f"INSERT INTO {quote(model.__tablename__)} ({', '.join(map(quote, columns))}) "
+        f"VALUES ({', '.join([marker] * len(columns))})", [tuple(row) for row in values])
+
+
+# The positional placeholder of each DBAPI parameter style (sqlite3: qmark; pymysql: pyformat).
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 def flush_trial(trial: optuna.Trial) -> None:

@@ -155,3 +155,18 @@ def test_an_in_memory_search_runs_in_one_process(write_study):
     assert outcome.counts.finished == 4 and outcome.best_trial is not None
     with pytest.raises(ConfigError, match="--workers needs a storage the workers share"):
         run_search(config, "memory", 4, workers=2)
+
+
+def test_the_heap_before_a_search_is_frozen_during_it_and_only_then():
+    import gc
+
+    from hpsearch.study import _heap_frozen
+
+    assert gc.get_freeze_count() == 0
+    with _heap_frozen():
+        assert gc.get_freeze_count() > 1000  # torch, Optuna, pytest: all there before
+        garbage = []
+        garbage.append(garbage)  # a cycle made during the search is still collected
+        del garbage
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0
