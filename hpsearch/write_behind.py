@@ -352,19 +352,19 @@ class WriteBehindStorage(_CachedStorage):
         trial = models.TrialModel
         with self._lock:
             study = self._studies.setdefault(study_id, _StudyInfo())
-            # One query (a search refreshes once per trial it asks, and every second).
+            # One query for the ids, and the trials wanted with a few more (a search
+            # refreshes once per trial it asks, and every second).
             with _create_scoped_session(self._backend.scoped_session) as session:
                 ids = list(session.scalars(
                     sqlalchemy.select(trial.trial_id).where(
                         trial.study_id == study_id,
                         sqlalchemy.or_(trial.trial_id > study.last_finished_trial_id,
                                        trial.trial_id.in_(study.unfinished_trial_ids)))))
-            if not ids:
-                return
-            ours = self._live.keys() | self._settled.keys()
-            wanted = {tid for tid in ids if tid not in ours}
+                if not ids:
+                    return
+                ours = self._live.keys() | self._settled.keys()
+                read = _load_trials(session, sorted(tid for tid in ids if tid not in ours))
             newest = max(ids)
-            read = self._backend._get_trials(study_id, None, wanted, newest) if wanted else []
             self._add_trials_to_cache(study_id, read)
             # Every trial up to the newest is now held as it is: finished ones are final,
             # the rest are read again next time.
@@ -556,6 +556,60 @@ class WriteBehindStorage(_CachedStorage):
                                 .values(heartbeat=now))
             _insert(session, beat, [{"trial_id": trial_id, "heartbeat": now}
                                     for trial_id in trial_ids if trial_id not in beating])
+
+
+def _load_trials(session: Any, trial_ids: list[int]) -> list[FrozenTrial]:
+    """The trials with these ids, in id order, as Optuna's RDB storage builds them, read with
+    one plain query per table. Optuna's loader builds ORM objects for every record, which for
+    one finished wine trial (a hundred intermediate values) took 17 ms: with two workers, each
+    reads the other's every trial, and that was a tenth of its time."""
+    trials: dict[int, dict[str, Any]] = {}
+    table = models.TrialModel.__table__
+    for chunk in _chunks(trial_ids):
+        for row in session.execute(sqlalchemy.select(
+                table.c.trial_id, table.c.number, table.c.state, table.c.datetime_start,
+                table.c.datetime_complete).where(table.c.trial_id.in_(chunk))):
+            trials[row.trial_id] = {
+                "number": row.number, "state": row.state, "datetime_start": row.datetime_start,
+                "datetime_complete": row.datetime_complete, "values": None, "params": {},
+                "distributions": {}, "user_attrs": {}, "system_attrs": {},
+                "intermediate_values": {}}
+
+    def rows(model: Any, *columns: str, order: str | None = None) -> Iterator[Any]:
+        table = model.__table__
+        for chunk in _chunks(list(trials)):
+            query = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
+                table.c.trial_id.in_(chunk))
+            yield from session.execute(
+                query.order_by(table.c[order]) if order is not None else query)
+
+    for trial_id, name, value, distribution_json in rows(
+            models.TrialParamModel, "param_name", "param_value", "distribution_json",
+            order="param_id"):
+        distribution = distributions.json_to_distribution(distribution_json)
+        trials[trial_id]["params"][name] = distribution.to_external_repr(value)
+        trials[trial_id]["distributions"][name] = distribution
+    for trial_id, objective, value, kind in rows(models.TrialValueModel, "objective", "value",
+                                                 "value_type", order="objective"):
+        values = trials[trial_id]["values"] = trials[trial_id]["values"] or []
+        values.insert(objective, models.TrialValueModel.stored_repr_to_value(value, kind))
+    for model, kind in ((models.TrialUserAttributeModel, "user_attrs"),
+                        (models.TrialSystemAttributeModel, "system_attrs")):
+        for trial_id, key, value_json in rows(model, "key", "value_json"):
+            trials[trial_id][kind][key] = json.loads(value_json)
+    to_value = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+    for trial_id, step, value, kind in rows(models.TrialIntermediateValueModel, "step",
+                                            "intermediate_value", "intermediate_value_type"):
+        trials[trial_id]["intermediate_values"][step] = value if kind == _FINITE else \
+            to_value(value, kind)
+    return [FrozenTrial(trial_id=trial_id, value=None, **fields)
+            for trial_id, fields in sorted(trials.items())]
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
+    """`ids` in pieces small enough for an IN (SQLite's old limit: 999 bound values)."""
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def _retrying(write: Callable[[], _T]) -> _T:

@@ -146,10 +146,13 @@ def test_postgresql_commits_do_not_wait_for_the_disk_and_url_options_are_kept(po
 def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, tmp_path):
     """The write-behind storage writes its records in bulk (on PostgreSQL through COPY):
     every kind of record, awkward values included, reads back through Optuna's own storage
-    as it was set."""
+    as it was set; and its own loader (what other workers read it with) reads every trial as
+    Optuna's does."""
     import optuna
+    from optuna.storages._rdb.storage import _create_scoped_session
 
     from hpsearch.storage import open_storage
+    from hpsearch.write_behind import _load_trials
 
     url = (f"sqlite:///{tmp_path / 'bulk.db'}" if database == "sqlite"
            else request.getfixturevalue(database))
@@ -177,3 +180,25 @@ def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, t
     assert stored.user_attrs == {"note": awkward + "!", "history": [0.5, None, {"a": 1}]}
     assert stored.system_attrs["worker"] == "host:1"
     assert (stored.state, stored.value) == (optuna.trial.TrialState.COMPLETE, float("inf"))
+    # Another worker reads it with the write-behind storage's own loader: as Optuna reads it.
+    pruned = study.ask()
+    pruned.suggest_int("width", 4, 64, log=True)
+    pruned.report(0.75, 0)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    running = study.ask()
+    running.set_user_attr("note", "still going")
+    storage.flush(running._trial_id)
+    study.enqueue_trial({"lr": 0.01})
+    ids = [t._trial_id for t in optuna.storages.RDBStorage(url).get_all_trials(study._study_id)]
+    assert len(ids) == 4
+    other = open_storage(url)
+    with _create_scoped_session(other._backend.scoped_session) as session:
+        loaded = _load_trials(session, list(reversed(ids)))
+    expected = other._backend._get_trials(study._study_id, None, set(), -1)
+    assert [t._trial_id for t in loaded] == sorted(ids)
+    for ours, optunas in zip(loaded, expected, strict=True):
+        nan_free = {k: v for k, v in optunas.intermediate_values.items() if v == v}
+        assert {k: v for k, v in ours.intermediate_values.items() if v == v} == nan_free
+        ours.intermediate_values = optunas.intermediate_values  # NaN != NaN; compared above
+        assert ours == optunas
+        assert list(ours.params) == list(optunas.params)

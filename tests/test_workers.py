@@ -13,6 +13,7 @@ import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study_config
@@ -86,8 +87,8 @@ def test_the_trial_of_a_killed_worker_is_failed_and_retried(write_study, tmp_pat
             time.sleep(0.2)
             try:
                 trials = optuna.load_study(study_name="slow", storage=url).trials
-            except KeyError:
-                continue
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                continue  # no study yet, or the search is creating the schema right now
             for trial in trials:
                 worker = trial.system_attrs.get(ATTR_WORKER, "")
                 if trial.state == TrialState.RUNNING and worker:

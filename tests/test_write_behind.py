@@ -8,6 +8,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from hpsearch import write_behind
 from hpsearch.config import load_study_config
 from hpsearch.objective import Objective
 from hpsearch.storage import open_storage
@@ -127,7 +128,8 @@ def test_trials_created_together_are_numbered_as_optuna_numbers_them(tmp_path):
     assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4, 5]
 
 
-def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp_path):
+def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp_path,
+                                                                             monkeypatch):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     ours = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0, flush_s=3600)
     theirs = WriteBehindStorage(optuna.storages.RDBStorage(url), refresh_s=0.0)
@@ -139,10 +141,11 @@ def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp
     their_trial.report(0.2, 1)
     their_study.tell(their_trial, 0.2)
     reads = []
-    original = ours._backend._get_trials
-    ours._backend._get_trials = lambda *args: reads.append(args[2]) or original(*args)
+    original = write_behind._load_trials
+    monkeypatch.setattr(write_behind, "_load_trials",
+                        lambda session, ids: reads.append(ids) or original(session, ids))
     seen = {t.number: t for t in study.get_trials()}
-    assert [trial_ids for trial_ids in reads] == [{their_trial._trial_id}]
+    assert reads == [[their_trial._trial_id]]
     assert (seen[0].state, seen[0].intermediate_values) == (
         optuna.trial.TrialState.RUNNING, {1: 0.4})
     assert (seen[1].value, seen[2].value) == (0.1, 0.2)
