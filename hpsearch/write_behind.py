@@ -651,8 +651,8 @@ def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
     connection = session.connection()
     dialect = connection.dialect
     columns = list(rows[0])
-    values = [[value.name if isinstance(value, enum.Enum) else value for value in row.values()]
-              for row in rows]
+    values = [tuple(value.name if isinstance(value, enum.Enum) else value
+                    for value in row.values()) for row in rows]
     if dialect.driver == "psycopg":
         with connection.connection.driver_connection.cursor() as cursor, cursor.copy(
                 f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -666,7 +666,7 @@ def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
     quote = dialect.identifier_preparer.quote  # `key` is a reserved word in MySQL
     connection.exec_driver_sql(
         f"INSERT INTO {quote(model.__tablename__)} ({', '.join(map(quote, columns))}) "
-        f"VALUES ({', '.join([marker] * len(columns))})", [tuple(row) for row in values])
+        f"VALUES ({', '.join([marker] * len(columns))})", values)
 
 
 # The positional placeholder of each DBAPI parameter style (sqlite3: qmark; pymysql: pyformat).
