@@ -107,9 +107,18 @@ class WriteBehindStorage(_CachedStorage):
         # Inside `ending_together`: our trials that ended, their end and their last records,
         # written in one transaction when it closes.
         self._ending: dict[int, _End] | None = None
+        self._beats: dict[int, float] = {}  # trial id -> when we last beat for it (monotonic)
+        # (study id, states asked for) -> the snapshot's trials in those states, not ours,
+        # until the snapshot changes: the reference engine's pruner asks every epoch.
+        self._filtered: dict[tuple[int, frozenset[TrialState]], list[FrozenTrial]] = {}
 
     # -- our trials -------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is None:
+            # `study.ask`'s new trial: created running and beating in one transaction (Optuna
+            # takes one to create it, through its ORM, and two more when `optimize`'s
+            # heartbeat thread first beats; see `record_heartbeat`).
+            return self.create_running_trials(study_id, 1)[0]
         trial_id = super().create_new_trial(study_id, template_trial)
         trial = self._backend.get_trial(trial_id) if template_trial is not None else None
         with self._lock:
@@ -157,8 +166,10 @@ class WriteBehindStorage(_CachedStorage):
         with self._lock:
             self._studies.setdefault(study_id, _StudyInfo())
             self._add_trials_to_cache(study_id, trials)
+        beat = time.monotonic()
         for trial in trials:
             self._adopt(trial._trial_id, trial)
+            self._beats[trial._trial_id] = beat
         return [trial._trial_id for trial in trials]
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
@@ -283,6 +294,7 @@ class WriteBehindStorage(_CachedStorage):
         never written again, so this copy stays true)."""
         final = self._live.pop(trial_id)
         del self._pending[trial_id]
+        self._beats.pop(trial_id, None)
         self._changed(trial_id)
         final.state = state
         final.values = list(values) if values is not None else None
@@ -293,6 +305,7 @@ class WriteBehindStorage(_CachedStorage):
             study = self._studies.setdefault(study_id, _StudyInfo())
             study.trials[number] = final
             study.unfinished_trial_ids.discard(trial_id)
+        self._filtered.clear()
         if study_id in self._snapshots:
             taken, trials = self._snapshots[study_id]
             kept = [t for t in trials if t._trial_id != trial_id]
@@ -319,14 +332,19 @@ class WriteBehindStorage(_CachedStorage):
         if now - taken >= self.refresh_s:
             self._snapshots[study_id] = (now, super().get_all_trials(study_id, deepcopy=False))
             self._merged.pop(study_id, None)
+            self._filtered.clear()
         if states is not None and TrialState.RUNNING not in states:
             # Our live trials are all running, so they are not asked for: the snapshot's other
             # trials are the answer, without merging (which copies every live trial that
             # changed: a cohort's pruner asks for the completed trials every round, after
             # every member reported).
-            trials = [t for t in self._snapshots[study_id][1]
-                      if t.state in states and t._trial_id not in self._live]
-            return copy.deepcopy(trials) if deepcopy else trials
+            key = (study_id, frozenset(states))
+            trials = self._filtered.get(key)
+            if trials is None:
+                trials = self._filtered[key] = [
+                    t for t in self._snapshots[study_id][1]
+                    if t.state in states and t._trial_id not in self._live]
+            return copy.deepcopy(trials) if deepcopy else list(trials)
         trials = self._merged.get(study_id)
         if trials is None:
             trials = self._merged[study_id] = self._merge(study_id)
@@ -388,6 +406,7 @@ class WriteBehindStorage(_CachedStorage):
         processes may have changed)."""
         self._snapshots.clear()
         self._merged.clear()
+        self._filtered.clear()
 
     # -- for workers deciding whether to start a trial: fresh, cheap, never the snapshot -----
     def count_states(self, study_id: int) -> dict[TrialState, int]:
@@ -541,11 +560,22 @@ class WriteBehindStorage(_CachedStorage):
                     for key in getattr(pending, kind))
         return finished
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """`optimize`'s heartbeat thread beats as its trial starts, and then every interval:
+        the first beat is skipped when the trial beat as it was created, a moment ago (that
+        beat was a transaction in a second thread, racing the trial's own writes: on SQLite
+        for the file's one write lock)."""
+        interval = self.get_heartbeat_interval() or 0
+        if time.monotonic() - self._beats.get(trial_id, -float("inf")) < interval / 2:
+            return
+        self.record_heartbeats([trial_id])
+
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
         """Beat for several running trials in one transaction (Optuna's `record_heartbeat`
         takes one per trial), by the database's clock as Optuna's stale check reads it."""
         if not trial_ids:
             return
+        beat_at = time.monotonic()
         beat = models.TrialHeartbeatModel
         with _create_scoped_session(self._backend.scoped_session, True) as session:
             now = session.execute(sqlalchemy.func.now()).scalar()
@@ -556,6 +586,8 @@ class WriteBehindStorage(_CachedStorage):
                                 .values(heartbeat=now))
             _insert(session, beat, [{"trial_id": trial_id, "heartbeat": now}
                                     for trial_id in trial_ids if trial_id not in beating])
+        for trial_id in trial_ids:
+            self._beats[trial_id] = beat_at
 
 
 def _load_trials(session: Any, trial_ids: list[int]) -> list[FrozenTrial]:

@@ -6,7 +6,10 @@ against a plain Optuna script written the obvious way, side by side in one run.
 The baseline is the straightforward script: the wine MLP, 100 epochs, `trial.report()` and
 `trial.should_prune()` every epoch, MedianPruner, TPE, on Optuna's own storages. Every variant
 runs the same number of trials; times are compared per trained epoch, so that different
-pruning does not distort the ratios. Prints a markdown table of medians over the repeats.
+pruning does not distort the ratios. Prints a markdown table of medians over the repeats, and
+each ratio as the median (and range) of its run-by-run ratios: run k of every variant has seed
+k, and runs are interleaved, so each pair of runs compared saw the machine at about the same
+speed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from hpsearch.training import COMPLETED
 # default for this study.
 ENGINES = (REFERENCE, COHORT)
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+WARM_UP_TRIALS = 20
 
 
 def baseline(storage: str | None, trials: int, seed: int) -> tuple[float, int]:
@@ -136,10 +140,22 @@ def main() -> None:
             variants[f"{label}, PostgreSQL"] = partial(hpsearch, postgres[0], args.trials,
                                                        engine=engine)
 
+    # Warm-up, not timed: the first search of a process pays for imports and first calls
+    # (torch's optimizers import torch._dynamo, ~1 s), which would be charged to one variant.
+    for engine in ENGINES:
+        hpsearch("memory", WARM_UP_TRIALS, seed=0, engine=engine)
+    if not args.no_baseline:
+        baseline(None, WARM_UP_TRIALS, seed=0)
+
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
     try:
         for repeat in range(args.repeats):
-            for name, run in variants.items():  # interleaved: drift hits every variant alike
+            # Run k of every variant has seed k (the same trials on every storage), and runs
+            # are interleaved, every other repeat in reverse order: this machine's speed
+            # drifts by up to 1.5x within minutes, and a storage's run sits next to the
+            # in-memory run it is compared with.
+            order = list(variants.items())
+            for name, run in order if repeat % 2 == 0 else reversed(order):
                 seconds, epochs = run(seed=repeat)
                 results[name].append((seconds, epochs))
                 print(f"  repeat {repeat + 1}: {name}: {seconds:.1f} s, {epochs} epochs",
@@ -151,6 +167,13 @@ def main() -> None:
     def median_per_epoch(name: str) -> float:
         return statistics.median(s / e for s, e in results[name])
 
+    def paired(slower: str, faster: str) -> str:
+        """The median and range of `slower`'s time per epoch over `faster`'s, run by run."""
+        ratios = sorted((s1 / e1) / (s2 / e2) for (s1, e1), (s2, e2)
+                        in zip(results[slower], results[faster], strict=True))
+        return (f"**{statistics.median(ratios):.2f}x** "
+                f"(runs {ratios[0]:.2f}x-{ratios[-1]:.2f}x)")
+
     print(f"\n{args.trials} trials of the wine study, median of {args.repeats} runs, "
           f"torch threads 1\n")
     print("| variant | wall time (s) | epochs trained | ms per epoch |")
@@ -159,22 +182,19 @@ def main() -> None:
         print(f"| {name} | {statistics.median(s for s, _ in runs):.1f} | "
               f"{statistics.median(e for _, e in runs):.0f} | "
               f"{1000 * median_per_epoch(name):.3f} |")
-    print()
+    print("\nTime per epoch over time per epoch, run by run (same seed), median and range:\n")
     for engine in ENGINES:
-        memory = median_per_epoch(f"hpsearch {engine}, in-memory")
         for storage in ("SQLite", "PostgreSQL"):
             name = f"hpsearch {engine}, {storage}"
             if name in results:
-                print(f"- {name} / in-memory (per epoch): "
-                      f"{median_per_epoch(name) / memory:.2f}x")
+                print(f"- {name} / in-memory: "
+                      f"{paired(name, f'hpsearch {engine}, in-memory')}")
     if "plain Optuna, SQLite" in results:
-        plain_sqlite = median_per_epoch("plain Optuna, SQLite")
         for engine in ENGINES:
-            print(f"- plain Optuna, SQLite / hpsearch {engine}, SQLite (per epoch): "
-                  f"{plain_sqlite / median_per_epoch(f'hpsearch {engine}, SQLite'):.1f}x "
-                  "faster")
-        print(f"- plain Optuna: SQLite / in-memory (per epoch): "
-              f"{plain_sqlite / median_per_epoch('plain Optuna, in-memory'):.1f}x")
+            print(f"- plain Optuna, SQLite / hpsearch {engine}, SQLite: "
+                  f"{paired('plain Optuna, SQLite', f'hpsearch {engine}, SQLite')}")
+        print(f"- plain Optuna: SQLite / in-memory: "
+              f"{paired('plain Optuna, SQLite', 'plain Optuna, in-memory')}")
     if postgres is None and not args.no_postgres:
         print("- PostgreSQL: no server at 127.0.0.1:5432, skipped")
 
