@@ -128,6 +128,37 @@ def test_trials_created_together_are_numbered_as_optuna_numbers_them(tmp_path):
     assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4, 5]
 
 
+def test_an_asked_trial_beats_from_its_creation_and_the_thread_beats_only_when_due(
+        tmp_path, monkeypatch):
+    """`study.ask` creates the trial running with its first heartbeat, in one transaction;
+    `optimize`'s heartbeat thread then skips its first beat (made a moment ago), and beats
+    again once half an interval has passed."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    rdb = optuna.storages.RDBStorage(url, heartbeat_interval=10)
+    storage = WriteBehindStorage(rdb)
+    study = optuna.create_study(study_name="b", storage=storage)
+    trial = study.ask()
+    beats = optuna.storages._rdb.models.TrialHeartbeatModel
+
+    def beat_of(trial_id):
+        with optuna.storages._rdb.storage._create_scoped_session(rdb.scoped_session) as s:
+            row = beats.where_trial_id(trial_id, s)
+            return None if row is None else row.heartbeat
+
+    first = beat_of(trial._trial_id)
+    assert first is not None
+    assert optuna.load_study(study_name="b", storage=url).trials[0].state == \
+        optuna.trial.TrialState.RUNNING
+    written = []
+    monkeypatch.setattr(storage, "record_heartbeats", written.append)
+    storage.record_heartbeat(trial._trial_id)  # the thread's first beat: just made
+    assert written == []
+    clock = write_behind.time.monotonic() + 5.0  # half an interval later
+    monkeypatch.setattr(write_behind.time, "monotonic", lambda: clock)
+    storage.record_heartbeat(trial._trial_id)
+    assert written == [[trial._trial_id]]
+
+
 def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp_path,
                                                                              monkeypatch):
     url = f"sqlite:///{tmp_path / 'r.db'}"
