@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
@@ -110,6 +111,7 @@ class _CohortSearch:
         self.worker_id = worker_id
         self.storage = study._storage
         self.pruner = RoundPruner(study.pruner)
+        self.direction = study.direction  # a read of the storage; a study's never changes
         self.curves: dict[int, Curve] = {}  # id(member) -> its curve, as the pruner reads it
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
@@ -252,7 +254,7 @@ class _CohortSearch:
         for outcome in judged:
             key = id(outcome.member)
             self.curves[key] = Curve.extended(self.curves.get(key), outcome.stats.epoch,
-                                              outcome.stats.val_loss, self.study.direction)
+                                              outcome.stats.val_loss, self.direction)
             curves.append(self.curves[key])
         return self.pruner.decide_curves(self.study, curves)
 
@@ -267,10 +269,12 @@ class _CohortSearch:
     def _tell(self, member: Member, reason: str) -> None:
         trial: optuna.Trial = member.key
         try:
+            # `study.tell` without the deep copy of the trial it returns (a tenth of a
+            # cohort's ends): what `study.optimize` calls for the reference engine's trials.
             if reason == COMPLETED:
-                self.study.tell(trial, member.history[-1].val_loss)
+                _tell_with_warning(self.study, trial, member.history[-1].val_loss)
             else:
-                self.study.tell(trial, state=TrialState.PRUNED)
+                _tell_with_warning(self.study, trial, state=TrialState.PRUNED)
         except optuna.exceptions.UpdateFinishedTrialError:
             _warn_lost(trial.number)
 

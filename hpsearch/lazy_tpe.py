@@ -25,8 +25,9 @@ the cohort engine opens for each refill):
   one trial's own candidates, so the batch's trials still differ. The blocks nobody took are
   dropped with the batch.
 
-Outside `batch`, every trial fits and draws for itself. It relies on TPESampler internals of
-the pinned Optuna (its `_sample` steps).
+Outside `batch`, every trial fits and draws for itself. Draws evaluate the normal tails with
+SciPy's ufuncs (`_vectorised_normal_tails`). It relies on TPESampler internals of the pinned
+Optuna (its `_sample` steps, its truncated-normal module).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
+from optuna.samplers._tpe import _truncnorm
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.samplers._tpe.sampler import _split_trials, default_gamma
 from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
+from scipy import special
 
 # Blocks a group draws beyond its expected share of a batch's trials: a spare block costs a
 # fraction of another draw's fixed cost (a `sample` and an acquisition call), but blocks for
@@ -103,9 +106,10 @@ class LazyTPESampler(TPESampler):
             blocks = 1 + min(later, math.ceil(later * group.share) + _SPARE_BLOCKS)
         if group.drawn_out():
             # As TPESampler._sample goes on from its fitted estimators, for several trials.
-            candidates = group.below.sample(self._rng.rng, self._n_ei_candidates * blocks)
-            group.hold(candidates, self._compute_acquisition_func(candidates, group.below,
-                                                                  group.above))
+            with _vectorised_normal_tails():
+                candidates = group.below.sample(self._rng.rng, self._n_ei_candidates * blocks)
+                group.hold(candidates, self._compute_acquisition_func(candidates, group.below,
+                                                                      group.above))
         chosen = group.take(self._n_ei_candidates)
         return {name: distribution.to_external_repr(chosen[name])
                 for name, distribution in search_space.items()}
@@ -130,6 +134,22 @@ class LazyTPESampler(TPESampler):
             self._build_parzen_estimator(study, search_space, below, handle_below=True),
             self._build_parzen_estimator(study, search_space, above, handle_below=False),
             share=took_group / len(below) if below else 1.0)
+
+
+@contextlib.contextmanager
+def _vectorised_normal_tails() -> Iterator[None]:
+    """Optuna's truncated normal (drawing candidates, and their densities) with SciPy's
+    `ndtr`, `log_ndtr` and `ndtri_exp`: Optuna's module is a port of SciPy's code that
+    evaluates these element by element in Python (`np.frompyfunc`), the largest cost of a
+    draw; SciPy's are the ufuncs it was ported from (values equal to rounding,
+    tests/test_lazy_tpe.py)."""
+    saved = _truncnorm._ndtr, _truncnorm._log_ndtr, _truncnorm._ndtri_exp
+    _truncnorm._ndtr, _truncnorm._log_ndtr, _truncnorm._ndtri_exp = \
+        special.ndtr, special.log_ndtr, special.ndtri_exp
+    try:
+        yield
+    finally:
+        _truncnorm._ndtr, _truncnorm._log_ndtr, _truncnorm._ndtri_exp = saved
 
 
 @dataclass

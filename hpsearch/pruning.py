@@ -81,7 +81,8 @@ class RoundPruner:
         if len(completed) != len(self._completed):
             self._percentiles.clear()
             self._completed = completed
-        return [curve is not None and self._prune(study.direction, curve) for curve in curves]
+        direction = study.direction  # a read of the storage: once per round, not per trial
+        return [curve is not None and self._prune(direction, curve) for curve in curves]
 
     def _prune(self, direction: StudyDirection, curve: Curve) -> bool:
         """PercentilePruner.prune, step by step."""

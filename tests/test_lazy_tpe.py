@@ -210,3 +210,32 @@ def test_a_search_of_the_wine_space_runs_in_batches_past_its_startup_trials(monk
     assert {fit.group for fit in fits} >= {("lr", "optimizer", "scheduler", "use_weight_decay")}
     startup, modelled = trials[:16], trials[16:]
     assert np.mean([t.value for t in modelled]) < np.mean([t.value for t in startup])
+
+
+def test_the_vectorised_normal_tails_give_optunas_draws_and_densities():
+    """Inside `_vectorised_normal_tails` Optuna's truncated normal draws the same values from
+    the same random state, and gives the same log-densities, as its own element-by-element
+    code: far tails, both sides of the mean, narrow and wide intervals."""
+    from optuna.samplers._tpe import _truncnorm
+
+    from hpsearch.lazy_tpe import _vectorised_normal_tails
+
+    rng = np.random.default_rng(7)
+    mu = np.concatenate([rng.uniform(-3, 3, 200), [-40.0, 40.0, 0.0, 9.0]])
+    sigma = np.concatenate([rng.uniform(0.01, 3, 200), [1.0, 1.0, 1e-6, 0.5]])
+    low, high = -4.6, 0.0
+    a, b = (low - mu) / sigma, (high - mu) / sigma
+
+    def draws_and_densities():
+        x = _truncnorm.rvs(a, b, loc=mu, scale=sigma, random_state=np.random.RandomState(3))
+        return x, _truncnorm.logpdf(x, a, b, loc=mu, scale=sigma)
+
+    optunas = draws_and_densities()
+    with _vectorised_normal_tails():
+        vectorised = draws_and_densities()
+    assert {f.__module__ for f in (_truncnorm._ndtr, _truncnorm._log_ndtr,
+                                   _truncnorm._ndtri_exp)} == \
+        {"optuna.samplers._tpe._truncnorm"}  # put back
+    np.testing.assert_allclose(vectorised[0], optunas[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(vectorised[1], optunas[1], rtol=1e-9, atol=1e-9)
+    assert np.all((vectorised[0] >= low) & (vectorised[0] <= high))
