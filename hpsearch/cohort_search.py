@@ -207,10 +207,15 @@ class _CohortSearch:
     def end_round(self, outcomes: list[EpochOutcome], device_type: str) -> bool:
         """Report, judge and end the round's members; True if any trial ended."""
         lost = []  # failed by another worker's heartbeat check: no longer ours
-        for outcome in outcomes:  # every report first: the pruner judges on the same trials
+        # Every report first: the pruner judges on the same trials. Straight to the storage:
+        # `Trial.report` checks its arguments (a float, a new step: they are) and keeps a copy
+        # of the values that nothing here reads, for every member of every round.
+        report = self.storage.set_trial_intermediate_value
+        for outcome in outcomes:
             if outcome.stats is not None:
                 try:
-                    outcome.member.key.report(outcome.stats.val_loss, outcome.stats.epoch)
+                    report(outcome.member.key._trial_id, outcome.stats.epoch,
+                           outcome.stats.val_loss)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     _warn_lost(outcome.member.key.number)
                     lost.append(outcome.member)

@@ -81,31 +81,34 @@ class RoundPruner:
         if len(completed) != len(self._completed):
             self._percentiles.clear()
             self._completed = completed
-        direction = study.direction  # a read of the storage: once per round, not per trial
-        return [curve is not None and self._prune(direction, curve) for curve in curves]
-
-    def _prune(self, direction: StudyDirection, curve: Curve) -> bool:
-        """PercentilePruner.prune, step by step."""
-        pruner: PercentilePruner = self.pruner  # type: ignore[assignment]
         completed = self._completed
+        direction = study.direction  # a read of the storage: once per round, not per trial
+        pruner: PercentilePruner = self.pruner  # type: ignore[assignment]
         if not completed or len(completed) < pruner._n_startup_trials:
-            return False
-        step = curve.step
-        if step < pruner._n_warmup_steps:
-            return False
-        # _is_first_in_interval_step, from the previous step instead of all of them.
-        nearest_lower_pruning_step = (step - pruner._n_warmup_steps) // \
-            pruner._interval_steps * pruner._interval_steps + pruner._n_warmup_steps
-        if curve.previous_step >= nearest_lower_pruning_step:
-            return False
-        if math.isnan(curve.best):
-            return True
-        percentile = self._percentiles.get(step)
-        if percentile is None:
-            percentile = self._percentiles[step] = _get_percentile_intermediate_result_over_trials(
-                completed, direction, step, pruner._percentile, pruner._n_min_trials)
-        if math.isnan(percentile):
-            return False
-        if direction == StudyDirection.MAXIMIZE:
-            return curve.best < percentile
-        return curve.best > percentile
+            return [False] * len(curves)
+        warmup, interval = pruner._n_warmup_steps, pruner._interval_steps
+        maximize = direction == StudyDirection.MAXIMIZE
+        percentiles = self._percentiles
+        decisions = []
+        # PercentilePruner.prune for each curve, step by step (in one loop: it runs for every
+        # member of every round).
+        for curve in curves:
+            if curve is None or curve.step < warmup:
+                decisions.append(False)
+                continue
+            step = curve.step
+            # _is_first_in_interval_step, from the previous step instead of all of them.
+            nearest_lower_pruning_step = (step - warmup) // interval * interval + warmup
+            if curve.previous_step >= nearest_lower_pruning_step:
+                decisions.append(False)
+                continue
+            if math.isnan(curve.best):
+                decisions.append(True)
+                continue
+            percentile = percentiles.get(step)
+            if percentile is None:
+                percentile = percentiles[step] = _get_percentile_intermediate_result_over_trials(
+                    completed, direction, step, pruner._percentile, pruner._n_min_trials)
+            decisions.append(not math.isnan(percentile) and (
+                curve.best < percentile if maximize else curve.best > percentile))
+        return decisions

@@ -27,6 +27,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 import torch
+from bench_ratios import paired
 from torch import nn
 
 from hpsearch.cohort_search import COHORT, REFERENCE
@@ -167,12 +168,9 @@ def main() -> None:
     def median_per_epoch(name: str) -> float:
         return statistics.median(s / e for s, e in results[name])
 
-    def paired(slower: str, faster: str) -> str:
-        """The median and range of `slower`'s time per epoch over `faster`'s, run by run."""
-        ratios = sorted((s1 / e1) / (s2 / e2) for (s1, e1), (s2, e2)
-                        in zip(results[slower], results[faster], strict=True))
-        return (f"**{statistics.median(ratios):.2f}x** "
-                f"(runs {ratios[0]:.2f}x-{ratios[-1]:.2f}x)")
+    def per_epoch(name: str, other: str) -> str:
+        """`name`'s time per epoch over `other`'s, run by run."""
+        return paired([s / e for s, e in results[name]], [s / e for s, e in results[other]])
 
     print(f"\n{args.trials} trials of the wine study, median of {args.repeats} runs, "
           f"torch threads 1\n")
@@ -188,13 +186,13 @@ def main() -> None:
             name = f"hpsearch {engine}, {storage}"
             if name in results:
                 print(f"- {name} / in-memory: "
-                      f"{paired(name, f'hpsearch {engine}, in-memory')}")
+                      f"{per_epoch(name, f'hpsearch {engine}, in-memory')}")
     if "plain Optuna, SQLite" in results:
         for engine in ENGINES:
             print(f"- plain Optuna, SQLite / hpsearch {engine}, SQLite: "
-                  f"{paired('plain Optuna, SQLite', f'hpsearch {engine}, SQLite')}")
+                  f"{per_epoch('plain Optuna, SQLite', f'hpsearch {engine}, SQLite')}")
         print(f"- plain Optuna: SQLite / in-memory: "
-              f"{paired('plain Optuna, SQLite', 'plain Optuna, in-memory')}")
+              f"{per_epoch('plain Optuna, SQLite', 'plain Optuna, in-memory')}")
     if postgres is None and not args.no_postgres:
         print("- PostgreSQL: no server at 127.0.0.1:5432, skipped")
 
