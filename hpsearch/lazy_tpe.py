@@ -12,8 +12,9 @@ the cohort engine opens for each refill):
 - **Each finished trial joins the groups once** (`_IncrementalGroups`), instead of every
   finished trial being added again for every trial asked.
 - **One fit per refill**: inside `batch(size)` (the cohort asks its free slots' trials at
-  once), each group's Parzen estimators are fitted when the batch's first trial asks for the
-  group, and every later trial of the batch uses that fit. No trial of the batch has the
+  once), the trials are split into good and bad once, each group's Parzen estimators are
+  fitted when the batch's first trial asks for the group, and every later trial of the batch
+  uses that fit. No trial of the batch has the
   group's parameters yet when it is fitted, so the batch's trials are no "liars" to each
   other; trials running from earlier batches are liars as before.
 - **Few draws per refill**: a group draws the candidates (`n_ei_candidates` each) of several
@@ -119,16 +120,27 @@ class LazyTPESampler(TPESampler):
         """TPESampler._sample's fit: split the trials (running ones as liars), then one Parzen
         estimator for the good trials and one for the rest; and the good trials' share that
         took the group."""
-        states = [TrialState.COMPLETE, TrialState.PRUNED]
-        if self._constant_liar:
-            states.append(TrialState.RUNNING)
-        trials = study._get_trials(deepcopy=False, states=states,
-                                   use_cache=not self._constant_liar)
-        trials = [t for t in trials if t.number != trial.number]
-        if self._gamma is None:
-            self._gamma = default_gamma
-        finished = sum(t.state != TrialState.RUNNING for t in trials)
-        below, above = _split_trials(study, trials, self._gamma(finished))
+        batch = self._batch
+        if batch is not None and batch.split is not None:
+            below, above = batch.split
+        else:
+            states = [TrialState.COMPLETE, TrialState.PRUNED]
+            if self._constant_liar:
+                states.append(TrialState.RUNNING)
+            trials = study._get_trials(deepcopy=False, states=states,
+                                       use_cache=not self._constant_liar)
+            trials = [t for t in trials if t.number != trial.number]
+            if self._gamma is None:
+                self._gamma = default_gamma
+            finished = sum(t.state != TrialState.RUNNING for t in trials)
+            below, above = _split_trials(study, trials, self._gamma(finished))
+            if batch is not None:
+                # Every group of the batch is fitted on this split: its finished trials don't
+                # change during a refill, running ones are all "above", and the only trials
+                # it lacks or holds in an older state are the batch's own, which have none
+                # of a group's parameters when the group is fitted (its first ask in the
+                # batch) and so count for none of its estimators.
+                batch.split = below, above
         took_group = sum(search_space.keys() <= t.params.keys() for t in below)
         return _GroupDraws(
             self._build_parzen_estimator(study, search_space, below, handle_below=True),
@@ -184,6 +196,8 @@ class _Batch:
     size: int  # trials the batch will ask (more are served, each drawing its own block)
     groups: dict[tuple[str, ...], _GroupDraws] = field(default_factory=dict)
     trials: set[int] = field(default_factory=set)  # numbers of the trials that drew a group
+    # The trials split into good ("below") and the rest, for the batch's first fit and the rest
+    split: tuple[list[FrozenTrial], list[FrozenTrial]] | None = None
 
 
 class _IncrementalGroups(_GroupDecomposedSearchSpace):

@@ -239,3 +239,35 @@ def test_the_vectorised_normal_tails_give_optunas_draws_and_densities():
     np.testing.assert_allclose(vectorised[0], optunas[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(vectorised[1], optunas[1], rtol=1e-9, atol=1e-9)
     assert np.all((vectorised[0] >= low) & (vectorised[0] <= high))
+
+
+def test_a_batch_splits_the_trials_once_and_samples_as_if_each_fit_split_them(monkeypatch):
+    """The batch's split (good trials and the rest, running ones as liars) is made once, for
+    its first fit: every later fit of the batch draws what a split of its own would give."""
+    from hpsearch import lazy_tpe
+
+    def search(cache_split: bool) -> tuple[list[dict[str, Any]], int]:
+        study, sampler = toy_study(seed=11)
+        ask_batch(study, sampler, count=4, size=4)  # left running: liars for the next batch
+        splits = []
+        split = lazy_tpe._split_trials
+
+        def counting_split(*args):
+            splits.append(1)
+            return split(*args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(lazy_tpe, "_split_trials", counting_split)
+            if not cache_split:
+                patch.setattr(lazy_tpe._Batch, "split", property(lambda _: None,
+                                                                  lambda _, __: None))
+            asked = ask_batch(study, sampler, count=12, size=12)
+        return [trial.params for trial in asked], len(splits)
+
+    cached, splits_cached = search(cache_split=True)
+    fresh, splits_fresh = search(cache_split=False)
+    assert cached == fresh
+    both_branches = all(any(branch in params for params in fresh)
+                        for branch in BRANCH.values())
+    assert both_branches  # three groups fitted: the shared one and each branch's
+    assert (splits_cached, splits_fresh) == (1, 3)
