@@ -128,6 +128,7 @@ def test_trials_created_together_are_numbered_as_optuna_numbers_them(tmp_path):
     assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask, not optimize: on purpose
 def test_an_asked_trial_beats_from_its_creation_and_the_thread_beats_only_when_due(
         tmp_path, monkeypatch):
     """`study.ask` creates the trial running with its first heartbeat, in one transaction;
