@@ -1,8 +1,10 @@
 """How much faster is the cohort engine than the reference engine? Three measurements, each
-printed as a markdown table (medians over --repeats runs, every run on a fresh SQLite file):
+printed as a markdown table (medians over --repeats runs; each run a new study in SQLite):
 
 - wine: the wine study, --trials trials (200), reference vs cohort engine side by side in one
-  run: wall time, epochs trained, seconds per epoch, best validation loss, and the ratios.
+  run (each engine's studies in one file, after an untimed warm-up study): wall time, epochs
+  trained, seconds per epoch, best validation loss, and the run-by-run ratios. The digits and
+  scaling runs each take a new file.
 - digits: the digits study at 100 epochs, --digits-trials trials (1,000) with the cohort engine
   on --device (cpu; cuda where there is a GPU), and --digits-reference trials (100) with the
   reference engine for a per-epoch comparison.
@@ -47,9 +49,11 @@ def with_epochs(config: StudyConfig, epochs: int | None) -> StudyConfig:
 
 
 def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int,
-            device: str = "cpu") -> dict[str, float]:
+            device: str = "cpu", database: str = "") -> dict[str, float]:
+    """One search as a new study, in the SQLite file `database` (in `folder`), or in a new
+    file of its own."""
     config = config.renamed(f"bench_{uuid.uuid4().hex[:8]}")
-    url = f"sqlite:///{folder / f'{config.name}.db'}"
+    url = f"sqlite:///{folder / (database or f'{config.name}.db')}"
     started = time.perf_counter()
     outcome = run_search(config, url, trials, engine=engine, cohort_size=cohort_size,
                          device=device)
@@ -80,15 +84,20 @@ def _fmt(value: float) -> str:
 
 def wine(args: argparse.Namespace, folder: Path) -> None:
     config = load_study_config("wine")
-    # Warm-up, not timed: imports (scikit-learn, torch._dynamo by torch.optim) and first
-    # calls would be charged to the first run.
+    # Each engine's studies in one SQLite file, as a user's studies share hpsearch.db; a
+    # warm-up study, not timed, creates its tables (a new file's cost, 0.1-0.3 s, would be
+    # charged to one run, and weigh 7x more on the faster engine) and pays for imports
+    # (scikit-learn, torch._dynamo by torch.optim) and first calls.
+    databases = {engine: f"{engine}.db" for engine in (REFERENCE, COHORT)}
     for engine in (REFERENCE, COHORT):
-        measure(config, folder, WARM_UP_TRIALS, engine, args.cohort_size)
+        measure(config, folder, WARM_UP_TRIALS, engine, args.cohort_size,
+                database=databases[engine])
     rows: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         engines = (REFERENCE, COHORT) if repeat % 2 == 0 else (COHORT, REFERENCE)
         for engine in engines:  # interleaved, every other repeat in reverse (drift)
-            result = measure(config, folder, args.trials, engine, args.cohort_size)
+            result = measure(config, folder, args.trials, engine, args.cohort_size,
+                             database=databases[engine])
             name = f"{engine}" + (f" (cohort {args.cohort_size})" if engine == COHORT else "")
             rows.setdefault(name, []).append(result)
             print(f"# wine {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
