@@ -119,12 +119,10 @@ class WriteBehindStorage(_CachedStorage):
             # takes one to create it, through its ORM, and two more when `optimize`'s
             # heartbeat thread first beats; see `record_heartbeat`).
             return self.create_running_trials(study_id, 1)[0]
+        # From a template (a queued retry, `enqueue_trial`, `add_trial`): as Optuna creates it.
         trial_id = super().create_new_trial(study_id, template_trial)
-        trial = self._backend.get_trial(trial_id) if template_trial is not None else None
+        trial = self._backend.get_trial(trial_id)
         with self._lock:
-            if trial is None:
-                _, number = self._trial_id_to_study_id_and_number[trial_id]
-                trial = self._studies[study_id].trials[number]
             if trial.state == TrialState.RUNNING:
                 self._adopt(trial_id, trial)  # overlaid on the snapshots from now on
             else:
