@@ -71,6 +71,7 @@ class Objective:
         study = trial.study
         if self._pruner is None or self._pruner.pruner is not study.pruner:
             self._pruner = RoundPruner(study.pruner)  # its percentiles outlive a trial
+        direction = study.direction  # read once, not every epoch
         curve: Curve | None = None
 
         def report_and_judge(stats: EpochStats) -> bool:
@@ -78,7 +79,7 @@ class Objective:
             trial.report(stats.val_loss, stats.epoch)
             if not self._pruner.remembers:
                 return trial.should_prune()
-            curve = Curve.extended(curve, stats.epoch, stats.val_loss, study.direction)
+            curve = Curve.extended(curve, stats.epoch, stats.val_loss, direction)
             return self._pruner.decide_curves(study, [curve])[0]
 
         run = train_configuration(self.config, self.data, params, seed, report_and_judge,

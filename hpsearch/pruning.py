@@ -64,7 +64,9 @@ class RoundPruner:
         # Exactly these classes: a subclass may decide otherwise.
         self.remembers = type(pruner) in (MedianPruner, PercentilePruner)
         self._percentiles: dict[int, float] = {}  # step -> percentile over completed trials
-        self._completed: list[FrozenTrial] = []  # the completed trials _percentiles is from
+        # How many completed trials _percentiles is from (they only ever grow in number, and
+        # a completed trial never changes).
+        self._completed_count = 0
 
     def decide(self, study: optuna.Study, trials: list[FrozenTrial]) -> list[bool]:
         """Whether to prune each of `trials` (their latest state), all judged on the study
@@ -78,10 +80,9 @@ class RoundPruner:
         each trial: a cohort keeps its members' curves as they train, where a FrozenTrial
         would be a copy of every value so far, per member and epoch."""
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(completed) != len(self._completed):
+        if len(completed) != self._completed_count:
             self._percentiles.clear()
-            self._completed = completed
-        completed = self._completed
+            self._completed_count = len(completed)
         direction = study.direction  # a read of the storage: once per round, not per trial
         pruner: PercentilePruner = self.pruner  # type: ignore[assignment]
         if not completed or len(completed) < pruner._n_startup_trials:

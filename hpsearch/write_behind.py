@@ -520,6 +520,7 @@ class WriteBehindStorage(_CachedStorage):
                 self._live.pop(trial_id, None)
                 self._pending.pop(trial_id, None)
                 self._stored_attrs.pop(trial_id, None)
+                self._beats.pop(trial_id, None)
                 self._changed(trial_id)
             if finished:
                 self.forget_snapshots()
