@@ -28,6 +28,7 @@ from hpsearch.training import (
     resolve_device,
     train_configuration,
 )
+from hpsearch.workers import Interruptions
 from hpsearch.write_behind import flush_trial
 
 PRUNED = "pruned"
@@ -52,15 +53,21 @@ class Objective:
     """Callable objective for `study.optimize`, training every trial on `device`.
 
     Building it checks the study's model once (see `check_model`) and moves the data to the
-    device once for all its trials."""
+    device once for all its trials.
+
+    With `interruptions` (a search's Ctrl-C handling), a signal stops a trial's training at
+    once but never cuts its storage calls short: the trial then ends FAILED, as it should.
+    Without, Ctrl-C raises wherever it lands, as in any Python program."""
 
     def __init__(self, config: StudyConfig, data: Dataset,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu",
+                 interruptions: Interruptions | None = None):
         self.config = config
         self.device = resolve_device(device)
         check_model(config, data)
         self.data = data.to(self.device)
         self._pruner: RoundPruner | None = None
+        self.interruptions = interruptions or Interruptions()
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.config.space.suggest(trial)
@@ -76,14 +83,16 @@ class Objective:
 
         def report_and_judge(stats: EpochStats) -> bool:
             nonlocal curve
-            trial.report(stats.val_loss, stats.epoch)
-            if not self._pruner.remembers:
-                return trial.should_prune()
-            curve = Curve.extended(curve, stats.epoch, stats.val_loss, direction)
-            return self._pruner.decide_curves(study, [curve])[0]
+            with self.interruptions.shielded():
+                trial.report(stats.val_loss, stats.epoch)
+                if not self._pruner.remembers:
+                    return trial.should_prune()
+                curve = Curve.extended(curve, stats.epoch, stats.val_loss, direction)
+                return self._pruner.decide_curves(study, [curve])[0]
 
-        run = train_configuration(self.config, self.data, params, seed, report_and_judge,
-                                  device=self.device)
+        with self.interruptions.interruptible():
+            run = train_configuration(self.config, self.data, params, seed, report_and_judge,
+                                      device=self.device)
         result = run.result
         reason = {COMPLETED: COMPLETED, DIVERGED: DIVERGED}.get(result.end_reason, PRUNED)
         if reason == PRUNED:

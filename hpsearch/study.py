@@ -312,8 +312,9 @@ def run_search(
                                                 interruptions, cohort_size, device, WORKER_ID,
                                                 on_round_end=report)
                     else:
-                        run_until_target(study, Objective(config, data, device=device), target,
-                                         threading.Lock(), interruptions, on_trial_end=report)
+                        run_until_target(study, Objective(config, data, device, interruptions),
+                                         target, threading.Lock(), interruptions,
+                                         on_trial_end=report)
             finally:
                 if threading.current_thread() is threading.main_thread():
                     for number, handler in previous.items():
@@ -434,8 +435,7 @@ def run_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], fl
             release()  # the trial is in the database: other workers may count it now
             # Written with the trial's parameters, before it trains (see Objective).
             storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER, WORKER_ID)
-            with interruptions.interruptible():
-                return objective(trial)
+            return objective(trial)  # interruptible while it trains (see Objective)
 
         try:
             fail_stale_trials(study)
@@ -475,7 +475,7 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
                 run_cohort_until_target(study, config, data, target, slot_lock, interruptions,
                                         cohort_size, device, WORKER_ID)
             else:
-                run_until_target(study, Objective(config, data, device=device), target,
+                run_until_target(study, Objective(config, data, device, interruptions), target,
                                  slot_lock, interruptions)
     finally:
         close_storage(storage)

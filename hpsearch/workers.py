@@ -190,8 +190,9 @@ class Interruptions:
     """Ctrl-C (SIGINT) and SIGTERM for a process that runs trials, delivered as
     KeyboardInterrupt only where that is safe: while a trial trains (Optuna then marks it
     failed), never while a trial is created or its end is written (it would stay RUNNING)
-    nor in the middle of another database call. Elsewhere the request waits for `check()`.
-    A second signal is ignored: the terminal's Ctrl-C and the parent's both reach a worker."""
+    nor in the middle of another database call (see `shielded`). Elsewhere the request waits
+    for `check()`. A second signal is ignored: the terminal's Ctrl-C and the parent's both
+    reach a worker."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -208,9 +209,6 @@ class Interruptions:
             return
         self.requested = True
         if self._interruptible:
-            # The interrupt may cut a write-behind flush short (its transaction is rolled
-            # back, the trial is failed anyway): SQLAlchemy's traceback about it would alarm.
-            logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
             raise KeyboardInterrupt
 
     def check(self) -> None:
@@ -226,3 +224,17 @@ class Interruptions:
             yield
         finally:
             self._interruptible = False
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """A part of an interruptible section that a signal must not cut: a database call
+        (cut mid-transaction, SQLAlchemy may keep the connection checked out, on SQLite
+        with the file's write lock, and the trial's FAILED end then never gets written).
+        A signal that came meanwhile interrupts as the part ends."""
+        interruptible, self._interruptible = self._interruptible, False
+        try:
+            yield
+        finally:
+            self._interruptible = interruptible
+        if interruptible:
+            self.check()

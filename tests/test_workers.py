@@ -17,8 +17,17 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study_config
+from hpsearch.objective import Objective
 from hpsearch.storage import open_storage
-from hpsearch.study import ATTR_WORKER, count_trials, run_search, worker_seed
+from hpsearch.study import (
+    ATTR_WORKER,
+    count_trials,
+    open_study,
+    run_search,
+    run_until_target,
+    worker_seed,
+)
+from hpsearch.workers import Interruptions
 
 DATABASES = ["sqlite", "postgres", "mariadb"]
 
@@ -169,3 +178,47 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(write_study, tmp_path, 
     config = load_study_config(str(path))
     outcome = run_search(config, url, finished + 4, workers=2)
     _assert_consistent(outcome.study.get_trials(), finished + 4, epochs=100)
+
+
+def test_ctrl_c_as_a_trials_write_commits_waits_for_the_write(write_study, tmp_path):
+    """The signal lands as a report's records commit, before the storage notes them written
+    (the CI once left a trial RUNNING this way: its FAILED end wrote them again, which the
+    database refused): the trial ends FAILED with that epoch stored once, and the study
+    resumes."""
+    config = load_study_config(str(write_study()))
+    data = config.load_data()
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    study = open_study(config, url, data.fingerprint)
+    study._storage.flush_s = 0  # every report is written at once
+    sessions = study._storage._backend.scoped_session
+    engine = study._storage._backend.engine
+    reports: list[str] = []
+
+    def note_a_report(_connection, _cursor, statement, *_):
+        if "INSERT INTO trial_intermediate_values" in statement:
+            reports.append(statement)
+
+    def interrupt_the_first_report(_session):
+        if len(reports) == 1:
+            reports.append("committed")
+            os.kill(os.getpid(), signal.SIGINT)  # handled here, just after the commit
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", note_a_report)
+    sqlalchemy.event.listen(sessions, "after_commit", interrupt_the_first_report)
+    previous = signal.getsignal(signal.SIGINT)
+    interruptions = Interruptions()
+    interruptions.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_until_target(study, Objective(config, data, interruptions=interruptions), 4,
+                             threading.Lock(), interruptions)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sqlalchemy.event.remove(engine, "before_cursor_execute", note_a_report)
+        sqlalchemy.event.remove(sessions, "after_commit", interrupt_the_first_report)
+    assert reports[1] == "committed"
+    [trial] = optuna.load_study(study_name="small", storage=url).trials
+    assert trial.state == TrialState.FAIL
+    assert list(trial.intermediate_values) == [1]
+    outcome = run_search(config, url, 2)
+    assert count_trials(outcome.study.get_trials()).finished == 2
