@@ -1,4 +1,4 @@
-"""How much faster is the cohort engine than the reference engine? Three measurements, each
+"""How much faster is the cohort engine than the reference engine? Four measurements, each
 printed as a markdown table (medians over --repeats runs; each run a new study in SQLite):
 
 - wine: the wine study, --trials trials (200), reference vs cohort engine side by side in one
@@ -10,10 +10,15 @@ printed as a markdown table (medians over --repeats runs; each run a new study i
   reference engine for a per-epoch comparison.
 - scaling: the wine study with cohorts of 8, 32, 128 and 512 trials (--sizes): time per trial,
   time per trained epoch, and the process's peak memory (each size in its own process).
+- quality: what a larger cohort costs the search: the wine and breast cancer studies,
+  --trials trials, with cohorts of --quality-sizes (32, 64), over --seeds study seeds (5):
+  wall time, epochs, the best validation loss and the mean of the 10 best (medians over
+  seeds; each seed's searches interleaved).
 
     .venv/bin/python scripts/bench_cohort.py --part wine --repeats 3
     .venv/bin/python scripts/bench_cohort.py --part digits --device cuda
     .venv/bin/python scripts/bench_cohort.py --part scaling
+    .venv/bin/python scripts/bench_cohort.py --part quality
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pathlib import Path
 import optuna
 import torch
 from bench_ratios import paired
+from optuna.trial import TrialState
 
-from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
+from hpsearch.cohort_search import COHORT, REFERENCE, default_cohort_size
 from hpsearch.config import StudyConfig, load_study_config
 from hpsearch.study import run_search
 
@@ -48,7 +54,7 @@ def with_epochs(config: StudyConfig, epochs: int | None) -> StudyConfig:
                                                                     epochs=epochs))
 
 
-def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int,
+def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int | None,
             device: str = "cpu", database: str = "") -> dict[str, float]:
     """One search as a new study, in the SQLite file `database` (in `folder`), or in a new
     file of its own."""
@@ -61,8 +67,10 @@ def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_
     done = [t for t in outcome.study.get_trials(deepcopy=False) if t.state.is_finished()]
     epochs = sum(t.user_attrs.get("epochs_run", 0) for t in done)
     best = outcome.best_trial
+    losses = sorted(t.value for t in done if t.state == TrialState.COMPLETE)
     return {"wall s": wall, "epochs": epochs, "ms/epoch": 1000 * wall / max(epochs, 1),
             "best val loss": best.value if best else float("nan"),
+            "mean of 10 best": statistics.mean(losses[:10]) if losses else float("nan"),
             "best val acc": best.user_attrs.get("val_accuracy", float("nan")) if best
             else float("nan")}
 
@@ -89,20 +97,20 @@ def wine(args: argparse.Namespace, folder: Path) -> None:
     # charged to one run, and weigh 7x more on the faster engine) and pays for imports
     # (scikit-learn, torch._dynamo by torch.optim) and first calls.
     databases = {engine: f"{engine}.db" for engine in (REFERENCE, COHORT)}
+    size = args.cohort_size or default_cohort_size(args.trials)
     for engine in (REFERENCE, COHORT):
-        measure(config, folder, WARM_UP_TRIALS, engine, args.cohort_size,
-                database=databases[engine])
+        measure(config, folder, WARM_UP_TRIALS, engine, size, database=databases[engine])
     rows: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         engines = (REFERENCE, COHORT) if repeat % 2 == 0 else (COHORT, REFERENCE)
         for engine in engines:  # interleaved, every other repeat in reverse (drift)
-            result = measure(config, folder, args.trials, engine, args.cohort_size,
+            result = measure(config, folder, args.trials, engine, size,
                              database=databases[engine])
-            name = f"{engine}" + (f" (cohort {args.cohort_size})" if engine == COHORT else "")
+            name = f"{engine}" + (f" (cohort {size})" if engine == COHORT else "")
             rows.setdefault(name, []).append(result)
             print(f"# wine {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
     table(f"wine, {args.trials} trials, SQLite, median of {args.repeats} runs", rows)
-    reference, cohort = rows[REFERENCE], rows[f"{COHORT} (cohort {args.cohort_size})"]
+    reference, cohort = rows[REFERENCE], rows[f"{COHORT} (cohort {size})"]
 
     def by_run(key: str) -> str:
         return paired([run[key] for run in reference], [run[key] for run in cohort])
@@ -119,8 +127,10 @@ def digits(args: argparse.Namespace, folder: Path) -> None:
         if args.digits_reference:
             runs.append((REFERENCE, args.digits_reference, "cpu"))
         for engine, trials, device in runs:
-            result = measure(config, folder, trials, engine, args.cohort_size, device)
-            name = f"{engine}, {trials} trials, {device}"
+            size = args.cohort_size or default_cohort_size(trials)
+            result = measure(config, folder, trials, engine, size, device)
+            name = f"{engine}, {trials} trials, {device}" + \
+                (f", cohort {size}" if engine == COHORT else "")
             rows.setdefault(name, []).append(result)
             print(f"# digits {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
     table(f"digits, 100 epochs, SQLite, median of {args.repeats} runs", rows)
@@ -141,6 +151,22 @@ def scaling(args: argparse.Namespace) -> None:
     table(f"wine, cohort sizes, SQLite, {args.device}, median of {args.repeats} runs", rows)
 
 
+def quality(args: argparse.Namespace, folder: Path) -> None:
+    for study in ("wine", "breast_cancer"):
+        base = load_study_config(study)
+        measure(base, folder, WARM_UP_TRIALS, COHORT, None, database=f"{study}.db")
+        rows: dict[str, list[dict[str, float]]] = {}
+        for seed in range(args.seeds):
+            config = dataclasses.replace(base, seed=seed)
+            for size in args.quality_sizes:
+                result = measure(config, folder, args.trials, COHORT, size,
+                                 database=f"{study}.db")
+                rows.setdefault(f"cohort {size}", []).append(result)
+                print(f"# {study} cohort {size}, seed {seed}: {json.dumps(result)}", flush=True)
+        table(f"{study}, {args.trials} trials, SQLite, median over seeds 0-{args.seeds - 1}",
+              rows)
+
+
 def one_size(args: argparse.Namespace, folder: Path) -> None:
     """One scaling point, in its own process so that its peak memory is its own."""
     load_study_config("wine").load_data()  # scikit-learn's import is not the search's time
@@ -155,14 +181,18 @@ def one_size(args: argparse.Namespace, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("wine", "digits", "scaling", "all"), default="all")
+    parser.add_argument("--part", choices=("wine", "digits", "scaling", "quality", "all"),
+                        default="all")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE)
+    parser.add_argument("--cohort-size", type=int,
+                        help="default: hpsearch's own (default_cohort_size of the trials)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--digits-trials", type=int, default=1000)
     parser.add_argument("--digits-reference", type=int, default=100)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512])
+    parser.add_argument("--quality-sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,6 +210,8 @@ def main() -> None:
         digits(args, folder)
     if args.part in ("scaling", "all"):
         scaling(args)
+    if args.part in ("quality", "all"):
+        quality(args, folder)
 
 
 if __name__ == "__main__":
