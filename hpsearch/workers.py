@@ -227,10 +227,11 @@ class Interruptions:
 
     @contextlib.contextmanager
     def shielded(self) -> Iterator[None]:
-        """A part of an interruptible section that a signal must not cut: a database call
-        (cut mid-transaction, SQLAlchemy may keep the connection checked out, on SQLite
-        with the file's write lock, and the trial's FAILED end then never gets written).
-        A signal that came meanwhile interrupts as the part ends."""
+        """A part of an interruptible section that a signal must not cut: a database call.
+        Cut just after a write-behind flush committed, before the storage noted its records
+        written, the trial's FAILED end wrote them again, the database refused the
+        duplicates, and the trial stayed RUNNING (tests/test_workers.py). A signal that came
+        meanwhile interrupts as the part ends."""
         interruptible, self._interruptible = self._interruptible, False
         try:
             yield
