@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from hpsearch import __version__
-from hpsearch.cohort_search import COHORT, ENGINES
+from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.config import load_study_config
 from hpsearch.errors import HPSearchError
 from hpsearch.objective import ATTR_VAL_ACCURACY
@@ -92,13 +92,12 @@ def cli(debug: bool, verbose: bool) -> None:
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="How trials train: reference (one at a time, any model), cohort (many at "
                    "once as one stacked model: built-in MLPs), auto (cohort where it can).")
-@click.option("--cohort-size", type=int, default=None, show_default="a third of the trials "
-              "to run, 8 to 64", help="Trials the cohort engine trains at once (per worker).")
+@click.option("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE, show_default=True,
+              help="Trials the cohort engine trains at once.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
-             workers: int, device: str, engine: str, cohort_size: int | None,
-             quiet: bool) -> None:
+             workers: int, device: str, engine: str, cohort_size: int, quiet: bool) -> None:
     """Search a study's joint optimizer x schedule space, persisted in the storage.
 
     Resumable: run the same command again after an interruption and it runs only the
@@ -109,7 +108,7 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
     \b
         hpsearch optimize --study wine --trials 200
         hpsearch optimize --study wine --trials 200 --workers 2
-        hpsearch optimize --study wine --trials 200 --engine cohort --cohort-size 32
+        hpsearch optimize --study wine --trials 200 --engine cohort --cohort-size 64
         hpsearch optimize --study studies/wine.toml --trials 50 --storage sqlite:///w.db
         hpsearch optimize --study wine --trials 500 --workers 4 \\
             --storage postgresql+psycopg://hp@db.example/hpsearch

@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "reference", "cohort")
 COHORT = "cohort"
 REFERENCE = "reference"
-# Trials trained at once when --cohort-size is not given: a third of the search's trials,
-# within these bounds (see `default_cohort_size`).
-MIN_DEFAULT_COHORT, MAX_DEFAULT_COHORT = 8, 64
+# Trials trained at once. More is faster per trial where a round's fixed cost dominates
+# (wine: 64 at a time took a fifth less time than 32), but trials asked together learn nothing
+# from each other: on digits, 64 was 5% faster and its 10 best trials were worse in 4 of 5
+# seeded 200-trial searches (`scripts/bench_cohort.py --part quality`; docs/benchmarks.md).
+DEFAULT_COHORT_SIZE = 32
 
 REFILL_AT = 8  # a running cohort is refilled once 1/REFILL_AT of its slots are free
 ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
@@ -69,22 +71,9 @@ def choose_engine(engine: str, config: StudyConfig, data: Dataset) -> tuple[str,
     return REFERENCE, reason
 
 
-def default_cohort_size(trials: int, workers: int = 1) -> int:
-    """How many trials each worker's cohort trains at once, for a search that runs `trials`.
-
-    A round (an epoch of every member) costs about as much for 64 members of a built-in MLP
-    as for 32, so larger cohorts finish sooner; but trials asked together learn nothing from
-    each other (TPE's constant liar only spreads them out). A third of the trials keeps at
-    least three generations of trials that sample from their elders' results. Measured
-    (docs/benchmarks.md): on wine and breast cancer, 200 trials, 5 seeds each, 64 at a time
-    found the same best validation losses as 32, and wine took a third less time."""
-    share = trials // (3 * max(1, workers))
-    return max(MIN_DEFAULT_COHORT, min(MAX_DEFAULT_COHORT, share))
-
-
 def run_cohort_until_target(
     study: optuna.Study, config: StudyConfig, data: Dataset, target: int,
-    slot_lock: SlotLock, interruptions: Interruptions, cohort_size: int,
+    slot_lock: SlotLock, interruptions: Interruptions, cohort_size: int = DEFAULT_COHORT_SIZE,
     device: str | torch.device = "cpu", worker_id: str = "",
     on_round_end: Callable[[optuna.Study, FrozenTrial | None], None] | None = None,
 ) -> None:

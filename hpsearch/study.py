@@ -35,8 +35,8 @@ from optuna.trial import FrozenTrial, TrialState
 import hpsearch
 from hpsearch.cohort_search import (
     COHORT,
+    DEFAULT_COHORT_SIZE,
     choose_engine,
-    default_cohort_size,
     run_cohort_until_target,
 )
 from hpsearch.config import StudyConfig, stored_study_config
@@ -271,14 +271,13 @@ def run_search(
     heartbeat_s: int = HEARTBEAT_S,
     device: str = "cpu",
     engine: str = "reference",
-    cohort_size: int | None = None,
+    cohort_size: int = DEFAULT_COHORT_SIZE,
 ) -> SearchOutcome:
     """Run the study until it has `target` finished trials, in this process (`workers=1`) or
     in `workers` worker processes, with `engine` (see `cohort_search.choose_engine`).
     `on_progress` is called after each trial (each cohort epoch) this process finishes, or with
     workers every `POLL_S` seconds while the counts change. Trials of dead
-    workers (heartbeat older than `GRACE_BEATS * heartbeat_s`) are failed first and retried.
-    `cohort_size` None: `cohort_search.default_cohort_size` of the trials still to run."""
+    workers (heartbeat older than `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
     if target < 1:
         raise ConfigError(f"--trials must be >= 1; got {target}")
     if workers < 1:
@@ -290,15 +289,13 @@ def run_search(
     # Before the study exists: a model that can't train leaves nothing behind.
     check_model(config, data)
     engine, engine_note = choose_engine(engine, config, data)
-    if engine == COHORT and cohort_size is not None and cohort_size < 1:
+    if engine == COHORT and cohort_size < 1:
         raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
     study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
     fail_stale_trials(study)
     counts = count_trials(study.get_trials(deepcopy=False))
     if config.sampler.kind == "grid":
         target = min(target, _enqueue_grid(study, config, target))
-    if cohort_size is None:  # for the trials this call runs
-        cohort_size = default_cohort_size(target - counts.finished, workers)
     if on_start is not None:
         on_start(counts)
     started = time.perf_counter()

@@ -10,10 +10,11 @@ printed as a markdown table (medians over --repeats runs; each run a new study i
   reference engine for a per-epoch comparison.
 - scaling: the wine study with cohorts of 8, 32, 128 and 512 trials (--sizes): time per trial,
   time per trained epoch, and the process's peak memory (each size in its own process).
-- quality: what a larger cohort costs the search: the wine and breast cancer studies,
-  --trials trials, with cohorts of --quality-sizes (32, 64), over --seeds study seeds (5):
-  wall time, epochs, the best validation loss and the mean of the 10 best (medians over
-  seeds; each seed's searches interleaved).
+- quality: what a wider cohort gains in time and costs the search: the wine, breast cancer
+  and digits studies (as their files define them), --trials trials, with cohorts of
+  --quality-sizes (32, 64), over --seeds study seeds (5): wall time, epochs, the best
+  validation loss and the mean of the 10 best (medians over seeds; each seed's searches
+  interleaved).
 
     .venv/bin/python scripts/bench_cohort.py --part wine --repeats 3
     .venv/bin/python scripts/bench_cohort.py --part digits --device cuda
@@ -40,7 +41,7 @@ import torch
 from bench_ratios import paired
 from optuna.trial import TrialState
 
-from hpsearch.cohort_search import COHORT, REFERENCE, default_cohort_size
+from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
 from hpsearch.config import StudyConfig, load_study_config
 from hpsearch.study import run_search
 
@@ -54,7 +55,7 @@ def with_epochs(config: StudyConfig, epochs: int | None) -> StudyConfig:
                                                                     epochs=epochs))
 
 
-def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int | None,
+def measure(config: StudyConfig, folder: Path, trials: int, engine: str, cohort_size: int,
             device: str = "cpu", database: str = "") -> dict[str, float]:
     """One search as a new study, in the SQLite file `database` (in `folder`), or in a new
     file of its own."""
@@ -97,7 +98,7 @@ def wine(args: argparse.Namespace, folder: Path) -> None:
     # charged to one run, and weigh 7x more on the faster engine) and pays for imports
     # (scikit-learn, torch._dynamo by torch.optim) and first calls.
     databases = {engine: f"{engine}.db" for engine in (REFERENCE, COHORT)}
-    size = args.cohort_size or default_cohort_size(args.trials)
+    size = args.cohort_size
     for engine in (REFERENCE, COHORT):
         measure(config, folder, WARM_UP_TRIALS, engine, size, database=databases[engine])
     rows: dict[str, list[dict[str, float]]] = {}
@@ -127,10 +128,9 @@ def digits(args: argparse.Namespace, folder: Path) -> None:
         if args.digits_reference:
             runs.append((REFERENCE, args.digits_reference, "cpu"))
         for engine, trials, device in runs:
-            size = args.cohort_size or default_cohort_size(trials)
-            result = measure(config, folder, trials, engine, size, device)
+            result = measure(config, folder, trials, engine, args.cohort_size, device)
             name = f"{engine}, {trials} trials, {device}" + \
-                (f", cohort {size}" if engine == COHORT else "")
+                (f", cohort {args.cohort_size}" if engine == COHORT else "")
             rows.setdefault(name, []).append(result)
             print(f"# digits {name}, run {repeat + 1}: {json.dumps(result)}", flush=True)
     table(f"digits, 100 epochs, SQLite, median of {args.repeats} runs", rows)
@@ -152,9 +152,10 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 def quality(args: argparse.Namespace, folder: Path) -> None:
-    for study in ("wine", "breast_cancer"):
+    for study in ("wine", "breast_cancer", "digits"):
         base = load_study_config(study)
-        measure(base, folder, WARM_UP_TRIALS, COHORT, None, database=f"{study}.db")
+        measure(base, folder, WARM_UP_TRIALS, COHORT, args.cohort_size,
+                database=f"{study}.db")
         rows: dict[str, list[dict[str, float]]] = {}
         for seed in range(args.seeds):
             config = dataclasses.replace(base, seed=seed)
@@ -185,8 +186,7 @@ def main() -> None:
                         default="all")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cohort-size", type=int,
-                        help="default: hpsearch's own (default_cohort_size of the trials)")
+    parser.add_argument("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--digits-trials", type=int, default=1000)
     parser.add_argument("--digits-reference", type=int, default=100)

@@ -36,7 +36,7 @@ def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_pat
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert re.match(rf"Study 'small' in {re.escape(url)}: 6 of 6 finished trials \(ran 6 trials "
-                    r"in [\d.]+ s, cohort engine, 8 trials at a time\)\.", lines[0])
+                    r"in [\d.]+ s, cohort engine, 32 trials at a time\)\.", lines[0])
     assert re.match(r"  complete \d, pruned \d, diverged 0, failed 0", lines[1])
     assert re.match(r"Best trial #\d+: validation loss [\d.]+, validation accuracy [\d.]+",
                     lines[2])

@@ -19,7 +19,7 @@ from conftest import SMALL_WINE
 from optuna.trial import TrialState
 
 from hpsearch.cli import cli
-from hpsearch.cohort_search import COHORT, REFERENCE, choose_engine, default_cohort_size
+from hpsearch.cohort_search import COHORT, REFERENCE, choose_engine
 from hpsearch.config import load_study_config
 from hpsearch.errors import ConfigError
 from hpsearch.report import trials_frame
@@ -112,17 +112,6 @@ def test_a_cohort_search_resumes_to_a_larger_target(write_study, tmp_path: Path)
     assert first.counts.finished == 7
     second = run_search(config, url, 11, engine=COHORT, cohort_size=4)
     assert second.counts.finished == 11 and second.ran == 4
-
-
-def test_the_default_cohort_is_a_third_of_the_trials_to_run_between_8_and_64(write_study,
-                                                                             tmp_path: Path):
-    assert [default_cohort_size(n) for n in (6, 30, 100, 200, 1000)] == [8, 10, 33, 64, 64]
-    assert default_cohort_size(200, workers=2) == 33  # per worker: a third in all
-    config = load_study_config(str(write_study()))
-    url = f"sqlite:///{tmp_path / 'default.db'}"
-    assert run_search(config, url, 30, engine=COHORT).cohort_size == 10
-    resumed = run_search(config, url, 36, engine=COHORT)  # the 6 trials it still runs
-    assert resumed.ran == 6 and resumed.cohort_size == 8
 
 
 def test_auto_picks_the_cohort_engine_where_it_can_and_says_why_not(write_study):
