@@ -112,8 +112,7 @@ class _CohortSearch:
         self.cohort = cohort
         self.worker_id = worker_id
         self.storage = study._storage
-        self.pruner = RoundPruner(study.pruner)
-        self.direction = study.direction  # a read of the storage; a study's never changes
+        self.pruner = RoundPruner(study)
         self.curves: dict[int, Curve] = {}  # id(member) -> its curve, as the pruner reads it
         self.beat_s = self.storage.get_heartbeat_interval() if isinstance(
             self.storage, WriteBehindStorage) else None
@@ -256,14 +255,14 @@ class _CohortSearch:
         """The pruner's decision for each judged member, on the study as it is now."""
         if not self.pruner.remembers:
             return self.pruner.decide(
-                self.study, [self.storage.get_trial(o.member.key._trial_id) for o in judged])
+                [self.storage.get_trial(o.member.key._trial_id) for o in judged])
         curves = []
         for outcome in judged:
             key = id(outcome.member)
             self.curves[key] = Curve.extended(self.curves.get(key), outcome.stats.epoch,
-                                              outcome.stats.val_loss, self.direction)
+                                              outcome.stats.val_loss, self.pruner.direction)
             curves.append(self.curves[key])
-        return self.pruner.decide_curves(self.study, curves)
+        return self.pruner.decide_curves(curves)
 
     def _record_end(self, member: Member, reason: str, detail: str, device_type: str) -> None:
         """The user attrs the reference engine's objective leaves on a trial it ends."""

@@ -76,19 +76,19 @@ class Objective:
         flush_trial(trial)
         seed = trial_seed(self.config.seed, trial.number)
         study = trial.study
-        if self._pruner is None or self._pruner.pruner is not study.pruner:
-            self._pruner = RoundPruner(study.pruner)  # its percentiles outlive a trial
-        direction = study.direction  # read once, not every epoch
+        if self._pruner is None or self._pruner.study is not study:
+            self._pruner = RoundPruner(study)  # its percentiles outlive a trial
+        pruner = self._pruner
         curve: Curve | None = None
 
         def report_and_judge(stats: EpochStats) -> bool:
             nonlocal curve
             with self.interruptions.shielded():
                 trial.report(stats.val_loss, stats.epoch)
-                if not self._pruner.remembers:
+                if not pruner.remembers:
                     return trial.should_prune()
-                curve = Curve.extended(curve, stats.epoch, stats.val_loss, direction)
-                return self._pruner.decide_curves(study, [curve])[0]
+                curve = Curve.extended(curve, stats.epoch, stats.val_loss, pruner.direction)
+                return pruner.decide_curves([curve])[0]
 
         with self.interruptions.interruptible():
             run = train_configuration(self.config, self.data, params, seed, report_and_judge,

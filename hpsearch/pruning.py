@@ -59,31 +59,37 @@ class Curve(NamedTuple):
 
 
 class RoundPruner:
-    def __init__(self, pruner: optuna.pruners.BasePruner):
-        self.pruner = pruner
+    """A study's pruner, deciding a round of trials at once (see the module docstring)."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.pruner = study.pruner
+        # A read of the storage, and a study's direction never changes: read once, not for
+        # every decision (the reference engine decides every epoch).
+        self.direction = study.direction
         # Exactly these classes: a subclass may decide otherwise.
-        self.remembers = type(pruner) in (MedianPruner, PercentilePruner)
+        self.remembers = type(self.pruner) in (MedianPruner, PercentilePruner)
         self._percentiles: dict[int, float] = {}  # step -> percentile over completed trials
         # How many completed trials _percentiles is from (they only ever grow in number, and
         # a completed trial never changes).
         self._completed_count = 0
 
-    def decide(self, study: optuna.Study, trials: list[FrozenTrial]) -> list[bool]:
+    def decide(self, trials: list[FrozenTrial]) -> list[bool]:
         """Whether to prune each of `trials` (their latest state), all judged on the study
         as it is now."""
         if not self.remembers:
-            return [self.pruner.prune(study, trial) for trial in trials]
-        return self.decide_curves(study, [Curve.of(trial, study.direction) for trial in trials])
+            return [self.pruner.prune(self.study, trial) for trial in trials]
+        return self.decide_curves([Curve.of(trial, self.direction) for trial in trials])
 
-    def decide_curves(self, study: optuna.Study, curves: list[Curve | None]) -> list[bool]:
+    def decide_curves(self, curves: list[Curve | None]) -> list[bool]:
         """`decide` for a median or percentile pruner (`remembers`), from what it reads of
         each trial: a cohort keeps its members' curves as they train, where a FrozenTrial
         would be a copy of every value so far, per member and epoch."""
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        completed = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(completed) != self._completed_count:
             self._percentiles.clear()
             self._completed_count = len(completed)
-        direction = study.direction  # a read of the storage: once per round, not per trial
+        direction = self.direction
         pruner: PercentilePruner = self.pruner  # type: ignore[assignment]
         if not completed or len(completed) < pruner._n_startup_trials:
             return [False] * len(curves)

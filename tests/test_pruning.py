@@ -42,7 +42,7 @@ def _decisions(kind: str, direction: str, through_round_pruner: bool) -> list[bo
     decides.)"""
     rng = random.Random(7)
     study = optuna.create_study(direction=direction, pruner=PRUNERS[kind]())
-    round_pruner = RoundPruner(study.pruner)
+    round_pruner = RoundPruner(study)
     decisions = []
     for _round in range(12):
         for _ in range(rng.randint(0, 3)):
@@ -59,7 +59,7 @@ def _decisions(kind: str, direction: str, through_round_pruner: bool) -> list[bo
                 trial.report(value, step)
             members.append(study._storage.get_trial(trial._trial_id))
         if through_round_pruner:
-            decisions += round_pruner.decide(study, members)
+            decisions += round_pruner.decide(members)
         else:
             decisions += [study.pruner.prune(study, member) for member in members]
         for member in members:
