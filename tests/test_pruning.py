@@ -8,12 +8,15 @@ import random
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
+from optuna.pruners._percentile import _get_percentile_intermediate_result_over_trials
+from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.pruning import Curve, RoundPruner
+from hpsearch.pruning import Curve, RoundPruner, _StepValues
 
 # Members whose every value is NaN are part of the cases (the pruner prunes them).
-pytestmark = pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")]
 
 PRUNERS = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
@@ -95,3 +98,36 @@ def test_a_curve_kept_epoch_by_epoch_is_the_curve_read_from_the_trial(direction:
             read = Curve.of(study._storage.get_trial(trial._trial_id), study.direction)
             assert kept == read
         study.tell(trial, state=TrialState.FAIL)
+
+
+@pytest.mark.parametrize("direction", [StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE])
+def test_the_kept_percentiles_are_optunas_bit_for_bit(direction: StudyDirection):
+    """The sorted values kept step by step give exactly Optuna's percentile (its list and
+    numpy.nanpercentile), for sets with ties, NaNs, one value, all NaN, too few values."""
+    rng = random.Random(11)
+    checked = 0
+    for case in range(300):
+        trials = []
+        for number in range(rng.randint(1, 25)):
+            values = {}
+            for step in range(1, rng.randint(1, 6) + 1):
+                draw = rng.random()
+                values[step] = math.nan if draw < 0.1 else float(rng.randint(0, 3)) \
+                    if draw < 0.3 else rng.uniform(-1, 1) * 10 ** rng.randint(-8, 3)
+            trials.append(create_trial(
+                state=TrialState.COMPLETE, value=0.0, params={},
+                distributions={}, intermediate_values=values))
+            trials[-1]._trial_id = number
+        kept = _StepValues()
+        # Trials join a few at a time, as they complete.
+        for joined in range(1, len(trials) + 1, 3):
+            kept.update(trials[:joined])
+            for percent in (50.0, 25.0, 90.0, 0.0, 100.0, 33.3):
+                n_min = case % 4
+                expected = _get_percentile_intermediate_result_over_trials(
+                    trials[:joined], direction, 3, percent, n_min)
+                percentile = 100 - percent if direction == StudyDirection.MAXIMIZE else percent
+                got = kept.percentile(3, percentile, n_min)
+                assert got == expected or (math.isnan(got) and math.isnan(expected))
+                checked += not math.isnan(expected)
+    assert checked > 1000
