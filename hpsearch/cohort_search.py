@@ -207,19 +207,17 @@ class _CohortSearch:
 
     def end_round(self, outcomes: list[EpochOutcome], device_type: str) -> bool:
         """Report, judge and end the round's members; True if any trial ended."""
-        lost = []  # failed by another worker's heartbeat check: no longer ours
         # Every report first: the pruner judges on the same trials. Straight to the storage:
         # `Trial.report` checks its arguments (a float, a new step: they are) and keeps a copy
         # of the values that nothing here reads, for every member of every round.
-        report = self.storage.set_trial_intermediate_value
-        for outcome in outcomes:
-            if outcome.stats is not None:
-                try:
-                    report(outcome.member.key._trial_id, outcome.stats.epoch,
-                           outcome.stats.val_loss)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    _warn_lost(outcome.member.key.number)
-                    lost.append(outcome.member)
+        reported = [o for o in outcomes if o.stats is not None]
+        refused = set(self._report([(o.member.key._trial_id, o.stats.epoch, o.stats.val_loss)
+                                    for o in reported]))
+        lost = []  # failed by another worker's heartbeat check: no longer ours
+        for outcome in reported:
+            if outcome.member.key._trial_id in refused:
+                _warn_lost(outcome.member.key.number)
+                lost.append(outcome.member)
         gone = {id(member) for member in lost}
         judged = [outcome for outcome in outcomes
                   if outcome.stats is not None and id(outcome.member) not in gone]
@@ -250,6 +248,19 @@ class _CohortSearch:
             self.curves.pop(id(member), None)
         self.cohort.remove(leaving)
         return bool(lost or ended)
+
+    def _report(self, records: list[tuple[int, int, float]]) -> list[int]:
+        """Each (trial id, epoch, validation loss) to the storage; the ids of the trials that
+        refused theirs (another worker failed them)."""
+        if isinstance(self.storage, WriteBehindStorage):
+            return self.storage.set_intermediate_values(records)
+        refused = []
+        for trial_id, epoch, loss in records:
+            try:
+                self.storage.set_trial_intermediate_value(trial_id, epoch, loss)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                refused.append(trial_id)
+        return refused
 
     def _decide(self, judged: list[EpochOutcome]) -> list[bool]:
         """The pruner's decision for each judged member, on the study as it is now."""

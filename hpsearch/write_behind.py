@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, TypeVar
 import optuna
 import sqlalchemy
 from optuna import distributions
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
@@ -234,6 +235,31 @@ class WriteBehindStorage(_CachedStorage):
         self._live[trial_id].intermediate_values[step] = intermediate_value
         self._pending[trial_id].intermediate_values[step] = intermediate_value
         self._maybe_flush(trial_id)
+
+    def set_intermediate_values(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
+        """`set_trial_intermediate_value` for each (trial id, step, value) of `records` (a
+        cohort's round: one call, not one per member); returns the ids of the trials that
+        refused theirs: another worker had failed them (their heartbeat looked stale)."""
+        lost = []
+        oldest = math.inf
+        for trial_id, step, value in records:
+            live = self._live.get(trial_id)
+            if live is None:
+                try:
+                    super().set_trial_intermediate_value(trial_id, step, value)
+                except UpdateFinishedTrialError:
+                    lost.append(trial_id)
+                continue
+            self._views.pop(trial_id, None)
+            live.intermediate_values[step] = value
+            pending = self._pending[trial_id]
+            pending.intermediate_values[step] = value
+            oldest = min(oldest, pending.since)
+        self._merged.clear()
+        if time.monotonic() - oldest >= self.flush_s:
+            finished = self._flush(list(self._pending))
+            lost += [trial_id for trial_id, _, _ in records if trial_id in finished]
+        return lost
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         if trial_id not in self._live:
@@ -473,11 +499,11 @@ class WriteBehindStorage(_CachedStorage):
         """Write the pending records of several of our running trials in one transaction."""
         self._flush(list(trial_ids))
 
-    def _flush(self, trial_ids: list[int], owner: int | None = None) -> None:
+    def _flush(self, trial_ids: list[int], owner: int | None = None) -> Container[int]:
         """Write the trials' records. A trial that another worker failed meanwhile is
         dropped from the batch, never blocking the others' records; only a write on behalf
         of that trial itself (`owner`) raises UpdateFinishedTrialError, as a direct write
-        would."""
+        would. Returns the ids of those trials."""
         with self._write_lock:
             batch = {tid: self._pending[tid] for tid in trial_ids if tid in self._pending}
             now = time.monotonic()
@@ -486,13 +512,14 @@ class WriteBehindStorage(_CachedStorage):
                     pending.since = now
             batch = {tid: pending for tid, pending in batch.items() if pending}
             if not batch:
-                return
+                return ()
             finished = _retrying(lambda: self._write(batch))
             for trial_id in batch:
                 if trial_id in self._pending:  # written: what comes next starts a new batch
                     self._pending[trial_id] = _Pending()
             if owner in finished:
                 self._backend.check_trial_is_updatable(owner, finished[owner])
+        return finished
 
     def _write(self, batch: Mapping[int, _Pending],
                ends: Mapping[int, _End] | None = None) -> dict[int, TrialState]:

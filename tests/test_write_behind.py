@@ -237,6 +237,28 @@ def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path)
     assert reader.get_trial(kept._trial_id).value == 0.5
 
 
+def test_a_rounds_reports_in_one_call_land_and_name_the_trials_failed_elsewhere(tmp_path):
+    """A cohort reports a round's values in one call: they land at the next flush, and a
+    trial another worker failed meanwhile is named (not raised), at the flush that finds
+    out and at every report after it."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
+    study = optuna.create_study(study_name="r", storage=storage)
+    kept, lost = study.ask(), study.ask()
+    ids = kept._trial_id, lost._trial_id
+    assert storage.set_intermediate_values([(ids[0], 1, 0.5), (ids[1], 1, 0.7)]) == []
+    reader = optuna.storages.RDBStorage(url)
+    assert reader.get_trial(ids[0]).intermediate_values == {}  # not flushed yet
+    assert storage.get_trial(ids[1]).intermediate_values == {1: 0.7}  # but read back
+    reader.set_trial_state_values(ids[1], optuna.trial.TrialState.FAIL)
+    storage.flush_s = 0.0  # the next report flushes
+    assert storage.set_intermediate_values([(ids[0], 2, 0.4), (ids[1], 2, 0.6)]) == [ids[1]]
+    assert reader.get_trial(ids[0]).intermediate_values == {1: 0.5, 2: 0.4}
+    assert reader.get_trial(ids[1]).intermediate_values == {}
+    assert storage.set_intermediate_values([(ids[0], 3, 0.3), (ids[1], 3, 0.5)]) == [ids[1]]
+    assert reader.get_trial(ids[0]).intermediate_values == {1: 0.5, 2: 0.4, 3: 0.3}
+
+
 def test_a_failed_trial_keeps_what_it_reported(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
     storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600)
