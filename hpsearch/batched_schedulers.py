@@ -18,8 +18,11 @@ LinearLR warm-up, ...) update the current lr recursively, and where an lr approa
 floor (OneCycleLR's end, a cosine's eta_min) a closed form or a one-ulp different cosine differs
 from torch's value by far more than rounding. The transcendental functions are Python's
 `math.cos` and the family functions of `hpsearch.schedulers` (torch.cos differs from math.cos
-by an ulp for about one argument in a thousand); the rest is float64 tensor arithmetic, which
-rounds like Python's floats. The result equals torch's lr bit for bit in the tests.
+by an ulp for about one argument in a thousand). The recursions (the warm-up, the chained
+factors, the cosine) run member by member in Python floats, torch's own arithmetic, and cost a
+refill of a few members less that way than a tensor op per epoch did; the rest is float64
+tensor arithmetic, which rounds like Python's floats. The result equals torch's lr bit for bit
+in the tests.
 """
 
 from __future__ import annotations
@@ -76,21 +79,22 @@ def _warmup(base: Tensor, warm: Tensor, epochs: int) -> Tensor:
 
     torch's LinearLR is chainable: it multiplies the current lr by
     1 + d / (W * start + (e - 1) * d) at epoch e, which reaches `base` only up to rounding, and
-    the plateau scheduler after it starts from that rounded lr, so the recursion is replicated.
+    the plateau scheduler after it starts from that rounded lr, so the recursion is replicated
+    (in Python floats, member by member: a refill's few members cost less so than a tensor op
+    per epoch).
     """
     start = WARMUP_START_FACTOR
     d = 1.0 - start  # torch: end_factor - start_factor
-    w = warm.to(F64)
-    value = torch.where((warm > 0)[:, None], base * start, base)
-    out = [value]
-    longest = int(warm.max()) if warm.numel() else 0  # the lr is held after every W
-    for e in range(1, longest + 1):
-        # torch.div, not d / tensor: a Python number over a tensor is computed as d times the
-        # tensor's reciprocal, which rounds differently.
-        factor = 1.0 + torch.div(torch.full_like(w, d), w * start + (e - 1) * d)
-        value = torch.where((e <= warm)[:, None], value * factor[:, None], value)
-        out.append(value)
-    return _held(torch.stack(out, 1), epochs + 1)
+    rows = []
+    for (body, head), w in zip(base.tolist(), warm.tolist(), strict=True):
+        value = (body * start, head * start) if w > 0 else (body, head)
+        row = [value]
+        for e in range(1, w + 1):
+            factor = 1.0 + d / (w * start + (e - 1) * d)
+            value = (value[0] * factor, value[1] * factor)
+            row.append(value)
+        rows.append(row + [value] * (epochs + 1 - len(row)))
+    return torch.tensor(rows, dtype=F64).reshape(len(rows), epochs + 1, 2)
 
 
 # -- main schedules, per epoch ---------------------------------------------------------------------
@@ -103,15 +107,18 @@ def _warmup(base: Tensor, warm: Tensor, epochs: int) -> Tensor:
 MainFn = Callable[[list[Mapping[str, Value]], Tensor, list[int], Tensor], Tensor]
 
 
-def _chain(base: Tensor, factors: Tensor) -> Tensor:
-    """lr_k = lr_(k-1) * factors[:, k] (a factor 1.0 where torch leaves the lr unchanged: x * 1.0
+def _chain(base: Tensor, factors: list[list[float]]) -> Tensor:
+    """lr_k = lr_(k-1) * factors[i][k] (a factor 1.0 where torch leaves the lr unchanged: x * 1.0
     is x exactly): StepLR, MultiStepLR and ExponentialLR, in torch's order of multiplication."""
-    value = base
-    out = [value]
-    for k in range(1, factors.shape[1]):
-        value = value * factors[:, k, None]
-        out.append(value)
-    return torch.stack(out, 1)
+    rows = []
+    for (body, head), row_factors in zip(base.tolist(), factors, strict=True):
+        value = (body, head)
+        row = [value]
+        for factor in row_factors[1:]:
+            value = (value[0] * factor, value[1] * factor)
+            row.append(value)
+        rows.append(row)
+    return torch.tensor(rows, dtype=F64).reshape(len(rows), len(factors[0]), 2)
 
 
 def _main_step(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
@@ -122,7 +129,7 @@ def _main_step(members: list[Mapping[str, Value]], base: Tensor, budgets: list[i
         size = _fraction_of(t, float(p["step_size_frac"]))
         gamma = float(p["step_gamma"])
         factors.append([gamma if k > 0 and k % size == 0 else 1.0 for k in range(horizon + 1)])
-    return _chain(base, _rows(factors))
+    return _chain(base, factors)
 
 
 def _main_multistep(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
@@ -134,14 +141,13 @@ def _main_multistep(members: list[Mapping[str, Value]], base: Tensor, budgets: l
         gamma = float(p["multistep_gamma"])
         factors.append([gamma ** milestones[k] if k in milestones else 1.0
                         for k in range(horizon + 1)])
-    return _chain(base, _rows(factors))
+    return _chain(base, factors)
 
 
 def _main_exponential(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
                       after_warmup: Tensor) -> Tensor:
     horizon = max(budgets)
-    gammas = torch.tensor([float(p["exponential_gamma"]) for p in members], dtype=F64)
-    return _chain(base, gammas[:, None].expand(-1, horizon + 1))
+    return _chain(base, [[float(p["exponential_gamma"])] * (horizon + 1) for p in members])
 
 
 def _lambda_factor(p: Mapping[str, Value], budget: int) -> Callable[[int], float]:
@@ -178,21 +184,24 @@ def _cosine_ratios(t_max: int) -> tuple[float, ...]:
 def _main_cosine(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
                  after_warmup: Tensor) -> Tensor:
     horizon = max(budgets)
-    # eta_min is a fraction of the trial's lr, the body's, for both groups (as build_schedule).
-    eta = torch.tensor([float(p["cosine_min_lr_ratio"]) * float(p["lr"]) for p in members],
-                       dtype=F64)[:, None]
-    ratios = _rows([list(_cosine_ratios(t)) + [1.0] * (horizon - t) for t in budgets])
-    # At a SequentialLR milestone torch uses the closed form at step 0, which need not round
-    # back to base exactly; a fresh CosineAnnealingLR leaves the lr as it is.
-    value = torch.where(after_warmup[:, None], eta + (base - eta) * (1 + 1.0) / 2, base)
-    # Past a member's T torch would divide by 1 + cos(pi) = 0; those positions are never read:
-    # hold the lr there.
-    live = torch.tensor(budgets)[:, None] >= torch.arange(horizon + 1)
-    out = [value]
-    for k in range(1, horizon + 1):
-        value = torch.where(live[:, k, None], ratios[:, k, None] * (value - eta) + eta, value)
-        out.append(value)
-    return torch.stack(out, 1)
+    rows = []
+    for p, t, (body, head), fresh in zip(members, budgets, base.tolist(),
+                                         (~after_warmup).tolist(), strict=True):
+        # eta_min is a fraction of the trial's lr, the body's, for both groups (as
+        # build_schedule).
+        eta = float(p["cosine_min_lr_ratio"]) * float(p["lr"])
+        # At a SequentialLR milestone torch uses the closed form at step 0, which need not
+        # round back to base exactly; a fresh CosineAnnealingLR leaves the lr as it is.
+        value = (body, head) if fresh else (eta + (body - eta) * (1 + 1.0) / 2,
+                                            eta + (head - eta) * (1 + 1.0) / 2)
+        row = [value]
+        for ratio in _cosine_ratios(t)[1:]:
+            value = (ratio * (value[0] - eta) + eta, ratio * (value[1] - eta) + eta)
+            row.append(value)
+        # Past a member's T torch would divide by 1 + cos(pi) = 0; those positions are never
+        # read: hold the lr there.
+        rows.append(row + [value] * (horizon - t))
+    return torch.tensor(rows, dtype=F64).reshape(len(rows), horizon + 1, 2)
 
 
 def _main_cosine_restarts(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
