@@ -150,10 +150,19 @@ class WriteBehindStorage(_CachedStorage):
                                    .with_for_update()).first() is None:
                     raise KeyError(models.NOT_FOUND_MSG)
                 started = datetime.datetime.now()
-                insert = sqlalchemy.insert(trials).values(
-                    study_id=study_id, number=None, state=TrialState.RUNNING,
-                    datetime_start=started)
-                ids = [session.execute(insert).inserted_primary_key[0] for _ in range(count)]
+                row = {"study_id": study_id, "number": None, "state": TrialState.RUNNING,
+                       "datetime_start": started}
+                if session.get_bind().dialect.insert_executemany_returning:
+                    # One statement for all of them, which returns their ids (SQLAlchemy's
+                    # batched INSERT .. RETURNING): a round trip, not one per trial. The rows
+                    # are alike, so which id is whose is only a matter of order.
+                    ids = sorted(session.execute(
+                        sqlalchemy.insert(trials).returning(trials.c.trial_id),
+                        [row] * count).scalars())
+                else:  # MySQL has no INSERT .. RETURNING
+                    insert = sqlalchemy.insert(trials).values(**row)
+                    ids = [session.execute(insert).inserted_primary_key[0]
+                           for _ in range(count)]
                 # As Optuna numbers a trial: the study's trials created before it.
                 first = session.execute(
                     sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id))
