@@ -566,7 +566,7 @@ class WriteBehindStorage(_CachedStorage):
                  "distribution_json": distributions.distribution_to_json(distribution)}
                 for trial_id, pending in pendings
                 for name, internal, distribution in pending.params])
-            _insert(session, models.TrialIntermediateValueModel, [
+            _insert_values(session, models.TrialIntermediateValueModel, _INTERMEDIATE_COLUMNS, [
                 _intermediate_row(trial_id, step, value)
                 for trial_id, pending in pendings
                 for step, value in pending.intermediate_values.items()])
@@ -717,29 +717,37 @@ def _is_transient(error: BaseException | None) -> bool:
 
 def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
     """Insert `rows` (all with the same keys) into `model`'s table in the session's
-    transaction.
-
-    Into the table, not the ORM model, and with the driver's own bulk insert: a cohort's write
-    has hundreds of rows, and SQLAlchemy prepares each row's parameters in Python (measured on
-    SQLite: 13 us a row, six times the database's own time; a 200-trial wine search spent
-    0.2 s there). On PostgreSQL through COPY (psycopg's executemany goes row by row); elsewhere
-    one executemany of the INSERT (pymysql sends it as one multi-row INSERT). Values are what
-    the ORM would store: an enum column takes the member's name. Rows with a date go through
-    SQLAlchemy, which formats dates as each dialect stores them."""
+    transaction (see `_insert_values`). Values are what the ORM would store: an enum column
+    takes the member's name."""
     if not rows:
         return
-    connection = session.connection()
-    dialect = connection.dialect
-    columns = list(rows[0])
     values = [tuple(row.values()) for row in rows]
     # Only the enum columns (found on the first row: rows hold the same kinds of values) are
-    # converted, column by column: a search writes some 15,000 reports' rows.
+    # converted, column by column.
     enums = [i for i, value in enumerate(values[0]) if isinstance(value, enum.Enum)]
     if enums:
         by_column = list(zip(*values, strict=True))
         for i in enums:
             by_column[i] = [v.name if isinstance(v, enum.Enum) else v for v in by_column[i]]
         values = list(zip(*by_column, strict=True))
+    _insert_values(session, model, list(rows[0]), values)
+
+
+def _insert_values(session: Any, model: Any, columns: list[str],
+                   values: list[tuple[Any, ...]]) -> None:
+    """Insert `values` (tuples of `columns`, as stored: an enum by its name) into `model`'s
+    table in the session's transaction.
+
+    Into the table, not the ORM model, and with the driver's own bulk insert: a cohort's write
+    has hundreds of rows, and SQLAlchemy prepares each row's parameters in Python (measured on
+    SQLite: 13 us a row, six times the database's own time; a 200-trial wine search spent
+    0.2 s there). On PostgreSQL through COPY (psycopg's executemany goes row by row); elsewhere
+    one executemany of the INSERT (pymysql sends it as one multi-row INSERT). Rows with a date
+    go through SQLAlchemy, which formats dates as each dialect stores them."""
+    if not values:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
     if dialect.driver == "psycopg":
         with connection.connection.driver_connection.cursor() as cursor, cursor.copy(
                 f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -748,7 +756,8 @@ def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
         return
     marker = _PLACEHOLDERS.get(dialect.paramstyle)
     if marker is None or any(isinstance(value, datetime.datetime) for value in values[0]):
-        session.execute(sqlalchemy.insert(model.__table__), rows)
+        session.execute(sqlalchemy.insert(model.__table__),
+                        [dict(zip(columns, row, strict=True)) for row in values])
         return
     quote = dialect.identifier_preparer.quote  # `key` is a reserved word in MySQL
     connection.exec_driver_sql(
@@ -784,12 +793,16 @@ def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
 
 
 _FINITE = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
+_FINITE_STORED = _FINITE.name  # as an enum column stores it
 
 
-def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
+_INTERMEDIATE_COLUMNS = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
+
+
+def _intermediate_row(trial_id: int, step: int, value: float) -> tuple[Any, ...]:
+    """A report's row as stored (`_INTERMEDIATE_COLUMNS`): a tuple, not a dict, as a search
+    writes some 15,000 of them."""
     if math.isfinite(value):  # nearly all of them: Optuna's conversion costs more than a write
-        return {"trial_id": trial_id, "step": step, "intermediate_value": value,
-                "intermediate_value_type": _FINITE}
+        return trial_id, step, value, _FINITE_STORED
     stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    return {"trial_id": trial_id, "step": step, "intermediate_value": stored,
-            "intermediate_value_type": kind}
+    return trial_id, step, stored, kind.name
