@@ -87,6 +87,8 @@ def run_cohort_until_target(
             interruptions.check()
             finished = search.refill(cohort_size, target, slot_lock)
             if not len(cohort):
+                # Nothing to write our last ends with: now, for the other workers.
+                search.write_deferred_ends()
                 if finished is not None and finished >= target:
                     return
                 time.sleep(POLL_S)  # the missing trials run elsewhere; one of them may fail
@@ -236,8 +238,9 @@ class _CohortSearch:
                                               f"pruner at epoch {stats.epoch}"))
             elif stats.epoch == epochs:
                 ended.append((member, COMPLETED, ""))
-        # The ended trials' records and ends reach the database in one transaction.
-        together = self.storage.ending_together() if isinstance(
+        # The ended trials' records and ends reach the database together, with the next
+        # write (see WriteBehindStorage.ending_together).
+        together = self.storage.ending_together(defer=True) if isinstance(
             self.storage, WriteBehindStorage) else contextlib.nullcontext()
         with together:
             for member, reason, detail in ended:
@@ -295,10 +298,17 @@ class _CohortSearch:
         except optuna.exceptions.UpdateFinishedTrialError:
             _warn_lost(trial.number)
 
+    def write_deferred_ends(self) -> None:
+        if isinstance(self.storage, WriteBehindStorage):
+            self.storage.write_deferred_ends()
+
     def fail_all(self) -> None:
         for member in self.cohort.members:
             with contextlib.suppress(Exception):
                 self.study.tell(member.key, state=TrialState.FAIL)
+        # The ends already decided still count (with the first tell above, or now).
+        with contextlib.suppress(Exception):
+            self.write_deferred_ends()
 
 
 def _warn_lost(number: int) -> None:

@@ -108,6 +108,9 @@ class WriteBehindStorage(_CachedStorage):
         # Inside `ending_together`: our trials that ended, their end and their last records,
         # written in one transaction when it closes.
         self._ending: dict[int, _End] | None = None
+        # Ends of our trials that `ending_together(defer=True)` left for the next write (the
+        # trials are settled here already); see `ending_together`.
+        self._deferred: dict[int, _End] = {}
         self._beats: dict[int, float] = {}  # trial id -> when we last beat for it (monotonic)
         # (study id, states asked for) -> the snapshot's trials in those states, not ours,
         # until the snapshot changes: the reference engine's pruner asks every epoch.
@@ -289,22 +292,52 @@ class WriteBehindStorage(_CachedStorage):
         self._maybe_flush(trial_id)
 
     @contextlib.contextmanager
-    def ending_together(self) -> Iterator[None]:
+    def ending_together(self, defer: bool = False) -> Iterator[None]:
         """Our trials that end inside reach the database together when it closes: their last
-        records and their ends in one transaction (a cohort's round ends several at once)."""
+        records and their ends in one transaction (a cohort's round ends several at once).
+
+        With `defer`, they wait for the next write instead (the periodic flush, a refill's
+        parameters, another end: at most about `flush_s` later), or for
+        `write_deferred_ends`: a cohort's rounds end trials every few epochs, and a
+        transaction has a fixed cost (on PostgreSQL most of an end's). Here they are
+        finished at once (`count_states` counts them so); other processes see them finished
+        when they are written."""
         self._ending = {}
         try:
             yield
         finally:
             ending, self._ending = self._ending, None
-            if ending:
-                with self._write_lock:
-                    lost = _retrying(lambda: self._write({}, ending))
-                for trial_id in lost:  # failed by another worker meanwhile: its end is theirs
-                    self._unsettle(trial_id)
-                    log.warning("trial %d was failed by another worker's heartbeat check "
-                                "before its end was written; its retry is queued",
-                                self._trial_id_to_study_id_and_number[trial_id][1])
+            if ending and defer:
+                self._deferred.update(ending)
+            elif ending:
+                self._write_ends(ending)
+
+    def write_deferred_ends(self) -> None:
+        """Write the ends `ending_together(defer=True)` left, if any, now."""
+        if self._deferred:
+            self._write_ends({})
+
+    def _write_ends(self, ends: dict[int, _End],
+                    batch: Mapping[int, _Pending] | None = None) -> dict[int, TrialState]:
+        """Write `ends` and the deferred ones (with `batch`'s records) in one transaction;
+        returns the trials another worker had failed meanwhile (see `_write`). Those of them
+        settled here already are theirs now: unsettled, with a warning."""
+        with self._write_lock:
+            ends = {**self._deferred, **ends}
+            self._deferred = {}
+            try:
+                finished = _retrying(lambda: self._write(batch or {}, ends))
+            except BaseException:
+                # Not written: still ours to write (the search fails, or retries the write).
+                self._deferred = {**ends, **self._deferred}
+                raise
+        for trial_id in finished:
+            if trial_id in ends and trial_id in self._settled:  # its end is theirs
+                self._unsettle(trial_id)
+                log.warning("trial %d was failed by another worker's heartbeat check "
+                            "before its end was written; its retry is queued",
+                            self._trial_id_to_study_id_and_number[trial_id][1])
+        return finished
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -316,9 +349,8 @@ class WriteBehindStorage(_CachedStorage):
             if self._ending is not None:
                 self._ending[trial_id] = end
             else:
-                with self._write_lock:
-                    lost = _retrying(lambda: self._write({}, {trial_id: end}))
-                if lost:  # raises, as a direct write would: another worker failed it
+                lost = self._write_ends({trial_id: end})
+                if trial_id in lost:  # raises, as a direct write would: another worker failed it
                     self._backend.check_trial_is_updatable(trial_id, lost[trial_id])
             self._settle(trial_id, state, values, end.completed)
             return True
@@ -456,14 +488,20 @@ class WriteBehindStorage(_CachedStorage):
 
     # -- for workers deciding whether to start a trial: fresh, cheap, never the snapshot -----
     def count_states(self, study_id: int) -> dict[TrialState, int]:
-        """How many of the study's trials are in each state, in one COUNT query."""
-        with _create_scoped_session(self._backend.scoped_session) as session:
+        """How many of the study's trials are in each state, in one COUNT query; our trials
+        whose end is deferred (`ending_together`) count as they ended."""
+        with self._write_lock, _create_scoped_session(self._backend.scoped_session) as session:
             rows = session.execute(
                 sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
                 .where(models.TrialModel.study_id == study_id)
                 .group_by(models.TrialModel.state)
             ).all()
-        return {state: count for state, count in rows}
+            counts = {state: count for state, count in rows}
+            for trial_id, end in self._deferred.items():  # running, in the database
+                if self._trial_id_to_study_id_and_number[trial_id][0] == study_id:
+                    counts[TrialState.RUNNING] = max(0, counts.get(TrialState.RUNNING, 0) - 1)
+                    counts[end.state] = counts.get(end.state, 0) + 1
+        return counts
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Asked at most once per heartbeat interval: Optuna asks before every trial, and a
@@ -520,9 +558,9 @@ class WriteBehindStorage(_CachedStorage):
                 if not pending:
                     pending.since = now
             batch = {tid: pending for tid, pending in batch.items() if pending}
-            if not batch:
+            if not batch and not self._deferred:
                 return ()
-            finished = _retrying(lambda: self._write(batch))
+            finished = self._write_ends({}, batch)
             for trial_id in batch:
                 if trial_id in self._pending:  # written: what comes next starts a new batch
                     self._pending[trial_id] = _Pending()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import sqlalchemy
 
 from hpsearch import write_behind
 from hpsearch.config import load_study_config
@@ -214,6 +215,54 @@ def test_trials_ending_together_reach_the_database_in_one_write(tmp_path, caplog
         optuna.trial.TrialState.FAIL, None, {})
     assert "trial 2 was failed by another worker's heartbeat check" in caplog.text
     assert [t.state for t in study.get_trials()] == [t.state for t in stored.values()]
+
+
+def test_deferred_ends_count_at_once_and_reach_the_database_with_the_next_write(tmp_path,
+                                                                               caplog):
+    """A cohort's round defers its ends to the next write: until then the database holds
+    the trials running, this storage counts them as ended, and the next write (here a
+    refill's records) takes them along, in the same transaction; one failed meanwhile by
+    another worker is theirs, as with ends written at once."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600,
+                                 refresh_s=3600)
+    reader = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(study_name="d", storage=storage)
+    done, pruned, lost, running = study.ask(), study.ask(), study.ask(), study.ask()
+    for trial, value in ((done, 0.25), (pruned, 0.75), (lost, 0.5), (running, 0.1)):
+        trial.report(value, 1)
+    with storage.ending_together(defer=True):
+        study.tell(done, 0.25)
+        study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+        study.tell(lost, 0.5)
+    stored = {t.number: t for t in reader.get_all_trials(study._study_id)}
+    assert {t.state for t in stored.values()} == {optuna.trial.TrialState.RUNNING}
+    assert storage.count_states(study._study_id) == {
+        optuna.trial.TrialState.COMPLETE: 2, optuna.trial.TrialState.PRUNED: 1,
+        optuna.trial.TrialState.RUNNING: 1}
+    reader.set_trial_state_values(lost._trial_id, optuna.trial.TrialState.FAIL)
+    writes = []
+    sqlalchemy.event.listen(storage._backend.engine, "commit", lambda _: writes.append(1))
+    storage.flush_trials([running._trial_id])
+    assert len(writes) == 1
+    stored = {t.number: t for t in reader.get_all_trials(study._study_id)}
+    assert (stored[0].state, stored[0].value, stored[0].intermediate_values) == (
+        optuna.trial.TrialState.COMPLETE, 0.25, {1: 0.25})
+    assert (stored[1].state, stored[1].value) == (optuna.trial.TrialState.PRUNED, 0.75)
+    assert (stored[2].state, stored[2].intermediate_values) == (
+        optuna.trial.TrialState.FAIL, {})
+    assert (stored[3].state, stored[3].intermediate_values) == (
+        optuna.trial.TrialState.RUNNING, {1: 0.1})
+    assert "trial 2 was failed by another worker's heartbeat check" in caplog.text
+    storage.write_deferred_ends()  # nothing left: no write
+    assert len(writes) == 1
+    with storage.ending_together(defer=True):
+        study.tell(running, 0.1)
+    storage.write_deferred_ends()
+    assert reader.get_trial(running._trial_id).state == optuna.trial.TrialState.COMPLETE
+    assert storage.count_states(study._study_id) == {
+        optuna.trial.TrialState.COMPLETE: 2, optuna.trial.TrialState.PRUNED: 1,
+        optuna.trial.TrialState.FAIL: 1}
 
 
 def test_a_trial_failed_elsewhere_never_blocks_the_batch_of_the_others(tmp_path):
