@@ -12,7 +12,8 @@ others run are spread out. The cohort starts with the pruner's startup trials (s
 A trial here is an ordinary Optuna trial with the reference engine's parameters, seed, values
 and user attrs (plus `engine = "cohort"`): reports, the dashboard and `hpsearch train --trial`
 read it like any other. The database sees one transaction a second for every member's records
-(the write-behind storage), one for a refill's parameters and one per heartbeat round.
+(the write-behind storage), one for a refill's parameters and one per heartbeat round; the
+ended members' ends go with the next of these (counted as ended here at once).
 """
 
 from __future__ import annotations
