@@ -323,13 +323,14 @@ class WriteBehindStorage(_CachedStorage):
         returns the trials another worker had failed meanwhile (see `_write`). Those of them
         settled here already are theirs now: unsettled, with a warning."""
         with self._write_lock:
-            ends = {**self._deferred, **ends}
-            self._deferred = {}
+            deferred, self._deferred = self._deferred, {}
+            ends = {**deferred, **ends}
             try:
                 finished = _retrying(lambda: self._write(batch or {}, ends))
             except BaseException:
-                # Not written: still ours to write (the search fails, or retries the write).
-                self._deferred = {**ends, **self._deferred}
+                # Not written. The deferred ends stay for the next write (the failure of the
+                # others is their caller's, as before).
+                self._deferred = {**deferred, **self._deferred}
                 raise
         for trial_id in finished:
             if trial_id in ends and trial_id in self._settled:  # its end is theirs
