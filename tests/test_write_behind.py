@@ -185,15 +185,24 @@ def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp
     assert seen[2].intermediate_values == {1: 0.2}
 
 
+def _written_only_when_asked(tmp_path, name: str) -> tuple[WriteBehindStorage,
+                                                            optuna.storages.RDBStorage,
+                                                            optuna.Study]:
+    """A new study on a write-behind SQLite storage that writes only when a write is due
+    (its periodic flush and refresh an hour away), and a plain storage of the same file that
+    reads what reached it."""
+    url = f"sqlite:///{tmp_path / name}.db"
+    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600,
+                                 refresh_s=3600)
+    return (storage, optuna.storages.RDBStorage(url),
+            optuna.create_study(study_name=name, storage=storage))
+
+
 def test_trials_ending_together_reach_the_database_in_one_write(tmp_path, caplog):
     """A cohort's round ends several trials: their last records and ends are written when
     the round closes, in one transaction; one failed meanwhile by another worker keeps the
     FAIL that worker wrote, and this storage reads it back."""
-    url = f"sqlite:///{tmp_path / 'e.db'}"
-    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600,
-                                 refresh_s=3600)
-    reader = optuna.storages.RDBStorage(url)
-    study = optuna.create_study(study_name="e", storage=storage)
+    storage, reader, study = _written_only_when_asked(tmp_path, "e")
     done, pruned, lost = study.ask(), study.ask(), study.ask()
     for trial, value in ((done, 0.25), (pruned, 0.75), (lost, 0.5)):
         trial.report(value, 1)
@@ -205,7 +214,7 @@ def test_trials_ending_together_reach_the_database_in_one_write(tmp_path, caplog
         study.tell(lost, 0.5)
         assert reader.get_trial(done._trial_id).state == optuna.trial.TrialState.RUNNING
         assert reader.get_trial(done._trial_id).intermediate_values == {}
-    stored = {t.number: t for t in optuna.load_study(study_name="e", storage=url).trials}
+    stored = {t.number: t for t in optuna.load_study(study_name="e", storage=reader).trials}
     assert (stored[0].state, stored[0].value, stored[0].intermediate_values,
             stored[0].user_attrs) == (optuna.trial.TrialState.COMPLETE, 0.25, {1: 0.25},
                                       {"end_reason": "completed"})
@@ -223,11 +232,7 @@ def test_deferred_ends_count_at_once_and_reach_the_database_with_the_next_write(
     the trials running, this storage counts them as ended, and the next write (here a
     refill's records) takes them along, in the same transaction; one failed meanwhile by
     another worker is theirs, as with ends written at once."""
-    url = f"sqlite:///{tmp_path / 'd.db'}"
-    storage = WriteBehindStorage(optuna.storages.RDBStorage(url), flush_s=3600,
-                                 refresh_s=3600)
-    reader = optuna.storages.RDBStorage(url)
-    study = optuna.create_study(study_name="d", storage=storage)
+    storage, reader, study = _written_only_when_asked(tmp_path, "d")
     done, pruned, lost, running = study.ask(), study.ask(), study.ask(), study.ask()
     for trial, value in ((done, 0.25), (pruned, 0.75), (lost, 0.5), (running, 0.1)):
         trial.report(value, 1)
