@@ -68,7 +68,13 @@ class RoundPruner:
         self.direction = study.direction
         # Exactly these classes: a subclass may decide otherwise.
         self.remembers = type(self.pruner) in (MedianPruner, PercentilePruner)
-        self._completed = _StepValues()
+        if self.remembers:
+            # Optuna's _get_percentile_intermediate_result_over_trials: the top percentile
+            # when maximizing.
+            percent = self.pruner._percentile
+            self._completed = _StepValues(
+                100 - percent if self.direction == StudyDirection.MAXIMIZE else percent,
+                self.pruner._n_min_trials)
 
     def decide(self, trials: list[FrozenTrial]) -> list[bool]:
         """Whether to prune each of `trials` (their latest state), all judged on the study
@@ -88,9 +94,6 @@ class RoundPruner:
             return [False] * len(curves)
         warmup, interval = pruner._n_warmup_steps, pruner._interval_steps
         maximize = self.direction == StudyDirection.MAXIMIZE
-        # Optuna's _get_percentile_intermediate_result_over_trials: the top percentile when
-        # maximizing.
-        percent = 100 - pruner._percentile if maximize else pruner._percentile
         percentile_at = self._completed.percentile
         decisions = []
         # PercentilePruner.prune for each curve, step by step (in one loop: it runs for every
@@ -108,7 +111,7 @@ class RoundPruner:
             if math.isnan(curve.best):
                 decisions.append(True)
                 continue
-            percentile = percentile_at(step, percent, pruner._n_min_trials)
+            percentile = percentile_at(step)
             decisions.append(not math.isnan(percentile) and (
                 curve.best < percentile if maximize else curve.best > percentile))
         return decisions
@@ -118,11 +121,12 @@ class _StepValues:
     """The completed trials' intermediate values, step by step, sorted: what a percentile
     pruner reads, kept up to date as trials complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, percent: float, n_min_trials: int) -> None:
+        self.percent = percent  # the direction applied: the top one when maximizing
+        self.n_min_trials = n_min_trials
         self._seen: set[int] = set()  # the trial ids whose values are in
         self._sorted: dict[int, list[float]] = {}  # step -> its values, NaNs left out
         self._counts: dict[int, int] = {}  # step -> its values, NaNs counted
-        self._percentiles: dict[tuple[int, float, int], float] = {}
 
     def update(self, completed: list[FrozenTrial]) -> None:
         """Take in the completed trials not in yet (`completed`: all of them, in any order;
@@ -137,20 +141,13 @@ class _StepValues:
                 self._counts[step] = self._counts.get(step, 0) + 1
                 if not math.isnan(value):
                     bisect.insort(self._sorted.setdefault(step, []), value)
-        self._percentiles.clear()
 
-    def percentile(self, step: int, percent: float, n_min_trials: int) -> float:
-        """Optuna's `_get_percentile_intermediate_result_over_trials` for these trials (the
-        direction already applied to `percent`)."""
-        key = (step, percent, n_min_trials)
-        value = self._percentiles.get(key)
-        if value is None:
-            if self._counts.get(step, 0) < n_min_trials:
-                value = math.nan
-            else:
-                value = _percentile_of_sorted(self._sorted.get(step, []), percent)
-            self._percentiles[key] = value
-        return value
+    def percentile(self, step: int) -> float:
+        """Optuna's `_get_percentile_intermediate_result_over_trials` at `step` for these
+        trials."""
+        if self._counts.get(step, 0) < self.n_min_trials:
+            return math.nan
+        return _percentile_of_sorted(self._sorted.get(step, []), self.percent)
 
 
 def _percentile_of_sorted(values: list[float], percent: float) -> float:

@@ -242,11 +242,9 @@ class WriteBehindStorage(_CachedStorage):
                                      intermediate_value: float) -> None:
         if trial_id not in self._live:
             super().set_trial_intermediate_value(trial_id, step, intermediate_value)
-            return
-        self._changed(trial_id)
-        self._live[trial_id].intermediate_values[step] = intermediate_value
-        self._pending[trial_id].intermediate_values[step] = intermediate_value
-        self._maybe_flush(trial_id)
+        elif self.set_intermediate_values([(trial_id, step, intermediate_value)]):
+            # Its flush found it failed by another worker: raise, as a direct write would.
+            self._backend.check_trial_is_updatable(trial_id, TrialState.FAIL)
 
     def set_intermediate_values(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
         """`set_trial_intermediate_value` for each (trial id, step, value) of `records` (a
