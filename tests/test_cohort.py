@@ -221,3 +221,28 @@ def test_which_studies_the_cohort_engine_can_train(write_study: Any):
         dataset="wine", epochs=5, batch_size=0, activation="relu", params="").replace(
         'activation = "relu"', 'activation = "relu"\ndropout = 0.2'))))
     assert "dropout" in why_not_cohort(dropout, dropout.load_data())
+
+
+def test_a_round_flushes_subnormal_floats_and_leaves_the_thread_as_it_was(write_study: Any):
+    from hpsearch.cohort import _flushing, _subnormals_flushed
+
+    cpu = torch.device("cpu")
+    subnormal = torch.tensor(1e-40)  # float32
+    assert not _flushing() and subnormal.mul(1.0).item() != 0.0
+    with _subnormals_flushed(cpu):
+        assert _flushing() and subnormal.mul(1.0).item() == 0.0
+    assert not _flushing()
+    config = study(write_study, epochs=2)
+    cohort = Cohort(config, config.load_data())
+    cohort.add([Member(0, completed(config, MEMBERS[0]), seed=0)])
+    cohort.run_epoch()
+    assert not _flushing()
+    # A thread that flushes already keeps flushing.
+    torch.set_flush_denormal(True)
+    try:
+        with _subnormals_flushed(cpu):
+            pass
+        cohort.run_epoch()
+        assert _flushing()
+    finally:
+        torch.set_flush_denormal(False)
