@@ -11,6 +11,7 @@ not always bit for bit (the losses are).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -135,3 +136,26 @@ def test_a_layer_the_stack_does_not_know_exactly_is_not_stacked(layer: nn.Module
                      "the activations relu, tanh, gelu, sigmoid, silu stack)"
     with pytest.raises(ValueError, match="only Linear layers"):
         StackedModel(nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_confident_members_gradient_is_autograds_to_the_smallest_normal_float(
+        dtype: torch.dtype):
+    """Log-probabilities far below the exp's normal range (there `loss_and_grad` clamps them,
+    as torch's exp is slow there) still give autograd's gradient, to the smallest normal
+    float."""
+    models = [model.to(dtype) for model in members_of("mlp_relu")]
+    layout, flat = stacked(models)
+    # Every member very sure of its outputs, most of them wrong: log-probabilities of -1e4.
+    flat = flat * 30
+    features, target = batch(classify=True, shared=True)
+    features = features.to(dtype)
+    want_loss, want_grad = autograd_loss_and_grad(layout, flat, features, target, True)
+    loss, grad = layout.loss_and_grad(flat, features, target, True)
+    log_probs = torch.log_softmax(layout.forward(flat, features), dim=2)
+    assert log_probs.min() < 2 * math.log(torch.finfo(dtype).tiny)  # deep in the clamped range
+    tolerance = 1e-6 if dtype == torch.float32 else TOLERANCE
+    assert torch.allclose(loss, want_loss, rtol=tolerance)
+    # To rounding at the gradient's own scale (a clamp at -10 would miss by 1e-4 of it).
+    scale = want_grad.abs().max().item()
+    assert torch.allclose(grad, want_grad, rtol=tolerance, atol=tolerance * scale)
