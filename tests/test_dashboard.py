@@ -165,9 +165,10 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
         write_study, tmp_path, serve):
     """SQLite in WAL mode: the dashboard reads (every few ms here) and writes (note, figures)
     while another process runs the search; neither side sees 'database is locked'."""
-    # Trials of a few hundred ms, so that the search lasts seconds while the dashboard polls.
+    # Trials of a few hundred ms, so that the search lasts several of the dashboard's 2-second
+    # cache periods while it polls.
     study_file = write_study("live", text=write_study("live").read_text().replace(
-        "epochs = 12", "epochs = 300"))
+        "epochs = 12", "epochs = 600"))
     url = f"sqlite:///{tmp_path / 'live.db'}"
     first = CliRunner().invoke(cli, ["optimize", "--study", str(study_file), "--trials", "2",
                                      "--storage", url, "--quiet"])
@@ -198,7 +199,10 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
     assert [t["state"] for t in final["trials"]].count("Running") == 0
     assert len(final["trials"]) == 24
     assert seen == sorted(seen)
-    assert len(set(seen)) >= 3, f"the dashboard did not see the trials arrive: {seen}"
+    # Trials seen arriving while the search ran (how many at a time depends on the
+    # machine's speed and the dashboard's cache).
+    assert any(2 < count < 24 for count in seen), \
+        f"the dashboard did not see the trials arrive: {seen}"
     refresh_dashboard(study)
     assert "| Trials | 24 finished:" in optuna_dashboard.get_note(study)
 
