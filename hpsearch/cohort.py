@@ -9,9 +9,10 @@ Like `training`, it knows nothing about Optuna: the search driver (`cohort_searc
 members, runs epochs, and removes the members it ends.
 
 Members are grouped by batch size (members of a group take the same number of steps per epoch);
-within a group, by optimizer type, each type's members contiguous so that its batched optimizer
-steps a view of the stacked parameters. A removed member stops costing compute at once (the
-stack is compacted); members added later start at their own epoch 1 while others go on.
+within a group, by optimizer type (Adam, AdamW, NAdam and RAdam as one family), each type's
+members contiguous so that its batched optimizer steps a view of the stacked parameters. A
+removed member stops costing compute at once (the stack is compacted); members added later start
+at their own epoch 1 while others go on.
 
 A training step takes its gradients from the stacked model's hand-written backward pass
 (`StackedModel.loss_and_grad`), not from autograd, whose bookkeeping per step is a large part of
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer
+from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
 from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
@@ -167,6 +168,11 @@ def _flushing() -> bool:
 _SUBNORMAL = 2.0 ** -1060  # a float64 subnormal: nonzero times one unless flushed
 
 
+def _batched_by(member: Member) -> str:
+    """The batched optimizer that steps `member`: its optimizer's, or its family's."""
+    return family(str(member.params["optimizer"]))
+
+
 def _cast(data: Dataset, dtype: torch.dtype) -> Dataset:
     def cast(split: Split) -> Split:
         target = split.target if data.task == CLASSIFICATION else split.target.to(dtype)
@@ -179,7 +185,7 @@ def _cast(data: Dataset, dtype: torch.dtype) -> Dataset:
 
 class _Group:
     """Members of one batch size: one stacked model, a batched optimizer per optimizer type
-    (its members contiguous), one batched schedule."""
+    or family (its members contiguous), one batched schedule."""
 
     def __init__(self, config: StudyConfig, data: Dataset, batch_size: int,
                  device: torch.device, dtype: torch.dtype):
@@ -223,10 +229,10 @@ class _Group:
         shapes = [torch.Size([self.layout.size])]
         by_type: dict[str, list[Member]] = {}
         for member in joining:
-            by_type.setdefault(str(member.params["optimizer"]), []).append(member)
+            by_type.setdefault(_batched_by(member), []).append(member)
         for name, typed in by_type.items():
             fresh = BatchedOptimizer(name, [m.params for m in typed], shapes, dtype=self.dtype,
-                                     device=self.device)
+                                     device=self.device, horizon=self.epochs * self.steps)
             if name in self.optimizers:
                 self.optimizers[name].extend(fresh)
             else:
@@ -242,11 +248,10 @@ class _Group:
         members = self.members + list(joining)
         flat = torch.cat([self.flat, new_flat]) if self.members else new_flat
         max_norm = torch.cat([self.max_norm, norms])
-        # Each optimizer type's members contiguous, old ones before new ones (the order in
-        # which each type's batched optimizer holds them).
+        # Each batched optimizer's members contiguous, old ones before new ones (the order in
+        # which it holds them).
         names = sorted(self.optimizers)
-        order = sorted(range(len(members)),
-                       key=lambda i: names.index(str(members[i].params["optimizer"])))
+        order = sorted(range(len(members)), key=lambda i: names.index(_batched_by(members[i])))
         index = torch.tensor(order, device=self.device)
         self.members = [members[i] for i in order]
         self.flat = flat.index_select(0, index)

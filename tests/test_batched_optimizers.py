@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import default_dtype
 
-from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer
+from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
 from hpsearch.optimizers import OPTIMIZERS
 
 SHAPES = [torch.Size([3, 4]), torch.Size([3]), torch.Size([2, 3])]
@@ -241,6 +241,32 @@ def test_float32_stays_within_a_small_tolerance_of_torch(name: str) -> None:
     Run(name, COHORTS[name], torch.float32, seed=3).step(30)
 
 
+# Adam's family, interleaved: one batched optimizer steps them all (`family`).
+ADAM_FAMILY = [member for members in zip(COHORTS["adam"], COHORTS["adamw"], COHORTS["nadam"],
+                                         COHORTS["radam"], strict=True) for member in members]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adams_family_in_one_batched_optimizer_matches_torch_member_by_member(
+        dtype: torch.dtype) -> None:
+    assert {family(name) for name in ("adam", "adamw", "nadam", "radam")} == {"adam"}
+    run = Run("adam", ADAM_FAMILY[:6], dtype, seed=6)
+    # Step coefficients tabulated for 4 steps: the table grows as members go beyond.
+    run.batched = BatchedOptimizer("adam", ADAM_FAMILY[:6], SHAPES, dtype=dtype, horizon=4)
+    assert run.batched.name == "adam"
+    run.step(10)
+    # Newcomers of every type, at step 0 while the others are at step 10, then with NAdam or
+    # RAdam gone, or AdamW's decoupled decay alone.
+    run.extend(ADAM_FAMILY[6:])
+    run.step(12)
+    run.select([i for i, m in enumerate(run.members) if m["optimizer"] != "nadam"])
+    run.step(5)
+    run.select([i for i, m in enumerate(run.members) if m["optimizer"] == "adamw"])
+    run.step(5)
+    run.extend(ADAM_FAMILY[:4])
+    run.step(40)
+
+
 def test_nadam_follows_torchs_scalar_dtype_under_a_float64_default() -> None:
     # torch keeps NAdam's mu_product in float64 only under a float64 default dtype.
     with default_dtype(torch.float64):
@@ -289,9 +315,11 @@ def test_unknown_or_mixed_optimizers_are_a_clear_error() -> None:
         BatchedOptimizer("lbfgs", [{"optimizer": "lbfgs"}], SHAPES)
     with pytest.raises(ValueError, match="member 1 uses optimizer 'sgd', not 'adam'"):
         BatchedOptimizer("adam", [COHORTS["adam"][0], COHORTS["sgd"][0]], SHAPES)
+    with pytest.raises(ValueError, match="member 0 uses optimizer 'adamax', not 'adam'"):
+        BatchedOptimizer("adam", COHORTS["adamax"][:1], SHAPES)  # not of Adam's family
     adam = BatchedOptimizer("adam", COHORTS["adam"], SHAPES)
     with pytest.raises(ValueError, match="extend"):
-        adam.extend(BatchedOptimizer("adamw", COHORTS["adamw"], SHAPES))
+        adam.extend(BatchedOptimizer("adamax", COHORTS["adamax"], SHAPES))
     with pytest.raises(ValueError, match="same shapes"):
         adam.extend(BatchedOptimizer("adam", COHORTS["adam"], SHAPES[:2]))
 
