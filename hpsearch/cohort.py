@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -162,10 +163,13 @@ def _subnormals_flushed(device: torch.device) -> Iterator[None]:
 
 def _flushing() -> bool:
     """Whether this thread flushes subnormal floats already (torch has no getter)."""
-    return torch.tensor(_SUBNORMAL, dtype=torch.float64).mul(1.0).item() == 0.0
+    return _SUBNORMAL.mul(1.0).item() == 0.0
 
 
-_SUBNORMAL = 2.0 ** -1060  # a float64 subnormal: nonzero times one unless flushed
+# A float64 subnormal, 2**-1060, from its bits (arithmetic would flush it, were flushing on):
+# nonzero times one unless flushed.
+_SUBNORMAL = torch.frombuffer(bytearray((1 << 14).to_bytes(8, sys.byteorder)),
+                              dtype=torch.float64)
 
 
 def _batched_by(member: Member) -> str:
@@ -199,6 +203,8 @@ class _Group:
         self.steps = steps_per_epoch(len(data.train), batch_size)
         self.members: list[Member] = []
         self.layout: StackedModel | None = None
+        # A built-in model keeps nn.Linear's initialisation (`StackedModel.initialised`).
+        self.builtin = not is_factory_path(config.model.kind)
         self.flat = torch.empty(0, device=device, dtype=dtype)
         self.optimizers: dict[str, BatchedOptimizer] = {}
         self.ranges: dict[str, slice] = {}
@@ -210,6 +216,10 @@ class _Group:
     def add(self, joining: Sequence[Member]) -> None:
         rows = []
         for member in joining:
+            if self.layout is not None and self.builtin:
+                # The built-in models' initial weights, drawn without building each model.
+                rows.append(self.layout.initialised(member.seed))
+                continue
             # As the reference engine's torch.manual_seed does for the CPU, where models are
             # built: the seed fixes the initial weights. (Seeding every device too took
             # longer than building the model.)
@@ -330,7 +340,7 @@ class _Group:
                 for start in range(0, rows, self.batch_size)]
 
     def _train_epoch(self) -> torch.Tensor:
-        total = torch.zeros(len(self.members), device=self.device, dtype=self.dtype)
+        total: torch.Tensor | None = None  # the steps' losses, summed as they come
         for features, target in self._batches():
             loss, grad = self.layout.loss_and_grad(self.flat, features, target, self.classify)
             if self.clipping:
@@ -345,8 +355,8 @@ class _Group:
             for name, span in self.ranges.items():
                 self.optimizers[name].step([self.flat[span]], [grad[span]], [lr[span]])
             self.schedule.after_batch()
-            total += loss
-        return total / self.steps
+            total = loss if total is None else total.add_(loss)
+        return total if self.steps == 1 else total / self.steps
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:

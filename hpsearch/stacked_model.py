@@ -34,7 +34,7 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.nn import functional
+from torch.nn import functional, init
 
 from hpsearch.models import ACTIVATIONS
 
@@ -214,6 +214,23 @@ class StackedModel:
     def flatten(model: nn.Module) -> torch.Tensor:
         """One member's row: its parameters in `model.parameters()` order."""
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def initialised(self, seed: int) -> torch.Tensor:
+        """A member's row as `nn.Linear`'s own initialisation makes it after
+        `torch.manual_seed(seed)`, in the default dtype: the same draws from a generator in the
+        same state, through torch's init functions, without building the model (a fifth of
+        the time). Only for models whose layers keep that initialisation (the built-in ones);
+        a user's factory may set its own."""
+        generator = torch.Generator().manual_seed(seed)
+        row = torch.empty(self.size)
+        for layer in self.layers:
+            if isinstance(layer, _Linear):
+                init.kaiming_uniform_(row[layer.weight].view(layer.n_out, layer.n_in),
+                                      a=math.sqrt(5), generator=generator)
+                if layer.bias is not None:  # nn.Linear.reset_parameters, as torch spells it
+                    bound = 1 / math.sqrt(layer.n_in) if layer.n_in > 0 else 0
+                    init.uniform_(row[layer.bias], -bound, bound, generator=generator)
+        return row
 
     def forward(self, flat: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Every member's output: `flat` is (members, P); `features` is (rows, F), the same

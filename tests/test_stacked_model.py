@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import default_dtype
 from torch import nn
 from torch.nn import functional
 
@@ -159,3 +160,18 @@ def test_a_confident_members_gradient_is_autograds_to_the_smallest_normal_float(
     # To rounding at the gradient's own scale (a clamp at -10 would miss by 1e-4 of it).
     scale = want_grad.abs().max().item()
     assert torch.allclose(grad, want_grad, rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("factory", [lambda: mlp(13, 3, hidden=(10, 10)),
+                                     lambda: mlp(5, 2, hidden=(7,), activation="tanh"),
+                                     lambda: linear(4, 1)], ids=["wine_mlp", "mlp", "linear"])
+def test_initialised_rows_are_the_built_models_weights_bit_for_bit(
+        factory: Callable[[], nn.Module], dtype: torch.dtype):
+    with default_dtype(dtype):
+        layout = StackedModel(factory())
+        for seed in (0, 1, 12345):
+            torch.manual_seed(seed)
+            built = StackedModel.flatten(factory())
+            row = layout.initialised(seed)
+            assert row.dtype == dtype and torch.equal(row, built), seed
