@@ -61,6 +61,9 @@ class LazyTPESampler(TPESampler):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._batch: _Batch | None = None
+        # (study id, group) -> finished trial's number -> its values of the group's parameters
+        # in internal representation, () where it lacks the group (`_get_internal_repr`).
+        self._internal: dict[tuple[int, tuple[str, ...]], dict[int, tuple[Any, ...]]] = {}
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
@@ -114,6 +117,29 @@ class LazyTPESampler(TPESampler):
         chosen = group.take(self._n_ei_candidates)
         return {name: distribution.to_external_repr(chosen[name])
                 for name, distribution in search_space.items()}
+
+    def _get_internal_repr(self, trials: list[FrozenTrial],
+                           search_space: dict[str, BaseDistribution],
+                           study: Study) -> dict[str, np.ndarray]:
+        """TPESampler's, reading each finished trial's parameters once per group (they never
+        change): every fit converted every trial's again, a tenth of a refill's sampling."""
+        rows = self._internal.setdefault((study._study_id, tuple(search_space)), {})
+        values: dict[str, list[Any]] = {name: [] for name in search_space}
+        columns = list(values.values())
+        for trial in trials:
+            finished = trial.state.is_finished()
+            row = rows.get(trial.number) if finished else None
+            if row is None:
+                params = self._get_params(trial, study)
+                row = tuple(distribution.to_internal_repr(params[name])
+                            for name, distribution in search_space.items()) \
+                    if search_space.keys() <= params.keys() else ()
+                if finished:
+                    rows[trial.number] = row
+            if row:  # () where the trial lacks the group
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+        return {name: np.asarray(column) for name, column in values.items()}
 
     def _fit(self, study: Study, trial: FrozenTrial,
              search_space: dict[str, BaseDistribution]) -> _GroupDraws:

@@ -271,3 +271,26 @@ def test_a_batch_splits_the_trials_once_and_samples_as_if_each_fit_split_them(mo
                         for branch in BRANCH.values())
     assert both_branches  # three groups fitted: the shared one and each branch's
     assert (splits_cached, splits_fresh) == (1, 3)
+
+
+def test_a_groups_observations_are_optunas_with_finished_trials_read_once():
+    study, sampler = toy_study(seed=3)
+    study.optimize(lambda trial: toy_loss(suggest_toy(trial)), n_trials=30)
+    running = study.ask()  # a liar with part of its parameters
+    running.suggest_categorical("optimizer", list(BRANCH))
+    trials = study.get_trials(deepcopy=False)
+    assert running.number == trials[-1].number and trials[-1].state == TrialState.RUNNING
+    for group in ({"lr": trials[0].distributions["lr"],
+                   "optimizer": trials[0].distributions["optimizer"]},
+                  {"momentum": optuna.distributions.FloatDistribution(0.0, 0.99)}):
+        want = optuna.samplers.TPESampler._get_internal_repr(sampler, trials, group, study)
+        for _ in range(2):  # read, then served from what was kept
+            got = sampler._get_internal_repr(trials, group, study)
+            assert got.keys() == want.keys()
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name])
+        # Only some trials took the branch's group; none lacked the shared one.
+        took = len(next(iter(want.values())))
+        assert (took == len(trials) - 1) if "lr" in group else 0 < took < len(trials) - 1
+    # The running trial was not kept: its parameters may still come.
+    assert all(running.number not in rows for rows in sampler._internal.values())
