@@ -35,7 +35,7 @@ from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, fa
 from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
-from hpsearch.models import is_factory_path
+from hpsearch.models import MODELS, is_factory_path, linear, mlp
 from hpsearch.params import Value
 from hpsearch.space import HEAD_LR_MULT
 from hpsearch.stacked_model import StackedModel, member_losses, why_not_stackable
@@ -203,8 +203,10 @@ class _Group:
         self.steps = steps_per_epoch(len(data.train), batch_size)
         self.members: list[Member] = []
         self.layout: StackedModel | None = None
-        # A built-in model keeps nn.Linear's initialisation (`StackedModel.initialised`).
-        self.builtin = not is_factory_path(config.model.kind)
+        # The built-in models keep nn.Linear's initialisation (`StackedModel.initialised`);
+        # a user's factory, or a model registered in their place, may not.
+        kind = config.model.kind
+        self.builtin = not is_factory_path(kind) and MODELS.get(kind) in (mlp, linear)
         self.flat = torch.empty(0, device=device, dtype=dtype)
         self.optimizers: dict[str, BatchedOptimizer] = {}
         self.ranges: dict[str, slice] = {}

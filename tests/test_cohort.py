@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -246,3 +247,36 @@ def test_a_round_flushes_subnormal_floats_and_leaves_the_thread_as_it_was(write_
         assert _flushing()
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_a_factory_with_its_own_initialisation_starts_from_its_own_weights(
+        write_study: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch):
+    """The built-in models' rows are drawn without building them (nn.Linear's own init); a
+    user's factory is built, so whatever it initialises is what its members start from."""
+    (tmp_path / "own_init_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def net(n_inputs, n_outputs):\n"
+        "    model = nn.Sequential(nn.Linear(n_inputs, 5), nn.Tanh(), nn.Linear(5, n_outputs))\n"
+        "    for layer in (model[0], model[2]):\n"
+        "        nn.init.normal_(layer.weight, std=0.3)\n"
+        "        nn.init.constant_(layer.bias, 0.25)\n"
+        "    return model\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = STUDY.format(dataset="wine", activation="tanh", epochs=2, batch_size=0, params="")
+    text = text.replace('kind = "mlp"\nhidden = [8, 6]\nactivation = "tanh"',
+                        'factory = "own_init_models:net"')
+    config = load_study_config(str(write_study("own_init", text=text)))
+    data = config.load_data()
+    cohort = Cohort(config, data)
+    members = [Member(i, completed(config, MEMBERS[i]), seed=40 + i) for i in range(3)]
+    cohort.add(members)
+    (group,) = cohort.groups.values()
+    assert not group.builtin
+    factory = importlib.import_module("own_init_models").net
+    first_biases = slice(data.n_features * 5, data.n_features * 5 + 5)
+    for member, row in zip(group.members, group.flat, strict=True):
+        torch.manual_seed(member.seed)
+        want = torch.cat([p.detach().reshape(-1) for p in
+                          factory(data.n_features, data.n_outputs).parameters()])
+        assert torch.equal(row, want)
+        assert torch.all(row[first_biases] == 0.25)  # the factory's own, not nn.Linear's
