@@ -42,7 +42,7 @@ BATCHED_OPTIMIZERS: frozenset[str] = frozenset(
 # Optimizers stepped together as one family: Adam, AdamW, NAdam and RAdam keep the same
 # moments, updated by the same formulas, and differ only in per-member coefficients (see
 # `_step_adam`). One batched step for the four types took a cohort round's optimizer ops from
-# ~145 to ~70 (wine), each op costing about as much for 30 members as for 3.
+# ~145 to ~77 (wine), each op costing about as much for 30 members as for 3.
 _FAMILY = {"adamw": "adam", "nadam": "adam", "radam": "adam"}
 
 
@@ -173,7 +173,7 @@ class BatchedOptimizer:
         # Each member's own step count (members join at different times).
         self._steps = torch.zeros(n, dtype=self._coef, device=self.device)
         # Adam's family: each member's step coefficients as a row over its steps, built when
-        # it joins (`_adam_family_table`) and read at its own step: a step's coefficients
+        # it joins (`_tabulated`) and read at its own step: a step's coefficients
         # took some 30 small tensor ops per type, a round's largest share of optimizer ops.
         self._table: torch.Tensor | None = None
         self._taken = torch.zeros(n, dtype=torch.long, device=self.device)
