@@ -2,8 +2,8 @@
 
 The cohort engine trains K trials as one stacked model: every parameter tensor has a leading
 member dimension `n`, and each member has its own hyperparameters. `BatchedOptimizer` steps all
-members of one optimizer type together (Adam, AdamW, NAdam and RAdam as one family, whose
-members differ only in coefficients), with a handful of whole-tensor operations instead of n
+members of one optimizer type together (Adam, AdamW, NAdam, RAdam and Adamax as one family,
+whose members differ only in coefficients), with a handful of whole-tensor operations instead of n
 separate `torch.optim` steps, which is what makes a cohort of tiny models fast (their training
 time is Python and dispatch overhead, not arithmetic).
 
@@ -39,11 +39,12 @@ BATCHED_OPTIMIZERS: frozenset[str] = frozenset(
     {"sgd", "adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta"}
 )
 
-# Optimizers stepped together as one family: Adam, AdamW, NAdam and RAdam keep the same
-# moments, updated by the same formulas, and differ only in per-member coefficients (see
-# `_step_adam`). One batched step for the four types took a cohort round's optimizer ops from
-# ~145 to ~77 (wine), each op costing about as much for 30 members as for 3.
-_FAMILY = {"adamw": "adam", "nadam": "adam", "radam": "adam"}
+# Optimizers stepped together as one family: Adam, AdamW, NAdam, RAdam and Adamax keep the same
+# first moment, and the same second moment but for Adamax's infinity norm, and differ only in
+# per-member coefficients (see `_step_adam`). One batched step for the four Adam types took a
+# cohort round's optimizer ops from ~145 to ~77 (wine), each op costing about as much for 30
+# members as for 3; Adamax joining saved ~11 more.
+_FAMILY = {"adamw": "adam", "nadam": "adam", "radam": "adam", "adamax": "adam"}
 
 
 def family(name: str) -> str:
@@ -67,8 +68,7 @@ ADAGRAD_LR_DECAY = "adagrad_lr_decay"
 _BUFFERS: dict[str, tuple[tuple[str, Callable[[BatchedOptimizer], bool]], ...]] = {
     "sgd": (("momentum_buffer", lambda o: o._any_momentum),),
     "adam": (("exp_avg", lambda o: True), ("exp_avg_sq", lambda o: True),
-             ("max_exp_avg_sq", lambda o: o._any_amsgrad)),
-    "adamax": (("exp_avg", lambda o: True), ("exp_inf", lambda o: True)),
+             ("max_exp_avg_sq", lambda o: o._any_amsgrad), ("exp_inf", lambda o: o._any_adamax)),
     "rmsprop": (("square_avg", lambda o: True), ("grad_avg", lambda o: o._any_centered),
                 ("momentum_buffer", lambda o: o._any_momentum)),
     "adagrad": (("sum", lambda o: True),),
@@ -135,7 +135,8 @@ def _check(name: str, o: Mapping[str, Any], where: str) -> None:
 
 
 class BatchedOptimizer:
-    """n members of ONE optimizer type, or of one family (Adam, AdamW, NAdam, RAdam: `family`);
+    """n members of ONE optimizer type, or of one family (Adam, AdamW, NAdam, RAdam, Adamax:
+    `family`);
     all state stacked along dim 0.
 
     `members[i]` is member i's trial params (the dict hpsearch's space produces; its lr is not
@@ -290,6 +291,7 @@ class BatchedOptimizer:
                                                                     strict=True) if d)
         self._any_nadam = "nadam" in self._kinds
         self._any_radam = "radam" in self._kinds
+        self._any_adamax = "adamax" in self._kinds
         self._any_momentum = flag("momentum")
         self._any_nesterov = flag("nesterov")
         self._any_amsgrad = flag("amsgrad")
@@ -311,7 +313,7 @@ class BatchedOptimizer:
             hp["momentum"] = const["momentum"] = column("momentum")
             hp["dampening"] = column("dampening")
             masks["nesterov"] = mask("nesterov")
-        elif name in ("adam", "adamax"):
+        elif name == "adam":
             hp["beta1"], hp["beta2"] = column("beta1"), column("beta2")
             const["one_minus_beta1"] = 1 - hp["beta1"]
             const["beta2"] = hp["beta2"]
@@ -323,9 +325,10 @@ class BatchedOptimizer:
                     [o["weight_decay"] if d else 0.0 for o, d in zip(opts, decoupled,
                                                                      strict=True)],
                     dtype=self._coef, device=self.device)
-            if self._any_nadam:
-                masks["nadam"] = torch.tensor([kind == "nadam" for kind in self._kinds],
-                                              dtype=torch.bool, device=self.device)
+            for kind in ("nadam", "adamax"):
+                if kind in self._kinds:
+                    masks[kind] = torch.tensor([k == kind for k in self._kinds],
+                                               dtype=torch.bool, device=self.device)
         elif name == "rmsprop":
             alpha = column("alpha")
             const["alpha"] = alpha
@@ -428,8 +431,9 @@ class BatchedOptimizer:
 
     def _step_adam(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                    lrs: Sequence[torch.Tensor]) -> None:
-        """Adam, AdamW, NAdam and RAdam members in one step: the same moments (exp_avg,
-        exp_avg_sq, AMSGrad's max), then each member's update in one form,
+        """Adam, AdamW, NAdam, RAdam and Adamax members in one step: the same moments
+        (exp_avg, exp_avg_sq, AMSGrad's max; Adamax's exp_inf where there are Adamax members),
+        then each member's update in one form,
 
             param += (exp_avg * A + grad * B) / (sqrt(second) / D + eps) + exp_avg * E,
 
@@ -438,7 +442,8 @@ class BatchedOptimizer:
         Adam's: torch's sqrt(exp_avg_sq / bias_correction2), regrouped); RAdam's D is 1, and
         where its variance is tractable A = -lr / bias_correction1 * rect * sqrt(bc2), E = 0,
         elsewhere A = 0, E = -lr / bias_correction1 (torch: exp_avg / bc1 * lr, no
-        denominator). A zero coefficient leaves a member's update exactly its type's."""
+        denominator); Adamax's A is Adam's and its denominator exp_inf. A zero coefficient
+        leaves a member's update exactly its type's."""
         hp = self._hp
         if self._clock - min(self._joined, default=0) >= self._table.shape[1] - 1:
             self._table = self._tabulated(self._kinds, self._options,
@@ -469,6 +474,11 @@ class BatchedOptimizer:
                     second.mul_(view["amsgrad"])
                 torch.maximum(second, exp_avg_sq, out=second)
             denom = second.sqrt().div_(divisor.view(shape).to(self.dtype)).add_(self._eps)
+            if self._any_adamax:  # exp_inf = max(beta2 * exp_inf, |grad| + eps), its denominator
+                exp_inf = self._state["exp_inf"][j]
+                torch.maximum(exp_inf.mul_(view["beta2"]), grad.abs().add_(self._eps),
+                              out=exp_inf)
+                denom = torch.where(view["adamax"], exp_inf, denom)
             step_size = lr / bias_correction1.view(shape)
             avg_coef = (step_size * rectified.view(shape)).neg_()
             if self._any_nadam:
@@ -539,21 +549,6 @@ class BatchedOptimizer:
                  options: Sequence[Mapping[str, Any]], width: int) -> torch.Tensor:
         """`table` (of `kinds`' members) to `width` steps."""
         return table if table.shape[1] - 1 == width else self._tabulated(kinds, options, width)
-
-    def _step_adamax(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                     lrs: Sequence[torch.Tensor]) -> None:
-        bias_correction = 1 - self._hp["beta1"] ** self._steps
-        for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
-            rank = param.dim()
-            view = self._views[rank]
-            lr = self._lr(lrs[j], rank, self._coef)
-            grad = self._decayed(param, grad, view)
-            exp_avg = self._state["exp_avg"][j]
-            exp_inf = self._state["exp_inf"][j]
-            exp_avg.lerp_(grad, view["one_minus_beta1"])
-            torch.maximum(exp_inf.mul_(view["beta2"]), grad.abs().add_(self._eps), out=exp_inf)
-            clr = (lr / bias_correction.view(self._bshape[rank])).neg_().to(self.dtype)
-            param.addcdiv_(exp_avg * clr, exp_inf)
 
     def _step_rmsprop(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                       lrs: Sequence[torch.Tensor]) -> None:

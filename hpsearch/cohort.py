@@ -9,10 +9,10 @@ Like `training`, it knows nothing about Optuna: the search driver (`cohort_searc
 members, runs epochs, and removes the members it ends.
 
 Members are grouped by batch size (members of a group take the same number of steps per epoch);
-within a group, by optimizer type (Adam, AdamW, NAdam and RAdam as one family), each type's
-members contiguous so that its batched optimizer steps a view of the stacked parameters. A
-removed member stops costing compute at once (the stack is compacted); members added later start
-at their own epoch 1 while others go on.
+within a group, by optimizer type (Adam, AdamW, NAdam, RAdam and Adamax as one family), each
+type's members contiguous so that its batched optimizer steps a view of the stacked parameters.
+A removed member stops costing compute at once (the stack is compacted); members added later
+start at their own epoch 1 while others go on.
 
 A training step takes its gradients from the stacked model's hand-written backward pass
 (`StackedModel.loss_and_grad`), not from autograd, whose bookkeeping per step is a large part of

@@ -241,29 +241,32 @@ def test_float32_stays_within_a_small_tolerance_of_torch(name: str) -> None:
     Run(name, COHORTS[name], torch.float32, seed=3).step(30)
 
 
-# Adam's family, interleaved: one batched optimizer steps them all (`family`).
+# Adam's family (Adamax too), interleaved: one batched optimizer steps them all (`family`).
 ADAM_FAMILY = [member for members in zip(COHORTS["adam"], COHORTS["adamw"], COHORTS["nadam"],
-                                         COHORTS["radam"], strict=True) for member in members]
+                                         COHORTS["radam"], COHORTS["adamax"], strict=True)
+               for member in members]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_adams_family_in_one_batched_optimizer_matches_torch_member_by_member(
         dtype: torch.dtype) -> None:
-    assert {family(name) for name in ("adam", "adamw", "nadam", "radam")} == {"adam"}
-    run = Run("adam", ADAM_FAMILY[:6], dtype, seed=6)
+    assert {family(name) for name in ("adam", "adamw", "nadam", "radam", "adamax")} == {"adam"}
+    run = Run("adam", ADAM_FAMILY[:7], dtype, seed=6)
     # Step coefficients tabulated for 4 steps: the table grows as members go beyond.
-    run.batched = BatchedOptimizer("adam", ADAM_FAMILY[:6], SHAPES, dtype=dtype, horizon=4)
+    run.batched = BatchedOptimizer("adam", ADAM_FAMILY[:7], SHAPES, dtype=dtype, horizon=4)
     assert run.batched.name == "adam"
     run.step(10)
     # Newcomers of every type, at step 0 while the others are at step 10, then with NAdam or
     # RAdam gone, or AdamW's decoupled decay alone.
-    run.extend(ADAM_FAMILY[6:])
+    run.extend(ADAM_FAMILY[7:])
     run.step(12)
     run.select([i for i, m in enumerate(run.members) if m["optimizer"] != "nadam"])
     run.step(5)
+    run.select([i for i, m in enumerate(run.members) if m["optimizer"] in ("adamw", "adamax")])
+    run.step(5)
     run.select([i for i, m in enumerate(run.members) if m["optimizer"] == "adamw"])
     run.step(5)
-    run.extend(ADAM_FAMILY[:4])
+    run.extend(ADAM_FAMILY[:5])
     run.step(40)
 
 
@@ -315,11 +318,11 @@ def test_unknown_or_mixed_optimizers_are_a_clear_error() -> None:
         BatchedOptimizer("lbfgs", [{"optimizer": "lbfgs"}], SHAPES)
     with pytest.raises(ValueError, match="member 1 uses optimizer 'sgd', not 'adam'"):
         BatchedOptimizer("adam", [COHORTS["adam"][0], COHORTS["sgd"][0]], SHAPES)
-    with pytest.raises(ValueError, match="member 0 uses optimizer 'adamax', not 'adam'"):
-        BatchedOptimizer("adam", COHORTS["adamax"][:1], SHAPES)  # not of Adam's family
+    with pytest.raises(ValueError, match="member 0 uses optimizer 'rmsprop', not 'adam'"):
+        BatchedOptimizer("adam", COHORTS["rmsprop"][:1], SHAPES)  # not of Adam's family
     adam = BatchedOptimizer("adam", COHORTS["adam"], SHAPES)
     with pytest.raises(ValueError, match="extend"):
-        adam.extend(BatchedOptimizer("adamax", COHORTS["adamax"], SHAPES))
+        adam.extend(BatchedOptimizer("rmsprop", COHORTS["rmsprop"], SHAPES))
     with pytest.raises(ValueError, match="same shapes"):
         adam.extend(BatchedOptimizer("adam", COHORTS["adam"], SHAPES[:2]))
 
