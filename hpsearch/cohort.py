@@ -150,7 +150,9 @@ def _subnormals_flushed(device: torch.device) -> Iterator[None]:
     flushed, a 200-trial wine search 12% less. What it changes: values
     below 1.2e-38 (float32; 2.2e-308 in float64) become 0, a gradient's share too small to move
     any parameter a float32 can hold. The reference engine, torch as a user runs it, does not
-    flush (flushing did not change its time: its time is per-op overhead).
+    flush (flushing did not change its time: its time is per-op overhead). With more torch
+    threads than the default one (`--threads`), torch's own worker threads keep their mode, so
+    the parts of large ops they run are not flushed.
     """
     if device.type != "cpu" or _flushing() or not torch.set_flush_denormal(True):
         yield
