@@ -64,6 +64,9 @@ class LazyTPESampler(TPESampler):
         # (study id, group) -> finished trial's number -> its values of the group's parameters
         # in internal representation, () where it lacks the group (`_get_internal_repr`).
         self._internal: dict[tuple[int, tuple[str, ...]], dict[int, tuple[Any, ...]]] = {}
+        # `infer_relative_search_space`'s last answer, for (study id, groups' version).
+        self._space: dict[str, BaseDistribution] = {}
+        self._space_key: tuple[int, int] | None = None
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
@@ -79,6 +82,24 @@ class LazyTPESampler(TPESampler):
             yield
         finally:
             self._batch = None
+
+    def infer_relative_search_space(self, study: Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """TPESampler's, the groups' space kept until a finished trial joins them: it is
+        asked for every trial (sorting every group's distributions again cost ~0.2 ms)."""
+        groups = self._group_decomposed_search_space
+        if not isinstance(groups, _IncrementalGroups) or not self._is_multivariate(study):
+            return super().infer_relative_search_space(study, trial)
+        self._search_space_group = groups.calculate(study, use_cache=True)
+        key = (study._study_id, groups.version)
+        if self._space_key != key:
+            # TPESampler.infer_relative_search_space's group branch.
+            self._space = {name: distribution
+                           for sub_space in self._search_space_group.search_spaces
+                           for name, distribution in sorted(sub_space.items())
+                           if not distribution.single()}
+            self._space_key = key
+        return dict(self._space)
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -234,6 +255,7 @@ class _IncrementalGroups(_GroupDecomposedSearchSpace):
     def __init__(self, include_pruned: bool):
         super().__init__(include_pruned)
         self._added: set[int] = set()  # trial ids
+        self.version = 0  # counts the trials added: the groups are as they were if unchanged
 
     def calculate(self, study: Study, use_cache: bool = False) -> _SearchSpaceGroup:
         if self._study_id not in (None, study._study_id):
@@ -245,6 +267,7 @@ class _IncrementalGroups(_GroupDecomposedSearchSpace):
             if trial._trial_id not in self._added:
                 self._added.add(trial._trial_id)
                 self._search_space.add_distributions(trial.distributions)
+                self.version += 1
         # A copy of the list: adding replaces the group dicts, never changes one.
         groups = _SearchSpaceGroup()
         groups._search_spaces = list(self._search_space.search_spaces)

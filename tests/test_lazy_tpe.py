@@ -294,3 +294,22 @@ def test_a_groups_observations_are_optunas_with_finished_trials_read_once():
         assert (took == len(trials) - 1) if "lr" in group else 0 < took < len(trials) - 1
     # The running trial was not kept: its parameters may still come.
     assert all(running.number not in rows for rows in sampler._internal.values())
+
+
+def test_the_relative_search_space_is_optunas_and_follows_new_groups():
+    study, sampler = toy_study(seed=4)
+    for _ in range(6):
+        trial = study.ask()
+        frozen = study._storage.get_trial(trial._trial_id)
+        got = sampler.infer_relative_search_space(study, frozen)
+        want = optuna.samplers.TPESampler.infer_relative_search_space(sampler, study, frozen)
+        assert list(got.items()) == list(want.items())
+        got["lr"] = None  # a caller's copy: what the sampler keeps is not changed
+        assert sampler.infer_relative_search_space(study, frozen)["lr"] is not None
+        study.tell(trial, toy_loss(suggest_toy(trial)))
+    # A parameter no finished trial had before joins the space once a trial finishes with it.
+    trial = study.ask()
+    trial.suggest_float("extra", 0.0, 1.0)
+    study.tell(trial, 1.0)
+    frozen = study._storage.get_trial(study.ask()._trial_id)
+    assert "extra" in sampler.infer_relative_search_space(study, frozen)
