@@ -19,7 +19,7 @@ Per-member hyperparameters live on the device as tensors of shape [n]; per-membe
 are booleans in torch (nesterov, amsgrad, centered) become masks or zero coefficients, so a step
 has no Python loop over members and no host sync. Coefficients that depend only on a member's
 step (Adam's family's bias corrections, RAdam's rectification, NAdam's momentum schedule) are
-tabulated over its steps when it joins. Which code paths a step needs (any weight
+tabulated for a window of steps at a time. Which code paths a step needs (any weight
 decay? any momentum? ...) is known on the host from the members' options, so a cohort without,
 say, amsgrad pays nothing for it.
 """
@@ -58,6 +58,9 @@ _EPS: dict[str, float] = {
     "rmsprop": 1e-8, "adagrad": 1e-10, "adadelta": 1e-6,
 }
 _NADAM_MOMENTUM_DECAY = 4e-3  # torch.optim.NAdam's default momentum_decay
+# The most steps Adam's family tabulates at once: a table costs members x steps x 64 bytes, and
+# a member may take hundreds of thousands of steps (small batches, many epochs).
+_WINDOW = 256
 
 # Member options hpsearch does not search (yet), with torch's defaults.
 SGD_DAMPENING = "sgd_dampening"
@@ -142,8 +145,8 @@ class BatchedOptimizer:
     `members[i]` is member i's trial params (the dict hpsearch's space produces; its lr is not
     read: each step brings every member's current lr). `shapes[j]` is the per-member shape of
     parameter tensor j. `step` updates `params[j]` (shape [n, *shapes[j]]) in place.
-    `horizon`: the steps a member is expected to take (its step coefficients are tabulated
-    that far, and further when a member goes beyond).
+    `horizon`: about how many steps its members will take (Adam's family tabulates their step
+    coefficients that many steps ahead, at most `_WINDOW`, and again when they get there).
     """
 
     def __init__(
@@ -173,17 +176,25 @@ class BatchedOptimizer:
         n = len(self._options)
         # Each member's own step count (members join at different times).
         self._steps = torch.zeros(n, dtype=self._coef, device=self.device)
-        # Adam's family: each member's step coefficients as a row over its steps, built when
-        # it joins (`_tabulated`) and read at its own step: a step's coefficients
-        # took some 30 small tensor ops per type, a round's largest share of optimizer ops.
-        self._table: torch.Tensor | None = None
-        self._taken = torch.zeros(n, dtype=torch.long, device=self.device)
-        # On the host, when each member had taken no step, on this optimizer's clock of steps:
-        # the table grows before any member steps beyond it, without a host sync.
+        # Adam's family: every member's step coefficients for a window of this optimizer's
+        # steps, tabulated at once (`_tabulate`) and read a column a step: a step's
+        # coefficients took some 30 small tensor ops per type, a round's largest share of
+        # optimizer ops. The clock counts this optimizer's steps; `_joined[i]` is the clock
+        # at which member i had taken none (members join at different times).
         self._clock = 0
         self._joined = [0] * n
+        self._window = max(1, min(horizon, _WINDOW))
+        self._table: torch.Tensor | None = None  # (n, window, 8), column k: clock start + k
+        self._window_start = 0
+        # NAdam's running product of momentum coefficients after each column's step, in the
+        # dtype torch keeps it in (float32 unless the default dtype is float64), and before
+        # the window's first.
+        self._scalar = torch.float64 if torch.get_default_dtype() == torch.float64 and \
+            self._coef == torch.float64 else torch.float32
+        self._products: torch.Tensor | None = None
+        self._products_before = torch.ones(n, dtype=self._scalar, device=self.device)
         if self.name == "adam":
-            self._table = self._tabulated(self._kinds, self._options, max(1, horizon))
+            self._tabulate()
         self._state: dict[str, list[torch.Tensor]] = {}
         self._step_impl: Callable[..., None] = getattr(self, f"_step_{self.name}")
         self._refresh()
@@ -223,9 +234,10 @@ class BatchedOptimizer:
         self._joined = [self._joined[i] for i in positions]
         index = index.to(self.device)
         self._steps = self._steps.index_select(0, index)
-        self._taken = self._taken.index_select(0, index)
+        self._products_before = self._products_before.index_select(0, index)
         if self._table is not None:
             self._table = self._table.index_select(0, index)
+            self._products = self._products.index_select(0, index)
         for key, buffers in self._state.items():
             self._state[key] = [buffer.index_select(0, index) for buffer in buffers]
         self._refresh()
@@ -247,17 +259,19 @@ class BatchedOptimizer:
             theirs = other._state.get(key) or other._zeros(other.n)
             self._state[key] = [torch.cat([a, b]) for a, b in zip(mine, theirs, strict=True)]
         self._steps = torch.cat([self._steps, other._steps])
-        self._taken = torch.cat([self._taken, other._taken])
-        if self._table is not None and other._table is not None:
-            width = max(self._table.shape[1], other._table.shape[1]) - 1
-            self._table = torch.cat([self._widened(self._table, self._kinds, self._options,
-                                                   width),
-                                     self._widened(other._table, other._kinds, other._options,
-                                                   width)])
         # Their members took as many steps before joining as they took on their own clock.
         self._joined += [self._clock - (other._clock - joined) for joined in other._joined]
         self._options = self._options + other._options
         self._kinds = self._kinds + other._kinds
+        if self._table is not None and other._table is not None:
+            # Everyone's coefficients from this step on, from where each one's product is.
+            self._products_before = torch.cat([self._products_now(),
+                                               other._products_now().to(self._scalar)])
+            self._window = max(self._window, other._window)
+            self._tabulate()
+        else:
+            self._products_before = torch.cat([self._products_before,
+                                               other._products_before.to(self._scalar)])
         self._refresh()
 
     def _zeros(self, n: int) -> list[torch.Tensor]:
@@ -356,7 +370,6 @@ class BatchedOptimizer:
             for rank in ranks
         }
         self._full = [torch.Size((n, *shape)) for shape in self.shapes]
-        self._rows = torch.arange(n, device=self.device)
 
         needed = [key for key, needs in _BUFFERS[name] if needs(self)]
         self._state = {key: self._state.get(key) or self._zeros(n) for key in needed}
@@ -445,14 +458,15 @@ class BatchedOptimizer:
         denominator); Adamax's A is Adam's and its denominator exp_inf. A zero coefficient
         leaves a member's update exactly its type's."""
         hp = self._hp
-        if self._clock - min(self._joined, default=0) >= self._table.shape[1] - 1:
-            self._table = self._tabulated(self._kinds, self._options,
-                                          2 * (self._table.shape[1] - 1))
+        column = self._clock - self._window_start
+        if column == self._window:  # the window's steps are taken: the next window's
+            self._products_before = self._products[:, -1]
+            self._tabulate()
+            column = 0
         self._clock += 1
-        self._taken += 1
-        # Each member's coefficients at its own step: (n, columns).
+        # Each member's coefficients at its own step: (n, 8).
         (bias_correction1, divisor, rectified, plain, one_minus_mu, one_minus_mu_product,
-         mu_next, one_minus_mu_product_next) = self._table[self._rows, self._taken].unbind(1)
+         mu_next, one_minus_mu_product_next) = self._table[:, column].unbind(1)
         for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
             rank = param.dim()
             view = self._views[rank]
@@ -493,33 +507,35 @@ class BatchedOptimizer:
             if self._any_radam:
                 param.addcmul_(exp_avg, (step_size * plain.view(shape)).neg_().to(self.dtype))
 
-    def _tabulated(self, kinds: Sequence[str], options: Sequence[Mapping[str, Any]],
-                   width: int) -> torch.Tensor:
-        """Adam's family's step coefficients of `kinds`' members with `options`, at steps 0 to
-        `width`: (members, width + 1, 8), column t the coefficients of step t (0: unused).
+    def _tabulate(self) -> None:
+        """Adam's family's step coefficients of every member for the window of `_window` steps
+        from now (its members' own steps `clock - joined + 1` on): `_table`, column k the
+        coefficients of the window's k-th step, and NAdam's products after each.
 
         The same float64 formulas torch evaluates in Python floats at each step (the bias
-        corrections, RAdam's rectification, NAdam's momentum schedule), at all steps at once;
-        NAdam's running product of momentum coefficients is rounded step by step in the dtype
-        torch keeps it in (float32 unless the default dtype is float64), as torch rounds it.
+        corrections, RAdam's rectification, NAdam's momentum schedule), for all steps at once;
+        NAdam's running product is multiplied step by step in the dtype torch keeps it in
+        (its rounding shows in the updates), from where each member's product is.
         """
-        n = len(kinds)
+        n, width = len(self._kinds), self._window
         coef, device = self._coef, self.device
+        self._window_start = self._clock
 
         def column(values: list[Any], dtype: torch.dtype = coef) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device).view(n, 1)
 
-        t = torch.arange(width + 1, dtype=coef, device=device)
-        beta1 = column([o["beta1"] for o in options])
-        beta2 = column([o["beta2"] for o in options])
-        is_nadam = column([kind == "nadam" for kind in kinds], torch.bool)
-        is_radam = column([kind == "radam" for kind in kinds], torch.bool)
-        table = torch.zeros(n, width + 1, 8, dtype=coef, device=device)
+        first = column([self._clock - joined + 1 for joined in self._joined])
+        t = first + torch.arange(width, dtype=coef, device=device)  # each member's steps
+        beta1 = column([o["beta1"] for o in self._options])
+        beta2 = column([o["beta2"] for o in self._options])
+        is_nadam = column([kind == "nadam" for kind in self._kinds], torch.bool)
+        is_radam = column([kind == "radam" for kind in self._kinds], torch.bool)
+        table = torch.zeros(n, width, 8, dtype=coef, device=device)
         bias_correction1 = 1 - beta1 ** t
         beta2_t = beta2 ** t
         bias_correction2 = 1 - beta2_t
         rho_inf = 2 / (1 - beta2) - 1
-        rho_t = rho_inf - 2 * t * beta2_t / bias_correction2  # step 0: not a number, unused
+        rho_t = rho_inf - 2 * t * beta2_t / bias_correction2
         rectify = rho_t > 5.0
         rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
                 / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
@@ -529,26 +545,25 @@ class BatchedOptimizer:
         table[..., 2] = torch.where(is_radam, radam_k, torch.where(is_nadam, 0.0, 1.0))
         table[..., 3] = (is_radam & ~rectify).to(coef)
         table[..., 5] = table[..., 7] = 1.0
-        if "nadam" in kinds:
+        products = self._products_before.view(n, 1).expand(n, width)
+        if "nadam" in self._kinds:
             mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * _NADAM_MOMENTUM_DECAY))
             mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * _NADAM_MOMENTUM_DECAY))
-            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 and \
-                coef == torch.float64 else torch.float32
-            # mu_product after each step, multiplied in `scalar` one step after another.
-            factors = mu.to(scalar).cpu().numpy()
-            factors[:, 0] = 1.0
-            products = torch.from_numpy(np.multiply.accumulate(factors, axis=1)).to(
-                device=device, dtype=coef)
+            # The product before the window, then times each step's mu, one after another.
+            factors = torch.cat([self._products_before.view(n, 1), mu.to(self._scalar)], 1)
+            products = torch.from_numpy(np.multiply.accumulate(factors.cpu().numpy(), axis=1)
+                                        [:, 1:].copy()).to(device)
+            as_coef = products.to(coef)
             table[..., 4] = torch.where(is_nadam, 1.0 - mu, 0.0)
-            table[..., 5] = torch.where(is_nadam, 1.0 - products, 1.0)
+            table[..., 5] = torch.where(is_nadam, 1.0 - as_coef, 1.0)
             table[..., 6] = torch.where(is_nadam, mu_next, 0.0)
-            table[..., 7] = torch.where(is_nadam, 1.0 - products * mu_next, 1.0)
-        return table
+            table[..., 7] = torch.where(is_nadam, 1.0 - as_coef * mu_next, 1.0)
+        self._table, self._products = table, products
 
-    def _widened(self, table: torch.Tensor, kinds: Sequence[str],
-                 options: Sequence[Mapping[str, Any]], width: int) -> torch.Tensor:
-        """`table` (of `kinds`' members) to `width` steps."""
-        return table if table.shape[1] - 1 == width else self._tabulated(kinds, options, width)
+    def _products_now(self) -> torch.Tensor:
+        """Each member's NAdam product after the steps it has taken."""
+        column = self._clock - self._window_start
+        return self._products_before if column == 0 else self._products[:, column - 1]
 
     def _step_rmsprop(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                       lrs: Sequence[torch.Tensor]) -> None:

@@ -350,3 +350,10 @@ def test_select_refuses_positions_out_of_range() -> None:
         batched.select(torch.tensor([-1]))
     batched.select(torch.tensor([], dtype=torch.long))
     assert batched.n == 0
+
+
+def test_adams_family_tabulates_a_bounded_window_of_steps() -> None:
+    """A member may take hundreds of thousands of steps (small batches, many epochs): the
+    table holds a window of them at a time, whatever the horizon."""
+    batched = BatchedOptimizer("adam", ADAM_FAMILY, SHAPES, horizon=10**6)
+    assert batched._table.shape == (len(ADAM_FAMILY), 256, 8)
