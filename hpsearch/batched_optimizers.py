@@ -184,7 +184,8 @@ class BatchedOptimizer:
         self._clock = 0
         self._joined = [0] * n
         self._window = max(1, min(horizon, _WINDOW))
-        self._table: torch.Tensor | None = None  # (n, window, 8), column k: clock start + k
+        # (n, window, 8), column k for clock start + k; None until the first step.
+        self._table: torch.Tensor | None = None
         self._window_start = 0
         # NAdam's running product of momentum coefficients after each column's step, in the
         # dtype torch keeps it in (float32 unless the default dtype is float64), and before
@@ -193,8 +194,6 @@ class BatchedOptimizer:
             self._coef == torch.float64 else torch.float32
         self._products: torch.Tensor | None = None
         self._products_before = torch.ones(n, dtype=self._scalar, device=self.device)
-        if self.name == "adam":
-            self._tabulate()
         self._state: dict[str, list[torch.Tensor]] = {}
         self._step_impl: Callable[..., None] = getattr(self, f"_step_{self.name}")
         self._refresh()
@@ -263,15 +262,16 @@ class BatchedOptimizer:
         self._joined += [self._clock - (other._clock - joined) for joined in other._joined]
         self._options = self._options + other._options
         self._kinds = self._kinds + other._kinds
-        if self._table is not None and other._table is not None:
-            # Everyone's coefficients from this step on, from where each one's product is.
-            self._products_before = torch.cat([self._products_now(),
-                                               other._products_now().to(self._scalar)])
-            self._window = max(self._window, other._window)
-            self._tabulate()
-        else:
-            self._products_before = torch.cat([self._products_before,
-                                               other._products_before.to(self._scalar)])
+        before = other._products_now().to(self._scalar)
+        if self._table is not None:
+            # The newcomers' coefficients for the rest of this window (its earlier columns,
+            # before they joined, are never read).
+            table, products = self._rows(other._kinds, other._options,
+                                         self._joined[-other.n:] if other.n else [], before,
+                                         self._clock - self._window_start)
+            self._table = torch.cat([self._table, table])
+            self._products = torch.cat([self._products, products])
+        self._products_before = torch.cat([self._products_before, before])
         self._refresh()
 
     def _zeros(self, n: int) -> list[torch.Tensor]:
@@ -459,8 +459,8 @@ class BatchedOptimizer:
         leaves a member's update exactly its type's."""
         hp = self._hp
         column = self._clock - self._window_start
-        if column == self._window:  # the window's steps are taken: the next window's
-            self._products_before = self._products[:, -1]
+        if self._table is None or column == self._window:  # a (next) window's coefficients
+            self._products_before = self._products_now()
             self._tabulate()
             column = 0
         self._clock += 1
@@ -509,27 +509,38 @@ class BatchedOptimizer:
 
     def _tabulate(self) -> None:
         """Adam's family's step coefficients of every member for the window of `_window` steps
-        from now (its members' own steps `clock - joined + 1` on): `_table`, column k the
-        coefficients of the window's k-th step, and NAdam's products after each.
+        from now: `_table`, column k the coefficients of the window's k-th step (a member's
+        own step `clock - joined + 1`), and NAdam's products after each (`_rows`)."""
+        self._window_start = self._clock
+        self._table, self._products = self._rows(self._kinds, self._options, self._joined,
+                                                 self._products_before)
+
+    def _rows(self, kinds: Sequence[str], options: Sequence[Mapping[str, Any]],
+              joined: Sequence[int], before: torch.Tensor,
+              first_column: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coefficients of members of `kinds` with `options`, who had taken no step at
+        clock `joined`, for this window's steps from `first_column` on (members joining
+        mid-window), whose NAdam product is `before` then: (members, window, 8), and the
+        products after each step.
 
         The same float64 formulas torch evaluates in Python floats at each step (the bias
         corrections, RAdam's rectification, NAdam's momentum schedule), for all steps at once;
         NAdam's running product is multiplied step by step in the dtype torch keeps it in
-        (its rounding shows in the updates), from where each member's product is.
+        (its rounding shows in the updates). Columns before `first_column` hold what the
+        formulas give there, never read.
         """
-        n, width = len(self._kinds), self._window
+        n, width = len(kinds), self._window
         coef, device = self._coef, self.device
-        self._window_start = self._clock
 
         def column(values: list[Any], dtype: torch.dtype = coef) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device).view(n, 1)
 
-        first = column([self._clock - joined + 1 for joined in self._joined])
+        first = column([self._window_start - start + 1 for start in joined])
         t = first + torch.arange(width, dtype=coef, device=device)  # each member's steps
-        beta1 = column([o["beta1"] for o in self._options])
-        beta2 = column([o["beta2"] for o in self._options])
-        is_nadam = column([kind == "nadam" for kind in self._kinds], torch.bool)
-        is_radam = column([kind == "radam" for kind in self._kinds], torch.bool)
+        beta1 = column([o["beta1"] for o in options])
+        beta2 = column([o["beta2"] for o in options])
+        is_nadam = column([kind == "nadam" for kind in kinds], torch.bool)
+        is_radam = column([kind == "radam" for kind in kinds], torch.bool)
         table = torch.zeros(n, width, 8, dtype=coef, device=device)
         bias_correction1 = 1 - beta1 ** t
         beta2_t = beta2 ** t
@@ -545,12 +556,15 @@ class BatchedOptimizer:
         table[..., 2] = torch.where(is_radam, radam_k, torch.where(is_nadam, 0.0, 1.0))
         table[..., 3] = (is_radam & ~rectify).to(coef)
         table[..., 5] = table[..., 7] = 1.0
-        products = self._products_before.view(n, 1).expand(n, width)
-        if "nadam" in self._kinds:
+        products = before.view(n, 1).expand(n, width)
+        if "nadam" in kinds:
             mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * _NADAM_MOMENTUM_DECAY))
             mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * _NADAM_MOMENTUM_DECAY))
-            # The product before the window, then times each step's mu, one after another.
-            factors = torch.cat([self._products_before.view(n, 1), mu.to(self._scalar)], 1)
+            # The product before, then times each step's mu, one after another (times 1 in
+            # the columns before `first_column`).
+            taken_here = torch.arange(width, device=device) >= first_column
+            factors = torch.cat([before.view(n, 1),
+                                 torch.where(taken_here, mu, 1.0).to(self._scalar)], 1)
             products = torch.from_numpy(np.multiply.accumulate(factors.cpu().numpy(), axis=1)
                                         [:, 1:].copy()).to(device)
             as_coef = products.to(coef)
@@ -558,10 +572,12 @@ class BatchedOptimizer:
             table[..., 5] = torch.where(is_nadam, 1.0 - as_coef, 1.0)
             table[..., 6] = torch.where(is_nadam, mu_next, 0.0)
             table[..., 7] = torch.where(is_nadam, 1.0 - as_coef * mu_next, 1.0)
-        self._table, self._products = table, products
+        return table, products
 
     def _products_now(self) -> torch.Tensor:
         """Each member's NAdam product after the steps it has taken."""
+        if self._table is None:  # no window yet: tabulated at the next step
+            return self._products_before
         column = self._clock - self._window_start
         return self._products_before if column == 0 else self._products[:, column - 1]
 

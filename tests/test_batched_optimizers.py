@@ -355,5 +355,26 @@ def test_select_refuses_positions_out_of_range() -> None:
 def test_adams_family_tabulates_a_bounded_window_of_steps() -> None:
     """A member may take hundreds of thousands of steps (small batches, many epochs): the
     table holds a window of them at a time, whatever the horizon."""
+    n = len(ADAM_FAMILY)
     batched = BatchedOptimizer("adam", ADAM_FAMILY, SHAPES, horizon=10**6)
-    assert batched._table.shape == (len(ADAM_FAMILY), 256, 8)
+    params = [torch.zeros((n, *shape)) for shape in SHAPES]
+    batched.step(params, [torch.ones_like(p) for p in params], [torch.full((n,), 0.1)] * 3)
+    assert batched._table.shape == (n, 256, 8)
+
+
+@pytest.mark.parametrize("horizon", [4, 64])
+def test_extending_with_members_that_stepped_elsewhere_keeps_their_step_counts(
+        horizon: int) -> None:
+    """`extend` takes another optimizer's members with their steps so far (NAdam's product
+    included), in the middle of this one's window or at its end."""
+    first = Run("adam", ADAM_FAMILY[:5], torch.float64, seed=7)
+    first.batched = BatchedOptimizer("adam", ADAM_FAMILY[:5], SHAPES, dtype=torch.float64,
+                                     horizon=horizon)
+    second = Run("adam", ADAM_FAMILY[5:], torch.float64, seed=8)
+    first.step(3)
+    second.step(6)
+    first.batched.extend(second.batched)
+    first.twins += second.twins
+    first.params = [torch.cat([a, b]) for a, b in zip(first.params, second.params, strict=True)]
+    first.members += second.members
+    first.step(12)
