@@ -68,7 +68,7 @@ class _Linear:
         if inputs.dim() == 2:
             # One product with all members' weights stacked: several times faster than a
             # batched product, which is one small product per member.
-            weights = flat[:, self.weight].reshape(members * self.n_out, self.n_in)
+            weights = self.weight_of(flat).reshape(members * self.n_out, self.n_in)
             if self.bias is None:
                 stacked = torch.mm(weights, inputs.T)
             else:

@@ -260,12 +260,11 @@ class WriteBehindStorage(_CachedStorage):
                 except UpdateFinishedTrialError:
                     lost.append(trial_id)
                 continue
-            self._views.pop(trial_id, None)
+            self._changed(trial_id)
             live.intermediate_values[step] = value
             pending = self._pending[trial_id]
             pending.intermediate_values[step] = value
             oldest = min(oldest, pending.since)
-        self._merged.clear()
         if time.monotonic() - oldest >= self.flush_s:
             finished = self._flush(list(self._pending))
             lost += [trial_id for trial_id, _, _ in records if trial_id in finished]
