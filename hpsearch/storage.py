@@ -12,14 +12,17 @@ time cannot stall the search).
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import warnings
 from pathlib import Path
 
 import optuna
+import optuna.storages._rdb.storage as optuna_rdb
 import sqlalchemy
 import sqlalchemy.exc
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 
 from hpsearch.errors import StorageError
@@ -96,7 +99,9 @@ def open_storage(url: str, write_behind: bool = True,
                 grace_period=GRACE_BEATS * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRIES),
+                skip_compatibility_check=True,  # checked below, as Optuna would
             )
+            _check_schema(rdb)
     except ImportError as exc:
         # Optuna re-raises the driver's ModuleNotFoundError as a generic ImportError.
         missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
@@ -108,6 +113,25 @@ def open_storage(url: str, write_behind: bool = True,
     if parsed.get_backend_name() == "sqlite":
         _relax_sqlite_sync(rdb)
     return WriteBehindStorage(rdb) if write_behind else rdb
+
+
+def _check_schema(rdb: optuna.storages.RDBStorage) -> None:
+    """Optuna's check that the database's tables are of the installed Optuna's schema, raising
+    its RuntimeError (which says how to upgrade them) if not; the schema's newest revision read
+    once per process. Optuna reads it from its migration scripts every time a storage is
+    opened (~0.1 s, more than opening the rest of the storage), and every search, report and
+    benchmark run opens one."""
+    manager = rdb._version_manager
+    if manager.get_current_version() != _schema_head():
+        manager.check_table_schema_compatibility()
+
+
+@functools.cache
+def _schema_head() -> str:
+    """The newest revision of the installed Optuna's table schema (its migration scripts'
+    head, what Optuna's own check compares with)."""
+    folder = Path(optuna_rdb.__file__).parent / "alembic"
+    return ScriptDirectory(str(folder)).get_current_head()
 
 
 def close_storage(storage: optuna.storages.BaseStorage) -> None:

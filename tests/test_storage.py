@@ -43,3 +43,19 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     with pytest.raises(StorageError, match="file is not a database"):
         open_storage(f"sqlite:///{path}")
     assert path.read_text().startswith("these are my notes")
+
+
+def test_a_database_of_an_older_optuna_schema_is_refused_with_optunas_advice(tmp_path):
+    # hpsearch runs Optuna's schema check itself (its newest revision read once per process):
+    # a current database opens, and an older one fails as Optuna's check would, untouched.
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    open_storage(url)
+    open_storage(url)  # current schema: opens again
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+    with pytest.raises(StorageError, match="optuna storage upgrade"):
+        open_storage(url)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("v3.0.0.d",)]
