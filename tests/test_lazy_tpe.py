@@ -313,3 +313,32 @@ def test_the_relative_search_space_is_optunas_and_follows_new_groups():
     study.tell(trial, 1.0)
     frozen = study._storage.get_trial(study.ask()._trial_id)
     assert "extra" in sampler.infer_relative_search_space(study, frozen)
+
+
+def test_a_batch_reads_the_relative_search_space_once_and_samples_the_same(monkeypatch):
+    """The finished trials don't change during a refill: the batch's trials all get the space
+    its first trial read, and the same params as if each read it again."""
+    from hpsearch import lazy_tpe
+
+    def search(read_once: bool) -> tuple[list[dict[str, Any]], int]:
+        study, sampler = toy_study(seed=12)
+        ask_batch(study, sampler, count=4, size=4)
+        reads = []
+        calculate = lazy_tpe._IncrementalGroups.calculate
+
+        def counting_calculate(self, *args, **kwargs):
+            reads.append(1)
+            return calculate(self, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(lazy_tpe._IncrementalGroups, "calculate", counting_calculate)
+            if not read_once:
+                patch.setattr(lazy_tpe._Batch, "space_read", property(lambda _: False,
+                                                                       lambda _, __: None))
+            asked = ask_batch(study, sampler, count=10, size=10)
+        return [trial.params for trial in asked], len(reads)
+
+    once, reads_once = search(read_once=True)
+    each, reads_each = search(read_once=False)
+    assert once == each
+    assert (reads_once, reads_each) == (1, 10)
