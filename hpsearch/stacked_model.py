@@ -209,6 +209,9 @@ class StackedModel:
         self.head[head.weight] = True
         if head.bias is not None:
             self.head[head.bias] = True
+        # The last shared target's one-hot classes, feature-major (1, classes, rows), and the
+        # target it is of (a full-batch study's target is the same tensor every step).
+        self._one_hot: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def flatten(model: nn.Module) -> torch.Tensor:
@@ -253,7 +256,12 @@ class StackedModel:
             # exp is subnormal or 0 (below -87.3 in float32), and a confident member has many.
             # A probability moves by less than the smallest normal float (1.2e-38 in float32).
             grad.clamp_(min=_lowest_log_prob(grad.dtype)).exp_()
-            grad.scatter_(1, _class_index(target, output), -1.0, reduce="add")
+            if target.dim() == 1:
+                # The same classes for every member: subtracting their one-hot took a third
+                # of the time of the scatter (the same values: x - 0 is x).
+                grad.sub_(self._one_hot_of(target, grad))
+            else:
+                grad.scatter_(1, _class_index(target, output), -1.0, reduce="add")
             grad.div_(rows)
         else:  # of mean(residuals ** 2): 2 residuals / (rows * outputs)
             grad.mul_(2.0 / (rows * output.shape[1]))
@@ -272,6 +280,16 @@ class StackedModel:
             if position > self.first_linear:
                 grad = torch.bmm(layer.weight_of(flat).transpose(1, 2), grad)
         return losses, torch.cat(pieces[::-1], dim=1)
+
+    def _one_hot_of(self, target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`target`'s classes one-hot, (1, classes, rows) in `like`'s dtype and device."""
+        if self._one_hot is None or self._one_hot[0] is not target or \
+                self._one_hot[1].dtype != like.dtype:
+            one_hot = torch.zeros(1, like.shape[1], len(target), dtype=like.dtype,
+                                  device=like.device)
+            one_hot.scatter_(1, target.view(1, 1, -1), 1.0)
+            self._one_hot = target, one_hot
+        return self._one_hot[1]
 
     def _layer_values(self, flat: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's input, then the last layer's output, feature-major (members, features,

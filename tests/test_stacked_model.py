@@ -175,3 +175,19 @@ def test_initialised_rows_are_the_built_models_weights_bit_for_bit(
             built = StackedModel.flatten(factory())
             row = layout.initialised(seed)
             assert row.dtype == dtype and torch.equal(row, built), seed
+
+
+def test_the_shared_targets_one_hot_follows_a_new_target_and_dtype():
+    """`loss_and_grad` keeps the last shared target's one-hot: another target (or dtype)
+    gets its own."""
+    layout, flat = stacked(members_of("mlp_relu"))
+    features, target = batch(classify=True, shared=True)
+    for rows_target, dtype in ((target, torch.float64), (target.flip(0), torch.float64),
+                               (target.flip(0), torch.float32)):
+        flat_, features_ = flat.to(dtype), features.to(dtype)
+        want_loss, want_grad = autograd_loss_and_grad(layout, flat_, features_, rows_target,
+                                                      True)
+        loss, grad = layout.loss_and_grad(flat_, features_, rows_target, True)
+        tolerance = 1e-6 if dtype == torch.float32 else TOLERANCE
+        assert torch.allclose(loss, want_loss, rtol=tolerance)
+        assert torch.allclose(grad, want_grad, rtol=tolerance, atol=tolerance)
