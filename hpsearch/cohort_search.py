@@ -52,7 +52,11 @@ REFERENCE = "reference"
 # seeded 200-trial searches (`scripts/bench_cohort.py --part quality`; docs/benchmarks.md).
 DEFAULT_COHORT_SIZE = 32
 
-REFILL_AT = 8  # a running cohort is refilled once 1/REFILL_AT of its slots are free
+# A running cohort is refilled once 1/REFILL_AT of its slots are free: a refill's fits and
+# transactions cost about as much for 8 trials as for 4. A quarter (vs an eighth) took 3-9%
+# less time on wine and digits, and the 10 best trials were as good (wine) or better (digits,
+# 5 of 5 seeds; breast cancer mixed): docs/benchmarks.md.
+REFILL_AT = 4
 ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
 # Pruners that prune nothing until `startup_trials` trials completed.
 PRUNERS_WITH_STARTUP = ("median", "percentile", "patient")
@@ -138,7 +142,7 @@ class _CohortSearch:
         free = capacity - len(self.cohort)
         self._beat()
         # A refill costs a TPE fit per group and a few transactions whatever its size, so a
-        # running cohort waits until an eighth of it is free. A full study gets room again
+        # running cohort waits until a quarter of it is free. A full study gets room again
         # only when another worker's trial fails (our own ends move a trial from running to
         # finished): counting it every round would cost a query per epoch at the end of
         # every search. An empty cohort counts at once (it may be done).

@@ -10,9 +10,10 @@ printed as a markdown table (medians over --repeats runs; each run a new study i
   reference engine for a per-epoch comparison.
 - scaling: the wine study with cohorts of 8, 32, 128 and 512 trials (--sizes): time per trial,
   time per trained epoch, and the process's peak memory (each size in its own process).
-- quality: what a wider cohort gains in time and costs the search: the wine, breast cancer
-  and digits studies (as their files define them), --trials trials, with cohorts of
-  --quality-sizes (32, 64), over --seeds study seeds (5): wall time, epochs, the best
+- quality: what a wider cohort (or a later refill) gains in time and costs the search: the
+  wine, breast cancer and digits studies (as their files define them), --trials trials, with
+  cohorts of --quality-sizes (32, 64), refilled once 1/N of them is free for each N of
+  --refill-at (the engine's), over --seeds study seeds (5): wall time, epochs, the best
   validation loss and the mean of the 10 best (medians over seeds; each seed's searches
   interleaved).
 
@@ -41,6 +42,7 @@ import torch
 from bench_ratios import paired
 from optuna.trial import TrialState
 
+from hpsearch import cohort_search
 from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
 from hpsearch.config import StudyConfig, load_study_config
 from hpsearch.study import run_search
@@ -160,10 +162,14 @@ def quality(args: argparse.Namespace, folder: Path) -> None:
         for seed in range(args.seeds):
             config = dataclasses.replace(base, seed=seed)
             for size in args.quality_sizes:
-                result = measure(config, folder, args.trials, COHORT, size,
-                                 database=f"{study}.db")
-                rows.setdefault(f"cohort {size}", []).append(result)
-                print(f"# {study} cohort {size}, seed {seed}: {json.dumps(result)}", flush=True)
+                for refill_at in args.refill_at:
+                    cohort_search.REFILL_AT = refill_at
+                    result = measure(config, folder, args.trials, COHORT, size,
+                                     database=f"{study}.db")
+                    name = f"cohort {size}" + (f", refilled at 1/{refill_at} free"
+                                               if len(args.refill_at) > 1 else "")
+                    rows.setdefault(name, []).append(result)
+                    print(f"# {study} {name}, seed {seed}: {json.dumps(result)}", flush=True)
         table(f"{study}, {args.trials} trials, SQLite, median over seeds 0-{args.seeds - 1}",
               rows)
 
@@ -193,6 +199,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512])
     parser.add_argument("--quality-sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--refill-at", type=int, nargs="+",
+                        default=[cohort_search.REFILL_AT],
+                        help="quality: refill a cohort once 1/N of it is free, for each N")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
