@@ -212,6 +212,7 @@ class _Group:
         self.flat = torch.empty(0, device=device, dtype=dtype)
         self.optimizers: dict[str, BatchedOptimizer] = {}
         self.ranges: dict[str, slice] = {}
+        self.rows: dict[str, torch.Tensor] = {}
         self.schedule: BatchedSchedule | None = None
         self.head_mask: torch.Tensor | None = None  # (1, P): the head's slots, if any member
         self.max_norm = torch.empty(0, device=device, dtype=dtype)  # inf: no clipping
@@ -302,6 +303,9 @@ class _Group:
             stop = start + self.optimizers[name].n
             self.ranges[name] = slice(start, stop)
             start = stop
+        # Each batched optimizer's members' rows, as views of `flat` (replaced only with new
+        # members or fewer, then here again).
+        self.rows = {name: self.flat[span] for name, span in self.ranges.items()}
         self.clipping = bool(torch.isfinite(self.max_norm).any())
         self.head_lr = any(HEAD_LR_MULT.name in m.params for m in self.members)
 
@@ -357,7 +361,7 @@ class _Group:
             lr = torch.where(self.head_mask, lr[:, 1:2], lr[:, 0:1]) if self.head_lr \
                 else lr[:, 0:1]
             for name, span in self.ranges.items():
-                self.optimizers[name].step([self.flat[span]], [grad[span]], [lr[span]])
+                self.optimizers[name].step([self.rows[name]], [grad[span]], [lr[span]])
             self.schedule.after_batch()
             total = loss if total is None else total.add_(loss)
         return total if self.steps == 1 else total / self.steps

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -54,30 +55,41 @@ class _Linear:
     n_in: int
     n_out: int
 
-    def weight_of(self, flat: torch.Tensor) -> torch.Tensor:
-        """Every member's weight, (members, out, in) as nn.Linear holds it: a view of `flat`."""
-        return flat[:, self.weight].view(flat.shape[0], self.n_out, self.n_in)
+    def views(self, flat: torch.Tensor) -> _LinearViews:
+        """Every member's weight and bias: views of `flat`, (members, P)."""
+        weight = flat[:, self.weight].view(flat.shape[0], self.n_out, self.n_in)
+        return _LinearViews(weight, None if self.bias is None else
+                            flat[:, self.bias].unsqueeze(2))
 
-    def apply(self, flat: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def apply(views: _LinearViews, inputs: torch.Tensor) -> torch.Tensor:
         """Every member's output feature-major, (members, out, rows), from its inputs
         feature-major, (members, in, rows), or from the same rows for all, (rows, in).
 
         (A wine step's products, softmax and gradient took ~20% less time feature-major than
         rows first, with subnormal floats flushed: see `cohort`.)"""
-        members = flat.shape[0]
         if inputs.dim() == 2:
             # One product with all members' weights stacked: several times faster than a
-            # batched product, which is one small product per member.
-            weights = self.weight_of(flat).reshape(members * self.n_out, self.n_in)
-            if self.bias is None:
+            # batched product, which is one small product per member. (Stacking copies them:
+            # a member's weights are not next to the next member's in `flat`.)
+            members, n_out, n_in = views.weight.shape
+            weights = views.weight.reshape(members * n_out, n_in)
+            if views.bias is None:
                 stacked = torch.mm(weights, inputs.T)
             else:
-                stacked = torch.addmm(flat[:, self.bias].reshape(-1, 1), weights, inputs.T)
-            return stacked.view(members, self.n_out, len(inputs))
-        output = torch.bmm(self.weight_of(flat), inputs)
+                stacked = torch.addmm(views.bias.reshape(-1, 1), weights, inputs.T)
+            return stacked.view(members, n_out, len(inputs))
+        output = torch.bmm(views.weight, inputs)
         # The bias added after the product, not by baddbmm: the same sums, and baddbmm's
         # broadcast bias cost more than the product itself.
-        return output if self.bias is None else output.add_(flat[:, self.bias].unsqueeze(2))
+        return output if views.bias is None else output.add_(views.bias)
+
+
+class _LinearViews(NamedTuple):
+    """A Linear layer's parameters for every member, as views of the members' flat rows."""
+
+    weight: torch.Tensor  # (members, out, in)
+    bias: torch.Tensor | None  # (members, out, 1)
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,10 @@ class StackedModel:
         # The last shared target's one-hot classes, feature-major (1, classes, rows), and the
         # target it is of (a full-batch study's target is the same tensor every step).
         self._one_hot: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The Linear layers' views of the last `flat` run without autograd, and that `flat`: a
+        # cohort runs the same tensor (updated in place) round after round, and making a
+        # round's ~30 views again took ~2% of a wine search.
+        self._views: tuple[torch.Tensor, list[_LinearViews | None]] | None = None
 
     @staticmethod
     def flatten(model: nn.Module) -> torch.Tensor:
@@ -247,6 +263,7 @@ class StackedModel:
         """Each member's loss (`member_losses` of its `forward` output), (members,), and the
         gradient of their sum w.r.t. `flat`, (members, P): what autograd's
         `loss.sum().backward()` leaves in `flat.grad`, without autograd."""
+        views = self._views_of(flat)
         values = self._layer_values(flat, features)
         output = values[-1]
         losses, grad = _losses_and_terms(output, target, classify)
@@ -278,7 +295,7 @@ class StackedModel:
                 torch.bmm(grad, layer_input.transpose(1, 2))
             pieces.append(weight_grad.reshape(len(flat), -1))
             if position > self.first_linear:
-                grad = torch.bmm(layer.weight_of(flat).transpose(1, 2), grad)
+                grad = torch.bmm(views[position].weight.transpose(1, 2), grad)
         return losses, torch.cat(pieces[::-1], dim=1)
 
     def _one_hot_of(self, target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -291,14 +308,26 @@ class StackedModel:
             self._one_hot = target, one_hot
         return self._one_hot[1]
 
+    def _views_of(self, flat: torch.Tensor) -> list[_LinearViews | None]:
+        """Each layer's views of `flat` (None for an activation); kept for the next call
+        with the same `flat` while autograd is off (views made with it on would record
+        autograd's graph, and those made without it not)."""
+        if torch.is_grad_enabled():
+            return [layer.views(flat) if isinstance(layer, _Linear) else None
+                    for layer in self.layers]
+        if self._views is None or self._views[0] is not flat:
+            self._views = flat, [layer.views(flat) if isinstance(layer, _Linear) else None
+                                 for layer in self.layers]
+        return self._views[1]
+
     def _layer_values(self, flat: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's input, then the last layer's output, feature-major (members, features,
         rows); the same rows for all members stay (rows, features) until the first Linear
         layer."""
         values = [features if features.dim() == 2 else features.transpose(1, 2)]
-        for layer in self.layers:
+        for layer, views in zip(self.layers, self._views_of(flat), strict=True):
             if isinstance(layer, _Activation):
                 values.append(layer.function(values[-1]))
             else:
-                values.append(layer.apply(flat, values[-1]))
+                values.append(layer.apply(views, values[-1]))
         return values

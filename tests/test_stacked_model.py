@@ -191,3 +191,21 @@ def test_the_shared_targets_one_hot_follows_a_new_target_and_dtype():
         tolerance = 1e-6 if dtype == torch.float32 else TOLERANCE
         assert torch.allclose(loss, want_loss, rtol=tolerance)
         assert torch.allclose(grad, want_grad, rtol=tolerance, atol=tolerance)
+
+
+def test_views_kept_for_a_flat_follow_its_updates_and_never_serve_autograd():
+    """A cohort runs the same `flat`, updated in place, round after round: the views kept for
+    it see each update; with autograd on, fresh views carry the graph."""
+    layout, flat = stacked(members_of("mlp_relu"))
+    features, target = batch(classify=True, shared=True)
+    with torch.no_grad():
+        layout.loss_and_grad(flat, features, target, True)  # views kept for `flat`
+        flat.mul_(0.5)  # an optimizer's in-place step
+        loss, grad = layout.loss_and_grad(flat, features, target, True)
+    want_loss, want_grad = autograd_loss_and_grad(layout, flat.clone(), features, target, True)
+    assert_close(loss, want_loss)
+    assert_close(grad, want_grad)
+    # The same tensor with autograd on: the output depends on it through the graph.
+    flat.requires_grad_(True)
+    layout.forward(flat, features).sum().backward()
+    assert flat.grad is not None and flat.grad.abs().sum() > 0
