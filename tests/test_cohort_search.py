@@ -89,6 +89,31 @@ def test_the_cohort_starts_with_the_pruners_startup_trials_then_fills_up(cohort_
     assert most == 5
 
 
+def test_a_running_cohort_is_refilled_once_a_quarter_of_it_is_free(write_study, tmp_path,
+                                                                   monkeypatch):
+    """A refill costs about as much for one trial as for several: a running cohort of 8 waits
+    for 2 free slots (REFILL_AT = 4), then takes trials for all of them."""
+    from hpsearch import cohort_search
+    from hpsearch.cohort import Cohort
+
+    assert cohort_search.REFILL_AT == 4
+    refills = []  # (members before, joining)
+    add = Cohort.add
+
+    def recording_add(self, members):
+        refills.append((len(self), len(members)))
+        return add(self, members)
+
+    monkeypatch.setattr(Cohort, "add", recording_add)
+    run_search(load_study_config(str(write_study())), f"sqlite:///{tmp_path / 's.db'}", 40,
+               engine=COHORT, cohort_size=8)
+    running = [(before, joining) for before, joining in refills if before and joining]
+    assert len(running) >= 3
+    assert all(8 - before >= 2 for before, _ in running)
+    # Each took as many trials as were free, but the last, when the study had less room.
+    assert all(before + joining == 8 for before, joining in running[:-1])
+
+
 def test_reports_read_a_cohort_study(cohort_study):
     url, _ = cohort_study
     frame = trials_frame(optuna.load_study(study_name="small", storage=url))
