@@ -179,6 +179,13 @@ def _batched_by(member: Member) -> str:
     return family(str(member.params["optimizer"]))
 
 
+def _gathered(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`tensor[rows]` for a (members, batch) index: each member's rows. One `index_select`
+    of the flattened index: indexing with the 2-d index took six times as long (a digits
+    batch of 32 members: 390 us against 65 us), a twentieth of a digits search."""
+    return tensor.index_select(0, rows.reshape(-1)).view(*rows.shape, *tensor.shape[1:])
+
+
 def _cast(data: Dataset, dtype: torch.dtype) -> Dataset:
     def cast(split: Split) -> Split:
         target = split.target if data.task == CLASSIFICATION else split.target.to(dtype)
@@ -343,8 +350,8 @@ class _Group:
         # Each member's own shuffle, drawn on the CPU as the reference loop draws it.
         order = torch.stack([torch.randperm(rows, generator=m.generator)
                              for m in self.members]).to(self.device)
-        return [(split.features[order[:, start:start + self.batch_size]],
-                 split.target[order[:, start:start + self.batch_size]])
+        return [(_gathered(split.features, order[:, start:start + self.batch_size]),
+                 _gathered(split.target, order[:, start:start + self.batch_size]))
                 for start in range(0, rows, self.batch_size)]
 
     def _train_epoch(self) -> torch.Tensor:
