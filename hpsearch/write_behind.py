@@ -115,6 +115,22 @@ class WriteBehindStorage(_CachedStorage):
         # (study id, states asked for) -> the snapshot's trials in those states, not ours,
         # until the snapshot changes: the reference engine's pruner asks every epoch.
         self._filtered: dict[tuple[int, frozenset[TrialState]], list[FrozenTrial]] = {}
+        # study name -> id, as read once: Optuna's Hyperband pruner makes a Study by name for
+        # every decision (one per member and epoch), a query each (a fifth of a digits
+        # search). Dropped when this storage deletes the study.
+        self._study_ids: dict[str, int] = {}
+
+    # -- studies ----------------------------------------------------------------------------
+    def get_study_id_from_name(self, study_name: str) -> int:
+        study_id = self._study_ids.get(study_name)
+        if study_id is None:
+            study_id = self._study_ids[study_name] = super().get_study_id_from_name(study_name)
+        return study_id
+
+    def delete_study(self, study_id: int) -> None:
+        self._study_ids = {name: known for name, known in self._study_ids.items()
+                           if known != study_id}
+        super().delete_study(study_id)
 
     # -- our trials -------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:

@@ -344,3 +344,24 @@ def test_deadlocks_and_lock_timeouts_are_retried_other_errors_are_not():
     assert _is_transient(mysql(1205, "Lock wait timeout exceeded"))
     assert not _is_transient(mysql(1045, "Access denied for user"))
     assert not _is_transient(None)
+
+
+def test_a_study_name_is_looked_up_once_and_forgotten_when_the_study_is_deleted(tmp_path):
+    """Hyperband makes a Study by name for every decision: the name's id is read once (not a
+    query per decision), and a study deleted here and made again gets its new id."""
+    backend = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'n.db'}")
+    storage = WriteBehindStorage(backend)
+    first = optuna.create_study(study_name="n", storage=storage)._study_id
+    queries = []
+    sqlalchemy.event.listen(backend.engine, "before_cursor_execute",
+                            lambda *args: queries.append(args[2]))
+    assert [storage.get_study_id_from_name("n") for _ in range(3)] == [first] * 3
+    assert len(queries) <= 1
+    storage.delete_study(first)
+    with pytest.raises(KeyError):
+        storage.get_study_id_from_name("n")  # not served from what was read before
+    optuna.create_study(study_name="other", storage=storage)
+    second = optuna.create_study(study_name="n", storage=storage)._study_id
+    assert storage.get_study_id_from_name("n") == second
+    with pytest.raises(KeyError):
+        storage.get_study_id_from_name("never made")
