@@ -53,9 +53,9 @@ REFERENCE = "reference"
 DEFAULT_COHORT_SIZE = 32
 
 # A running cohort is refilled once 1/REFILL_AT of its slots are free: a refill's fits and
-# transactions cost about as much for 8 trials as for 4. A quarter (vs an eighth) took 3-9%
-# less time on wine and digits, and the 10 best trials were as good (wine) or better (digits,
-# 5 of 5 seeds; breast cancer mixed): docs/benchmarks.md.
+# transactions cost about as much for 8 trials as for 4. A quarter (vs an eighth) took 4-9%
+# less time on wine; the 10 best trials were as good on wine, better on digits at the median
+# (3 and 5 seeds of 5 in two comparisons), mixed on breast cancer (docs/benchmarks.md).
 REFILL_AT = 4
 ATTR_ENGINE = "engine"  # user attr of the cohort engine's trials
 # Pruners that prune nothing until `startup_trials` trials completed.

@@ -255,7 +255,7 @@ class StackedModel:
         """Every member's output: `flat` is (members, P); `features` is (rows, F), the same
         rows for all members, or (members, rows, F). Returns (members, rows, outputs), a view
         of the feature-major (members, outputs, rows) result."""
-        return self._layer_values(flat, features)[-1].transpose(1, 2)
+        return self._layer_values(self._views_of(flat), features)[-1].transpose(1, 2)
 
     @torch.no_grad()
     def loss_and_grad(self, flat: torch.Tensor, features: torch.Tensor, target: torch.Tensor,
@@ -264,7 +264,7 @@ class StackedModel:
         gradient of their sum w.r.t. `flat`, (members, P): what autograd's
         `loss.sum().backward()` leaves in `flat.grad`, without autograd."""
         views = self._views_of(flat)
-        values = self._layer_values(flat, features)
+        values = self._layer_values(views, features)
         output = values[-1]
         losses, grad = _losses_and_terms(output, target, classify)
         rows = output.shape[2]
@@ -320,14 +320,15 @@ class StackedModel:
                                  for layer in self.layers]
         return self._views[1]
 
-    def _layer_values(self, flat: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
+    def _layer_values(self, views: list[_LinearViews | None],
+                      features: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's input, then the last layer's output, feature-major (members, features,
-        rows); the same rows for all members stay (rows, features) until the first Linear
-        layer."""
+        rows), from the layers' `views` of the members' parameters; the same rows for all
+        members stay (rows, features) until the first Linear layer."""
         values = [features if features.dim() == 2 else features.transpose(1, 2)]
-        for layer, views in zip(self.layers, self._views_of(flat), strict=True):
+        for layer, layer_views in zip(self.layers, views, strict=True):
             if isinstance(layer, _Activation):
                 values.append(layer.function(values[-1]))
             else:
-                values.append(layer.apply(views, values[-1]))
+                values.append(layer.apply(layer_views, values[-1]))
         return values
