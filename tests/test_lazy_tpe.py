@@ -241,31 +241,42 @@ def test_the_vectorised_normal_tails_give_optunas_draws_and_densities():
     assert np.all((vectorised[0] >= low) & (vectorised[0] <= high))
 
 
+def batch_counting(monkeypatch: pytest.MonkeyPatch, seed: int, count: int,
+                   counted: tuple[Any, str], uncached: tuple[str, Any] | None = None
+                   ) -> tuple[list[dict[str, Any]], int]:
+    """The params of a batch of `count` trials (after 4 left running: liars) and how often it
+    called `counted` (owner, name); with `uncached` (a `_Batch` field and the value it then
+    always holds), without the batch's cache of it."""
+    from hpsearch import lazy_tpe
+
+    study, sampler = toy_study(seed=seed)
+    ask_batch(study, sampler, count=4, size=4)
+    calls = []
+    owner, name = counted
+    original = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, counting)
+        if uncached is not None:
+            field_name, value = uncached
+            patch.setattr(lazy_tpe._Batch, field_name, property(lambda _: value,
+                                                                lambda _, __: None))
+        asked = ask_batch(study, sampler, count=count, size=count)
+    return [trial.params for trial in asked], len(calls)
+
+
 def test_a_batch_splits_the_trials_once_and_samples_as_if_each_fit_split_them(monkeypatch):
     """The batch's split (good trials and the rest, running ones as liars) is made once, for
     its first fit: every later fit of the batch draws what a split of its own would give."""
     from hpsearch import lazy_tpe
 
-    def search(cache_split: bool) -> tuple[list[dict[str, Any]], int]:
-        study, sampler = toy_study(seed=11)
-        ask_batch(study, sampler, count=4, size=4)  # left running: liars for the next batch
-        splits = []
-        split = lazy_tpe._split_trials
-
-        def counting_split(*args):
-            splits.append(1)
-            return split(*args)
-
-        with monkeypatch.context() as patch:
-            patch.setattr(lazy_tpe, "_split_trials", counting_split)
-            if not cache_split:
-                patch.setattr(lazy_tpe._Batch, "split", property(lambda _: None,
-                                                                  lambda _, __: None))
-            asked = ask_batch(study, sampler, count=12, size=12)
-        return [trial.params for trial in asked], len(splits)
-
-    cached, splits_cached = search(cache_split=True)
-    fresh, splits_fresh = search(cache_split=False)
+    counted = (lazy_tpe, "_split_trials")
+    cached, splits_cached = batch_counting(monkeypatch, 11, 12, counted)
+    fresh, splits_fresh = batch_counting(monkeypatch, 11, 12, counted, ("split", None))
     assert cached == fresh
     both_branches = all(any(branch in params for params in fresh)
                         for branch in BRANCH.values())
@@ -320,25 +331,8 @@ def test_a_batch_reads_the_relative_search_space_once_and_samples_the_same(monke
     its first trial read, and the same params as if each read it again."""
     from hpsearch import lazy_tpe
 
-    def search(read_once: bool) -> tuple[list[dict[str, Any]], int]:
-        study, sampler = toy_study(seed=12)
-        ask_batch(study, sampler, count=4, size=4)
-        reads = []
-        calculate = lazy_tpe._IncrementalGroups.calculate
-
-        def counting_calculate(self, *args, **kwargs):
-            reads.append(1)
-            return calculate(self, *args, **kwargs)
-
-        with monkeypatch.context() as patch:
-            patch.setattr(lazy_tpe._IncrementalGroups, "calculate", counting_calculate)
-            if not read_once:
-                patch.setattr(lazy_tpe._Batch, "space_read", property(lambda _: False,
-                                                                       lambda _, __: None))
-            asked = ask_batch(study, sampler, count=10, size=10)
-        return [trial.params for trial in asked], len(reads)
-
-    once, reads_once = search(read_once=True)
-    each, reads_each = search(read_once=False)
+    counted = (lazy_tpe._IncrementalGroups, "calculate")
+    once, reads_once = batch_counting(monkeypatch, 12, 10, counted)
+    each, reads_each = batch_counting(monkeypatch, 12, 10, counted, ("space_read", False))
     assert once == each
     assert (reads_once, reads_each) == (1, 10)
