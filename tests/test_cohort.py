@@ -280,3 +280,33 @@ def test_a_factory_with_its_own_initialisation_starts_from_its_own_weights(
                           factory(data.n_features, data.n_outputs).parameters()])
         assert torch.equal(row, want)
         assert torch.all(row[first_biases] == 0.25)  # the factory's own, not nn.Linear's
+
+
+def curves_on(config: Any, data: Any, device: str
+              ) -> list[tuple[list[float], list[float]]]:
+    """The mixed cohort's validation losses and lrs, trained on `device` in float64."""
+    with default_dtype(torch.float64):
+        cohort = Cohort(config, data, device=device, dtype=torch.float64)
+        members = [Member(i, completed(config, given), seed=100 + i)
+                   for i, given in enumerate(MEMBERS)]
+        cohort.add(members)
+        group = next(iter(cohort.groups.values()))
+        assert group.flat.device.type == device and group.schedule.lr.device.type == device
+        curves = cohort_curves(cohort, members, 20)
+    return [curves[id(member)] for member in members]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch_size", [0, 32])
+def test_a_cohort_on_cuda_trains_every_member_as_on_the_cpu(write_study: Any, batch_size: int):
+    """Every optimizer and schedule's batched form, the stacked model and the minibatches'
+    gathers on the GPU: the same curves as the CPU's (float64, to rounding)."""
+    config = study(write_study, epochs=20, batch_size=batch_size)
+    data = config.load_data()
+    on_gpu = curves_on(config, data, "cuda")
+    on_cpu = curves_on(config, data, "cpu")
+    for given, (gpu_loss, gpu_lr), (cpu_loss, cpu_lr) in zip(MEMBERS, on_gpu, on_cpu,
+                                                             strict=True):
+        name = f"{given['optimizer']}+{given['scheduler']}"
+        assert_close(gpu_lr, cpu_lr, 1e-12, f"{name} lr on cuda")
+        assert_close(gpu_loss, cpu_loss, 1e-9, f"{name} validation loss on cuda")
