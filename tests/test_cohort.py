@@ -282,8 +282,7 @@ def test_a_factory_with_its_own_initialisation_starts_from_its_own_weights(
         assert torch.all(row[first_biases] == 0.25)  # the factory's own, not nn.Linear's
 
 
-def curves_on(config: Any, data: Any, device: str
-              ) -> list[tuple[list[float], list[float]]]:
+def curves_on(config: Any, data: Any, device: str) -> list[tuple[list[float], list[float]]]:
     """The mixed cohort's validation losses and lrs, trained on `device` in float64."""
     with default_dtype(torch.float64):
         cohort = Cohort(config, data, device=device, dtype=torch.float64)
