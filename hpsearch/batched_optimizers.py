@@ -174,15 +174,15 @@ class BatchedOptimizer:
                          for i, (kind, member) in enumerate(zip(self._kinds, members,
                                                                 strict=True))]
         n = len(self._options)
-        # Each member's own step count (members join at different times).
-        self._steps = torch.zeros(n, dtype=self._coef, device=self.device)
+        # The clock counts this optimizer's steps; `_joined[i]` is the clock at which member i
+        # had taken none (members join at different times): member i has taken
+        # `clock - joined[i]` steps.
+        self._clock = 0
+        self._joined = [0] * n
         # Adam's family: every member's step coefficients for a window of this optimizer's
         # steps, tabulated at once (`_tabulate`) and read a column a step: a step's
         # coefficients took some 30 small tensor ops per type, a round's largest share of
-        # optimizer ops. The clock counts this optimizer's steps; `_joined[i]` is the clock
-        # at which member i had taken none (members join at different times).
-        self._clock = 0
-        self._joined = [0] * n
+        # optimizer ops.
         self._window = max(1, min(horizon, _WINDOW))
         # (n, window, 8), column k for clock start + k; None until the first step.
         self._table: torch.Tensor | None = None
@@ -212,11 +212,6 @@ class BatchedOptimizer:
         """State buffer `key` (e.g. "exp_avg") of every parameter tensor: [n, *shapes[j]]."""
         return self._state[key]
 
-    @property
-    def steps(self) -> torch.Tensor:
-        """Each member's step count: [n]."""
-        return self._steps
-
     # -- membership --------------------------------------------------------------------------
     def select(self, index: torch.Tensor | Sequence[int]) -> None:
         """Keep only the members at positions `index`, in that order."""
@@ -232,7 +227,6 @@ class BatchedOptimizer:
         self._kinds = [self._kinds[i] for i in positions]
         self._joined = [self._joined[i] for i in positions]
         index = index.to(self.device)
-        self._steps = self._steps.index_select(0, index)
         self._products_before = self._products_before.index_select(0, index)
         if self._table is not None:
             self._table = self._table.index_select(0, index)
@@ -257,7 +251,6 @@ class BatchedOptimizer:
             mine = self._state.get(key) or self._zeros(self.n)
             theirs = other._state.get(key) or other._zeros(other.n)
             self._state[key] = [torch.cat([a, b]) for a, b in zip(mine, theirs, strict=True)]
-        self._steps = torch.cat([self._steps, other._steps])
         # Their members took as many steps before joining as they took on their own clock.
         self._joined += [self._clock - (other._clock - joined) for joined in other._joined]
         self._options = self._options + other._options
@@ -388,8 +381,13 @@ class BatchedOptimizer:
             if param.shape != full or grad.shape != full:
                 raise ValueError(f"expected params and grads of shape {tuple(full)}; got "
                                  f"{tuple(param.shape)} and {tuple(grad.shape)}")
-        self._steps += 1
         self._step_impl(params, grads, lrs)
+        self._clock += 1
+
+    def _step_numbers(self) -> torch.Tensor:
+        """Each member's number of the step being taken (1 at its first): [n]."""
+        return torch.tensor([self._clock + 1 - joined for joined in self._joined],
+                            dtype=self._coef, device=self.device)
 
     def _lr(self, lr: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
         """The lrs in `dtype`, shaped to broadcast against a rank-`rank` parameter tensor."""
@@ -419,7 +417,7 @@ class BatchedOptimizer:
         if self._dampened:
             # torch's first step copies the gradient into the buffer (no dampening); members
             # without momentum keep buffer = gradient every step.
-            first = self._steps == 1
+            first = self._step_numbers() == 1
             keep = torch.where(first, 0.0, hp["momentum"])
             take = torch.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"])
         for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
@@ -463,7 +461,6 @@ class BatchedOptimizer:
             self._products_before = self._products_now()
             self._tabulate()
             column = 0
-        self._clock += 1
         # Each member's coefficients at its own step: (n, 8).
         (bias_correction1, divisor, rectified, plain, one_minus_mu, one_minus_mu_product,
          mu_next, one_minus_mu_product_next) = self._table[:, column].unbind(1)
@@ -609,7 +606,7 @@ class BatchedOptimizer:
                       lrs: Sequence[torch.Tensor]) -> None:
         decay = None
         if self._any_lr_decay:
-            decay = 1 + (self._steps - 1) * self._hp["lr_decay"]
+            decay = 1 + (self._step_numbers() - 1) * self._hp["lr_decay"]
         for j, (param, grad) in enumerate(zip(params, grads, strict=True)):
             rank = param.dim()
             view = self._views[rank]
