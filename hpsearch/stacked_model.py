@@ -61,8 +61,14 @@ class _Linear:
         return _LinearViews(weight, None if self.bias is None else
                             flat[:, self.bias].unsqueeze(2))
 
-    @staticmethod
-    def apply(views: _LinearViews, inputs: torch.Tensor) -> torch.Tensor:
+
+class _LinearViews(NamedTuple):
+    """A Linear layer's parameters for every member, as views of the members' flat rows."""
+
+    weight: torch.Tensor  # (members, out, in)
+    bias: torch.Tensor | None  # (members, out, 1)
+
+    def apply(self, inputs: torch.Tensor) -> torch.Tensor:
         """Every member's output feature-major, (members, out, rows), from its inputs
         feature-major, (members, in, rows), or from the same rows for all, (rows, in).
 
@@ -72,24 +78,17 @@ class _Linear:
             # One product with all members' weights stacked: several times faster than a
             # batched product, which is one small product per member. (Stacking copies them:
             # a member's weights are not next to the next member's in `flat`.)
-            members, n_out, n_in = views.weight.shape
-            weights = views.weight.reshape(members * n_out, n_in)
-            if views.bias is None:
+            members, n_out, n_in = self.weight.shape
+            weights = self.weight.reshape(members * n_out, n_in)
+            if self.bias is None:
                 stacked = torch.mm(weights, inputs.T)
             else:
-                stacked = torch.addmm(views.bias.reshape(-1, 1), weights, inputs.T)
+                stacked = torch.addmm(self.bias.reshape(-1, 1), weights, inputs.T)
             return stacked.view(members, n_out, len(inputs))
-        output = torch.bmm(views.weight, inputs)
+        output = torch.bmm(self.weight, inputs)
         # The bias added after the product, not by baddbmm: the same sums, and baddbmm's
         # broadcast bias cost more than the product itself.
-        return output if views.bias is None else output.add_(views.bias)
-
-
-class _LinearViews(NamedTuple):
-    """A Linear layer's parameters for every member, as views of the members' flat rows."""
-
-    weight: torch.Tensor  # (members, out, in)
-    bias: torch.Tensor | None  # (members, out, 1)
+        return output if self.bias is None else output.add_(self.bias)
 
 
 @dataclass(frozen=True)
@@ -330,5 +329,5 @@ class StackedModel:
             if isinstance(layer, _Activation):
                 values.append(layer.function(values[-1]))
             else:
-                values.append(layer.apply(layer_views, values[-1]))
+                values.append(layer_views.apply(values[-1]))
         return values
