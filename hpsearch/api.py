@@ -30,8 +30,8 @@ from hpsearch.confirm import ConfirmOutcome, run_confirmation
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.report import leaderboard, param_importances, summary, trials_frame, verdict
-from hpsearch.storage import resolve_storage_url
-from hpsearch.study import Retrained, load_stored_study, retrain_trial, run_search, stored_config
+from hpsearch.storage.urls import resolve_storage_url
+from hpsearch.studies import Retrained, load_stored_study, retrain_trial, run_search, stored_config
 from hpsearch.training import TrainedRun, train_single
 
 __all__ = [

@@ -14,13 +14,13 @@ import optuna
 import torch
 
 from hpsearch import __version__
-from hpsearch.cohort_search import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.config import load_study_config
 from hpsearch.errors import HPSearchError
 from hpsearch.objective import ATTR_VAL_ACCURACY
 from hpsearch.params import Value, parse_assignment
-from hpsearch.storage import STORAGE_ENV, mask_url, resolve_storage_url
-from hpsearch.study import (
+from hpsearch.search.driver import COHORT, DEFAULT_COHORT_SIZE, ENGINES
+from hpsearch.storage.urls import STORAGE_ENV, mask_url, resolve_storage_url
+from hpsearch.studies import (
     Progress,
     SearchOutcome,
     TrialCounts,

@@ -17,7 +17,7 @@ test split that the search never saw (`hpsearch confirm`).
   planned seed by seed, so an interrupted confirmation leaves every configuration with about
   the same seeds, ready to be compared.
 - **Workers**: `workers=N` trains in N spawned processes of one torch thread each
-  (`hpsearch.workers`), each taking the next run from a shared counter and writing it itself.
+  (`hpsearch.search.workers`), each taking the next run from a shared counter and writing it itself.
 
 The statistics are in `confirm_stats.py`; this module selects, runs and stores.
 """
@@ -57,8 +57,9 @@ from hpsearch.errors import ConfigError
 from hpsearch.objective import ATTR_END_REASON, ATTR_SEED, trial_user_attrs
 from hpsearch.params import Value
 from hpsearch.report import trial_state
-from hpsearch.storage import close_storage, mask_url, open_storage
-from hpsearch.study import (
+from hpsearch.search.workers import Interruptions, SlotLock, run_workers
+from hpsearch.storage.urls import close_storage, mask_url, open_storage
+from hpsearch.studies import (
     ATTR_FINGERPRINT,
     ATTR_VERSION,
     count_trials,
@@ -74,7 +75,6 @@ from hpsearch.training import (
     resolve_device,
     train_configuration,
 )
-from hpsearch.workers import Interruptions, SlotLock, run_workers
 
 CONFIRM_SUFFIX = ":confirm"
 # Study user attrs: the confirmation names its parent; the parent names its confirmation (so

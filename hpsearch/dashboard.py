@@ -46,8 +46,8 @@ from hpsearch.report import (
     trials_frame,
     verdict,
 )
-from hpsearch.storage import mask_url, open_storage
-from hpsearch.study import ATTR_CONFIG, load_stored_study, stored_config
+from hpsearch.storage.urls import mask_url, open_storage
+from hpsearch.studies import ATTR_CONFIG, load_stored_study, stored_config
 from hpsearch.training import DIVERGED
 
 logger = logging.getLogger(__name__)

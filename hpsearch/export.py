@@ -31,8 +31,8 @@ from hpsearch.report import (
     verdict,
     wrap,
 )
-from hpsearch.storage import mask_url
-from hpsearch.study import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION, load_stored_study
+from hpsearch.storage.urls import mask_url
+from hpsearch.studies import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION, load_stored_study
 
 DEFAULT_TOP = 10
 FORMATS = ("table", "markdown", "csv")

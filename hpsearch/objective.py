@@ -18,7 +18,9 @@ import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
-from hpsearch.pruning import Curve, RoundPruner
+from hpsearch.search.pruning import Curve, RoundPruner
+from hpsearch.search.workers import Interruptions
+from hpsearch.storage.write_behind import flush_trial
 from hpsearch.training import (
     COMPLETED,
     DIVERGED,
@@ -28,8 +30,6 @@ from hpsearch.training import (
     resolve_device,
     train_configuration,
 )
-from hpsearch.workers import Interruptions
-from hpsearch.write_behind import flush_trial
 
 PRUNED = "pruned"
 

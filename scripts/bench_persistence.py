@@ -30,9 +30,9 @@ import torch
 from bench_ratios import paired
 from torch import nn
 
-from hpsearch.cohort_search import COHORT, REFERENCE
 from hpsearch.config import load_study_config
-from hpsearch.study import run_search
+from hpsearch.search.driver import COHORT, REFERENCE
+from hpsearch.studies import run_search
 from hpsearch.training import COMPLETED
 
 # The reference engine (one trial at a time) and the cohort engine, `hpsearch optimize`'s

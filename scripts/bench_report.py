@@ -26,7 +26,7 @@ import optuna
 from hpsearch.config import load_study_config
 from hpsearch.export import build_report, export_report, renderer
 from hpsearch.report import param_importances, summary, trials_frame, verdict
-from hpsearch.study import load_stored_study
+from hpsearch.studies import load_stored_study
 
 EPOCHS = 100
 

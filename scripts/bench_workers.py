@@ -33,9 +33,9 @@ from pathlib import Path
 import optuna
 import torch
 
-from hpsearch.cohort_search import COHORT, REFERENCE
 from hpsearch.config import load_study_config
-from hpsearch.study import run_search
+from hpsearch.search.driver import COHORT, REFERENCE
+from hpsearch.studies import run_search
 
 DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hpsearch.config import load_study_config
-from hpsearch.study import run_search
+from hpsearch.studies import run_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # As `hpsearch optimize` does: results (and re-trained trials) are bit for bit the same only

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import default_dtype
 
-from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
+from hpsearch.engines.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
 from hpsearch.optimizers import OPTIMIZERS
 
 SHAPES = [torch.Size([3, 4]), torch.Size([3]), torch.Size([2, 3])]

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 
-from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
+from hpsearch.engines.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.schedulers import BUILTIN_SCHEDULERS, build_schedule

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import default_dtype
 
-from hpsearch.cohort import Cohort, Member, why_not_cohort
 from hpsearch.config import load_study_config
+from hpsearch.engines.cohort import Cohort, Member, why_not_cohort
 from hpsearch.training import train_configuration
 
 # Members that together use every optimizer, every scheduler, warm-up chains, weight decay,
@@ -84,7 +84,7 @@ def completed(config: Any, given: Mapping[str, Any]) -> dict[str, Any]:
 def reference_curves(config: Any, data: Any, params: Mapping[str, Any], seed: int,
                      dtype: torch.dtype) -> tuple[list[float], list[float]]:
     """Validation losses and lrs of the reference engine's run (in `dtype`)."""
-    from hpsearch.cohort import _cast
+    from hpsearch.engines.cohort import _cast
 
     run = train_configuration(config, _cast(data, dtype), params, seed)
     return ([s.val_loss for s in run.result.history], [s.lr for s in run.result.history])
@@ -225,7 +225,7 @@ def test_which_studies_the_cohort_engine_can_train(write_study: Any):
 
 
 def test_a_round_flushes_subnormal_floats_and_leaves_the_thread_as_it_was(write_study: Any):
-    from hpsearch.cohort import _flushing, _subnormals_flushed
+    from hpsearch.engines.cohort import _flushing, _subnormals_flushed
 
     cpu = torch.device("cpu")
     subnormal = torch.tensor(1e-40)  # float32

@@ -19,11 +19,11 @@ from conftest import SMALL_WINE
 from optuna.trial import TrialState
 
 from hpsearch.cli import cli
-from hpsearch.cohort_search import COHORT, REFERENCE, choose_engine
 from hpsearch.config import load_study_config
 from hpsearch.errors import ConfigError
 from hpsearch.report import trials_frame
-from hpsearch.study import retrain_trial, run_search
+from hpsearch.search.driver import COHORT, REFERENCE, choose_engine
+from hpsearch.studies import retrain_trial, run_search
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_a_running_cohort_is_refilled_once_a_quarter_of_it_is_free(write_study, 
                                                                    monkeypatch):
     """A refill costs about as much for one trial as for several: a running cohort of 8 waits
     for 2 free slots (REFILL_AT = 4), then takes trials for all of them."""
-    from hpsearch import cohort_search
-    from hpsearch.cohort import Cohort
+    from hpsearch.search import driver as cohort_search
+    from hpsearch.engines.cohort import Cohort
 
     assert cohort_search.REFILL_AT == 4
     refills = []  # (members before, joining)

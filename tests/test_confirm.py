@@ -38,7 +38,7 @@ from hpsearch.confirm_stats import (
 )
 from hpsearch.optimizers import OPTIMIZERS
 from hpsearch.schedulers import SCHEDULERS
-from hpsearch.study import open_study, study_names
+from hpsearch.studies import open_study, study_names
 from hpsearch.training import evaluate, loss_function, train_configuration
 
 DISTRIBUTIONS = {

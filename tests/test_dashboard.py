@@ -35,8 +35,8 @@ from hpsearch.dashboard import (
 )
 from hpsearch.objective import ATTR_LR_CURVE
 from hpsearch.report import markdown_table, summary, trials_frame
-from hpsearch.storage import open_storage
-from hpsearch.study import count_trials, load_stored_study
+from hpsearch.storage.urls import open_storage
+from hpsearch.studies import count_trials, load_stored_study
 
 FIGURES = {FIGURE_LR_CURVES, FIGURE_LOSS_CURVES, FIGURE_LOSS_BY_SCHEDULER,
            FIGURE_LOSS_BY_OPTIMIZER}

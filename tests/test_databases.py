@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpsearch.cli import cli
-from hpsearch.storage import mask_url
+from hpsearch.storage.urls import mask_url
 
 SECRET = "s3cr%40t"  # percent-encoded "s3cr@t"
 
@@ -129,7 +129,7 @@ def test_postgresql_commits_do_not_wait_for_the_disk_and_url_options_are_kept(po
     synchronous=NORMAL); options the user put in the URL still apply."""
     import sqlalchemy
 
-    from hpsearch.storage import open_storage
+    from hpsearch.storage.urls import open_storage
 
     for query, timeout in (("", "0"), ("?options=-c%20statement_timeout%3D5000", "5s")):
         storage = open_storage(postgres_url + query)
@@ -151,8 +151,8 @@ def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, t
     import optuna
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    from hpsearch.storage import open_storage
-    from hpsearch.write_behind import _load_trials
+    from hpsearch.storage.urls import open_storage
+    from hpsearch.storage.write_behind import _load_trials
 
     url = (f"sqlite:///{tmp_path / 'bulk.db'}" if database == "sqlite"
            else request.getfixturevalue(database))

@@ -24,7 +24,7 @@ from hpsearch.plots import (
     plot_val_loss_curves,
 )
 from hpsearch.report import curves_frame, format_cell, param_importances, trials_frame
-from hpsearch.study import load_stored_study
+from hpsearch.studies import load_stored_study
 from tests.test_report import add_trial, assert_valid_markdown_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

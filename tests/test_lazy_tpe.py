@@ -13,7 +13,7 @@ from optuna.samplers._tpe.sampler import default_gamma
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study_config
-from hpsearch.lazy_tpe import _SPARE_BLOCKS, LazyTPESampler
+from hpsearch.search.lazy_tpe import _SPARE_BLOCKS, LazyTPESampler
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -218,7 +218,7 @@ def test_the_vectorised_normal_tails_give_optunas_draws_and_densities():
     code: far tails, both sides of the mean, narrow and wide intervals."""
     from optuna.samplers._tpe import _truncnorm
 
-    from hpsearch.lazy_tpe import _vectorised_normal_tails
+    from hpsearch.search.lazy_tpe import _vectorised_normal_tails
 
     rng = np.random.default_rng(7)
     mu = np.concatenate([rng.uniform(-3, 3, 200), [-40.0, 40.0, 0.0, 9.0]])
@@ -247,7 +247,7 @@ def batch_counting(monkeypatch: pytest.MonkeyPatch, seed: int, count: int,
     """The params of a batch of `count` trials (after 4 left running: liars) and how often it
     called `counted` (owner, name); with `uncached` (a `_Batch` field and the value it then
     always holds), without the batch's cache of it."""
-    from hpsearch import lazy_tpe
+    from hpsearch.search import lazy_tpe
 
     study, sampler = toy_study(seed=seed)
     ask_batch(study, sampler, count=4, size=4)
@@ -272,7 +272,7 @@ def batch_counting(monkeypatch: pytest.MonkeyPatch, seed: int, count: int,
 def test_a_batch_splits_the_trials_once_and_samples_as_if_each_fit_split_them(monkeypatch):
     """The batch's split (good trials and the rest, running ones as liars) is made once, for
     its first fit: every later fit of the batch draws what a split of its own would give."""
-    from hpsearch import lazy_tpe
+    from hpsearch.search import lazy_tpe
 
     counted = (lazy_tpe, "_split_trials")
     cached, splits_cached = batch_counting(monkeypatch, 11, 12, counted)
@@ -329,7 +329,7 @@ def test_the_relative_search_space_is_optunas_and_follows_new_groups():
 def test_a_batch_reads_the_relative_search_space_once_and_samples_the_same(monkeypatch):
     """The finished trials don't change during a refill: the batch's trials all get the space
     its first trial read, and the same params as if each read it again."""
-    from hpsearch import lazy_tpe
+    from hpsearch.search import lazy_tpe
 
     counted = (lazy_tpe._IncrementalGroups, "calculate")
     once, reads_once = batch_counting(monkeypatch, 12, 10, counted)

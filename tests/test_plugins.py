@@ -23,7 +23,7 @@ from hpsearch.plugins import register_optimizer, register_scheduler
 from hpsearch.report import leaderboard, summary, trials_frame
 from hpsearch.schedulers import BUILTIN_SCHEDULERS, SCHEDULERS, SchedulerSpec
 from hpsearch.space import SearchSpace
-from hpsearch.study import retrain_trial, run_search
+from hpsearch.studies import retrain_trial, run_search
 
 EXAMPLE = "hpsearch.examples.custom"
 

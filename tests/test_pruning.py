@@ -12,7 +12,7 @@ from optuna.pruners._percentile import _get_percentile_intermediate_result_over_
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.pruning import Curve, RoundPruner, _StepValues
+from hpsearch.search.pruning import Curve, RoundPruner, _StepValues
 
 # Members whose every value is NaN are part of the cases (the pruner prunes them).
 pytestmark = [pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning"),

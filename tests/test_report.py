@@ -31,7 +31,7 @@ from hpsearch.report import (
     verdict,
 )
 from hpsearch.schedulers import SCHEDULERS
-from hpsearch.study import count_trials, load_stored_study
+from hpsearch.studies import count_trials, load_stored_study
 
 DISTRIBUTIONS = {
     "optimizer": CategoricalDistribution(list(OPTIMIZERS)),

@@ -20,8 +20,8 @@ from conftest import default_dtype
 from torch import nn
 from torch.nn import functional
 
+from hpsearch.engines.stacked_model import StackedModel, why_not_stackable
 from hpsearch.models import ACTIVATIONS, linear, mlp
-from hpsearch.stacked_model import StackedModel, why_not_stackable
 
 MEMBERS, ROWS, FEATURES, OUTPUTS = 4, 9, 5, 3
 TOLERANCE = 1e-12

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from hpsearch.errors import StorageError
-from hpsearch.storage import DEFAULT_STORAGE, mask_url, open_storage, resolve_storage_url
+from hpsearch.storage.urls import DEFAULT_STORAGE, mask_url, open_storage, resolve_storage_url
 
 
 def test_resolution_order(monkeypatch):

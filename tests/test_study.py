@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from hpsearch import __version__
 from hpsearch.config import load_study_config
 from hpsearch.errors import ConfigError, StorageError
-from hpsearch.study import (
+from hpsearch.studies import (
     count_trials,
     list_studies,
     load_stored_study,
@@ -160,7 +160,7 @@ def test_an_in_memory_search_runs_in_one_process(write_study):
 def test_the_heap_before_a_search_is_frozen_during_it_and_only_then():
     import gc
 
-    from hpsearch.study import _heap_frozen
+    from hpsearch.studies import _heap_frozen
 
     assert gc.get_freeze_count() == 0
     with _heap_frozen():

@@ -17,7 +17,7 @@ from hpsearch.cli import cli
 from hpsearch.config import load_study_config
 from hpsearch.errors import ConfigError
 from hpsearch.objective import Objective
-from hpsearch.study import retrain_trial, run_search
+from hpsearch.studies import retrain_trial, run_search
 from hpsearch.training import train_single
 
 FACTORIES = '''

@@ -18,8 +18,9 @@ from optuna.trial import TrialState
 
 from hpsearch.config import load_study_config
 from hpsearch.objective import Objective
-from hpsearch.storage import open_storage
-from hpsearch.study import (
+from hpsearch.search.workers import Interruptions
+from hpsearch.storage.urls import open_storage
+from hpsearch.studies import (
     ATTR_WORKER,
     count_trials,
     open_study,
@@ -27,7 +28,6 @@ from hpsearch.study import (
     run_until_target,
     worker_seed,
 )
-from hpsearch.workers import Interruptions
 
 DATABASES = ["sqlite", "postgres", "mariadb"]
 

@@ -9,12 +9,12 @@ import optuna
 import pytest
 import sqlalchemy
 
-from hpsearch import write_behind
+from hpsearch.storage import write_behind
 from hpsearch.config import load_study_config
 from hpsearch.objective import Objective
-from hpsearch.storage import open_storage
-from hpsearch.study import build_pruner, build_sampler
-from hpsearch.write_behind import WriteBehindStorage
+from hpsearch.storage.urls import open_storage
+from hpsearch.storage.write_behind import WriteBehindStorage
+from hpsearch.studies import build_pruner, build_sampler
 
 
 def _search(config, storage, n_trials: int) -> list[tuple]:
@@ -334,7 +334,7 @@ def test_deadlocks_and_lock_timeouts_are_retried_other_errors_are_not():
     import pymysql
     import sqlalchemy
 
-    from hpsearch.write_behind import _is_transient
+    from hpsearch.storage.write_behind import _is_transient
 
     def mysql(code: int, text: str) -> Exception:
         return sqlalchemy.exc.OperationalError("INSERT", {}, pymysql.err.OperationalError(code,

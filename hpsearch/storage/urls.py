@@ -26,7 +26,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 
 from hpsearch.errors import StorageError
-from hpsearch.write_behind import WriteBehindStorage
+from hpsearch.storage.write_behind import WriteBehindStorage
 
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 STORAGE_ENV = "HPSEARCH_STORAGE"

@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 
-from hpsearch.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
-from hpsearch.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
+from hpsearch.engines.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
+from hpsearch.engines.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
+from hpsearch.engines.stacked_model import StackedModel, member_losses, why_not_stackable
 from hpsearch.models import MODELS, is_factory_path, linear, mlp
 from hpsearch.params import Value
 from hpsearch.space import HEAD_LR_MULT
-from hpsearch.stacked_model import StackedModel, member_losses, why_not_stackable
 from hpsearch.training import (
     EpochStats,
     clip_norm,

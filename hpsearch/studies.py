@@ -33,19 +33,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.cohort_search import (
+from hpsearch.config import StudyConfig, stored_study_config
+from hpsearch.data import Dataset
+from hpsearch.errors import ConfigError, StorageError
+from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
+from hpsearch.params import Value
+from hpsearch.search.driver import (
     COHORT,
     DEFAULT_COHORT_SIZE,
     choose_engine,
     run_cohort_until_target,
 )
-from hpsearch.config import StudyConfig, stored_study_config
-from hpsearch.data import Dataset
-from hpsearch.errors import ConfigError, StorageError
-from hpsearch.lazy_tpe import LazyTPESampler
-from hpsearch.objective import ATTR_DEVICE, ATTR_END_REASON, ATTR_SEED, Objective
-from hpsearch.params import Value
-from hpsearch.storage import (
+from hpsearch.search.lazy_tpe import LazyTPESampler
+from hpsearch.search.workers import POLL_S, Interruptions, SlotLock, run_workers
+from hpsearch.storage.urls import (
     GRACE_BEATS,
     HEARTBEAT_S,
     IN_MEMORY,
@@ -53,9 +54,8 @@ from hpsearch.storage import (
     mask_url,
     open_storage,
 )
+from hpsearch.storage.write_behind import WriteBehindStorage
 from hpsearch.training import DIVERGED, TrainedRun, check_model, train_configuration
-from hpsearch.workers import POLL_S, Interruptions, SlotLock, run_workers
-from hpsearch.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
 

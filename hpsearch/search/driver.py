@@ -3,7 +3,7 @@ prune and tell each member as the reference engine's objective does for one tria
 
 Per round (one epoch of every member): the members' validation losses are reported, then the
 study's pruner judges each member (every decision of a round sees the same trials; see
-hpsearch.pruning); ended members (pruned, diverged, or at their last epoch) are told and leave
+`search.pruning`); ended members (pruned, diverged, or at their last epoch) are told and leave
 the cohort, and freed slots are refilled with newly asked trials (continuous batching: each
 member has its own epoch count). TPE samples with `constant_liar`, so trials asked while
 others run are spread out. The cohort starts with the pruner's startup trials (see
@@ -30,16 +30,16 @@ import torch
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.cohort import Cohort, EpochOutcome, Member, why_not_cohort
 from hpsearch.config import StudyConfig
 from hpsearch.data import Dataset
+from hpsearch.engines.cohort import Cohort, EpochOutcome, Member, why_not_cohort
 from hpsearch.errors import ConfigError
-from hpsearch.lazy_tpe import LazyTPESampler
 from hpsearch.objective import PRUNED, trial_seed, trial_user_attrs
-from hpsearch.pruning import Curve, RoundPruner
+from hpsearch.search.lazy_tpe import LazyTPESampler
+from hpsearch.search.pruning import Curve, RoundPruner
+from hpsearch.search.workers import POLL_S, Interruptions, SlotLock
+from hpsearch.storage.write_behind import WriteBehindStorage
 from hpsearch.training import COMPLETED, DIVERGED, FitResult
-from hpsearch.workers import POLL_S, Interruptions, SlotLock
-from hpsearch.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class _CohortSearch:
         """Ask trials for the cohort's free slots while the study needs them; returns the
         number of finished trials, or None when it did not count them."""
         # Imported here: `study` runs this engine, and these are its helpers.
-        from hpsearch.study import ATTR_WORKER, FINISHED_STATES, count_states, fail_stale_trials
+        from hpsearch.studies import ATTR_WORKER, FINISHED_STATES, count_states, fail_stale_trials
 
         capacity = cohort_size if self.startup == 0 else min(cohort_size, self.startup)
         free = capacity - len(self.cohort)

@@ -1,0 +1,1 @@
+"""Engines: what trains a search's members (one training run each), epoch by epoch."""
