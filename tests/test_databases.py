@@ -151,8 +151,8 @@ def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, t
     import optuna
     from optuna.storages._rdb.storage import _create_scoped_session
 
+    from hpsearch.storage.loader import load_trials
     from hpsearch.storage.urls import open_storage
-    from hpsearch.storage.write_behind import _load_trials
 
     url = (f"sqlite:///{tmp_path / 'bulk.db'}" if database == "sqlite"
            else request.getfixturevalue(database))
@@ -193,7 +193,7 @@ def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, t
     assert len(ids) == 4
     other = open_storage(url)
     with _create_scoped_session(other._backend.scoped_session) as session:
-        loaded = _load_trials(session, list(reversed(ids)))
+        loaded = load_trials(session, list(reversed(ids)))
     expected = other._backend._get_trials(study._study_id, None, set(), -1)
     assert [t._trial_id for t in loaded] == sorted(ids)
     for ours, optunas in zip(loaded, expected, strict=True):

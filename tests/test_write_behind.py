@@ -9,9 +9,9 @@ import optuna
 import pytest
 import sqlalchemy
 
-from hpsearch.storage import write_behind
 from hpsearch.config import load_study_config
 from hpsearch.objective import Objective
+from hpsearch.storage import loader, write_behind
 from hpsearch.storage.urls import open_storage
 from hpsearch.storage.write_behind import WriteBehindStorage
 from hpsearch.studies import build_pruner, build_sampler
@@ -174,8 +174,8 @@ def test_a_refresh_reads_what_other_workers_changed_and_never_our_own_trials(tmp
     their_trial.report(0.2, 1)
     their_study.tell(their_trial, 0.2)
     reads = []
-    original = write_behind._load_trials
-    monkeypatch.setattr(write_behind, "_load_trials",
+    original = loader.load_trials
+    monkeypatch.setattr(loader, "load_trials",
                         lambda session, ids: reads.append(ids) or original(session, ids))
     seen = {t.number: t for t in study.get_trials()}
     assert reads == [[their_trial._trial_id]]
@@ -334,7 +334,7 @@ def test_deadlocks_and_lock_timeouts_are_retried_other_errors_are_not():
     import pymysql
     import sqlalchemy
 
-    from hpsearch.storage.write_behind import _is_transient
+    from hpsearch.storage.bulk_sql import _is_transient
 
     def mysql(code: int, text: str) -> Exception:
         return sqlalchemy.exc.OperationalError("INSERT", {}, pymysql.err.OperationalError(code,

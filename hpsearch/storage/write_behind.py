@@ -1,9 +1,8 @@
 """A storage that keeps this process's running trials in memory and writes them in batches.
 
 With Optuna's RDB storage every `trial.report()` is a transaction and every
-`trial.should_prune()` and sampler call re-reads the running trial from the database: on SQLite
-that made a search several times slower than in memory. `WriteBehindStorage` keeps the trials
-this process runs as live in-memory copies:
+`trial.should_prune()` and sampler call re-reads the running trial from the database.
+`WriteBehindStorage` keeps the trials this process runs as live in-memory copies:
 
 - **Reads** of a study's trials come from a snapshot of the database (refreshed at least every
   `refresh_s` seconds, and whenever we create a trial, so that workers see each other's trials
@@ -22,8 +21,9 @@ this process runs as live in-memory copies:
   a retry of a dead worker's trial runs the same configuration).
 
 A process killed mid-trial loses at most `flush_s` of that trial's records; the trial itself is
-failed by the heartbeat like any other stale trial. This module is the one place that relies on
-Optuna's storage internals (its cached RDB wrapper and the RDB models).
+failed by the heartbeat like any other stale trial. It reads and writes the database through
+`loader` and `bulk_sql`; this package is the one place that relies on Optuna's storage internals
+(its cached RDB wrapper and the RDB models).
 """
 
 from __future__ import annotations
@@ -31,48 +31,35 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import enum
-import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import optuna
-import sqlalchemy
 from optuna import distributions
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.storage import bulk_sql, loader
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 1.0
 REFRESH_S = 1.0
-WRITE_ATTEMPTS = 5
-_T = TypeVar("_T")
 
 
 @dataclass
-class _Pending:
-    """Writes to one running trial that have not reached the database yet."""
+class _Pending(bulk_sql.Records):
+    """Writes to one running trial that have not reached the database yet, since when."""
 
-    params: list[tuple[str, float, distributions.BaseDistribution]] = field(
-        default_factory=list)
-    intermediate_values: dict[int, float] = field(default_factory=dict)
-    user_attrs: dict[str, Any] = field(default_factory=dict)
-    system_attrs: dict[str, Any] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)
-
-    def __bool__(self) -> bool:
-        return bool(self.params or self.intermediate_values or self.user_attrs
-                    or self.system_attrs)
 
 
 class _End(NamedTuple):
@@ -116,8 +103,8 @@ class WriteBehindStorage(_CachedStorage):
         # until the snapshot changes: the reference engine's pruner asks every epoch.
         self._filtered: dict[tuple[int, frozenset[TrialState]], list[FrozenTrial]] = {}
         # study name -> id, as read once: Optuna's Hyperband pruner makes a Study by name for
-        # every decision (one per member and epoch), a query each (a fifth of a digits
-        # search). Dropped when this storage deletes the study.
+        # every decision (one per member and epoch), a query each. Dropped when this storage
+        # deletes the study.
         self._study_ids: dict[str, int] = {}
 
     # -- studies ----------------------------------------------------------------------------
@@ -155,54 +142,7 @@ class WriteBehindStorage(_CachedStorage):
         the same transaction), and held live."""
         if count <= 0:
             return []
-
-        def create() -> list[FrozenTrial]:
-            # Core statements, not the ORM's unit of work (which cost ~2 ms a transaction on
-            # SQLite, four times its statements: the reference engine creates every trial
-            # here).
-            studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-            with _create_scoped_session(self._backend.scoped_session) as session:
-                # Numbers are counted, so creators of the study's trials take turns (Optuna
-                # locks the study row for one trial the same way).
-                if session.execute(sqlalchemy.select(studies.c.study_id)
-                                   .where(studies.c.study_id == study_id)
-                                   .with_for_update()).first() is None:
-                    raise KeyError(models.NOT_FOUND_MSG)
-                started = datetime.datetime.now()
-                row = {"study_id": study_id, "number": None, "state": TrialState.RUNNING,
-                       "datetime_start": started}
-                if session.get_bind().dialect.insert_executemany_returning:
-                    # One statement for all of them, which returns their ids (SQLAlchemy's
-                    # batched INSERT .. RETURNING): a round trip, not one per trial. The rows
-                    # are alike, so which id is whose is only a matter of order.
-                    ids = sorted(session.execute(
-                        sqlalchemy.insert(trials).returning(trials.c.trial_id),
-                        [row] * count).scalars())
-                else:  # MySQL has no INSERT .. RETURNING
-                    insert = sqlalchemy.insert(trials).values(**row)
-                    ids = [session.execute(insert).inserted_primary_key[0]
-                           for _ in range(count)]
-                # As Optuna numbers a trial: the study's trials created before it.
-                first = session.execute(
-                    sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id))
-                    .where(trials.c.study_id == study_id, trials.c.trial_id < ids[0])
-                ).scalar_one()
-                session.execute(
-                    sqlalchemy.update(trials)
-                    .where(trials.c.trial_id == sqlalchemy.bindparam("created_id"))
-                    .values(number=sqlalchemy.bindparam("created_number")),
-                    [{"created_id": trial_id, "created_number": first + offset}
-                     for offset, trial_id in enumerate(ids)])
-                now = session.execute(sqlalchemy.func.now()).scalar()  # the stale check's clock
-                _insert(session, models.TrialHeartbeatModel,
-                        [{"trial_id": trial_id, "heartbeat": now} for trial_id in ids])
-                return [FrozenTrial(number=first + offset, state=TrialState.RUNNING, value=None,
-                                    values=None, datetime_start=started, datetime_complete=None,
-                                    params={}, distributions={}, user_attrs={}, system_attrs={},
-                                    intermediate_values={}, trial_id=trial_id)
-                        for offset, trial_id in enumerate(ids)]
-
-        trials = _retrying(create)
+        trials = bulk_sql.create_running_trials(self._backend.scoped_session, study_id, count)
         with self._lock:
             self._studies.setdefault(study_id, _StudyInfo())
             self._add_trials_to_cache(study_id, trials)
@@ -220,8 +160,7 @@ class WriteBehindStorage(_CachedStorage):
         self._merged.clear()
         # The sampler reads the study next, for this trial's parameters: it should see what
         # other workers finished meanwhile, as a read of the database would, not a snapshot
-        # up to `refresh_s` old (with two workers, ~8 of the other's trials). It costs a query
-        # per trial (per refill in a cohort): no measurable time in one process.
+        # up to `refresh_s` old. It costs a query per trial (per refill in a cohort).
         self.forget_snapshots()
         study_id, _ = self._trial_id_to_study_id_and_number.get(trial_id, (None, None))
         if study_id in self._studies:
@@ -339,7 +278,7 @@ class WriteBehindStorage(_CachedStorage):
             deferred, self._deferred = self._deferred, {}
             ends = {**deferred, **ends}
             try:
-                finished = _retrying(lambda: self._write(batch or {}, ends))
+                finished = bulk_sql.retrying(lambda: self._write(batch or {}, ends))
             except BaseException:
                 # Not written. The deferred ends stay for the next write (the failure of the
                 # others is their caller's, as before).
@@ -459,21 +398,17 @@ class WriteBehindStorage(_CachedStorage):
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         """Optuna's incremental read (the trials it knows as unfinished, and those after the
         last finished one), without our own trials: we hold them, live or as they ended."""
-        trial = models.TrialModel
         with self._lock:
             study = self._studies.setdefault(study_id, _StudyInfo())
             # One query for the ids, and the trials wanted with a few more (a search
             # refreshes once per trial it asks, and every second).
             with _create_scoped_session(self._backend.scoped_session) as session:
-                ids = list(session.scalars(
-                    sqlalchemy.select(trial.trial_id).where(
-                        trial.study_id == study_id,
-                        sqlalchemy.or_(trial.trial_id > study.last_finished_trial_id,
-                                       trial.trial_id.in_(study.unfinished_trial_ids)))))
+                ids = loader.changed_trial_ids(session, study_id, study.last_finished_trial_id,
+                                               study.unfinished_trial_ids)
                 if not ids:
                     return
                 ours = self._live.keys() | self._settled.keys()
-                read = _load_trials(session, sorted(tid for tid in ids if tid not in ours))
+                read = loader.load_trials(session, sorted(tid for tid in ids if tid not in ours))
             newest = max(ids)
             self._add_trials_to_cache(study_id, read)
             # Every trial up to the newest is now held as it is: finished ones are final,
@@ -504,13 +439,8 @@ class WriteBehindStorage(_CachedStorage):
     def count_states(self, study_id: int) -> dict[TrialState, int]:
         """How many of the study's trials are in each state, in one COUNT query; our trials
         whose end is deferred (`ending_together`) count as they ended."""
-        with self._write_lock, _create_scoped_session(self._backend.scoped_session) as session:
-            rows = session.execute(
-                sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
-                .where(models.TrialModel.study_id == study_id)
-                .group_by(models.TrialModel.state)
-            ).all()
-            counts = {state: count for state, count in rows}
+        with self._write_lock:
+            counts = bulk_sql.count_states(self._backend.scoped_session, study_id)
             for trial_id, end in self._deferred.items():  # running, in the database
                 if self._trial_id_to_study_id_and_number[trial_id][0] == study_id:
                     counts[TrialState.RUNNING] = max(0, counts.get(TrialState.RUNNING, 0) - 1)
@@ -535,14 +465,7 @@ class WriteBehindStorage(_CachedStorage):
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of the study's RUNNING trials that have no heartbeat: Optuna never finds them
         stale (e.g. a worker killed between creating a trial and its first beat)."""
-        trial = models.TrialModel
-        with _create_scoped_session(self._backend.scoped_session) as session:
-            return list(session.scalars(
-                sqlalchemy.select(trial.trial_id)
-                .outerjoin(models.TrialHeartbeatModel)
-                .where(trial.study_id == study_id, trial.state == TrialState.RUNNING,
-                       models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
-            ))
+        return bulk_sql.running_without_heartbeat(self._backend.scoped_session, study_id)
 
     # -- writing ----------------------------------------------------------------------------
     def _maybe_flush(self, trial_id: int) -> None:
@@ -589,21 +512,14 @@ class WriteBehindStorage(_CachedStorage):
         database (failed by another worker); returns those."""
         ends = ends or {}
         batch = {**batch, **{trial_id: end.records for trial_id, end in ends.items()}}
-        backend = self._backend
-        with _create_scoped_session(backend.scoped_session) as session:
-            # Bulk statements, not Optuna's per-record helpers (a lookup of the trial for
-            # every record): this is the one write of most epochs' worth of records.
+        with _create_scoped_session(self._backend.scoped_session) as session:
+            # Bulk statements, not Optuna's per-record helpers: this is the one write of most
+            # epochs' worth of records.
             #
             # Another process ends a trial of ours only by failing it (its heartbeat looked
-            # stale): then it is not ours to write any more. The failed trials of the batch's
-            # id range, not a lookup of every id: a query SQLAlchemy compiles once, where an
-            # IN of a cohort's ids is rendered anew for each write.
-            trial = models.TrialModel
-            failed = session.execute(
-                sqlalchemy.select(trial.trial_id).where(
-                    trial.trial_id.between(min(batch), max(batch)),
-                    trial.state == TrialState.FAIL)).scalars()
-            finished = dict.fromkeys(set(failed) & batch.keys(), TrialState.FAIL)
+            # stale): then it is not ours to write any more.
+            finished = dict.fromkeys(bulk_sql.failed_among(session, batch.keys()),
+                                     TrialState.FAIL)
             for trial_id in finished:  # no longer running anywhere
                 self._live.pop(trial_id, None)
                 self._pending.pop(trial_id, None)
@@ -613,44 +529,11 @@ class WriteBehindStorage(_CachedStorage):
             if finished:
                 self.forget_snapshots()
             pendings = [(tid, pending) for tid, pending in batch.items() if tid not in finished]
-            _insert(session, models.TrialParamModel, [
-                {"trial_id": trial_id, "param_name": name, "param_value": internal,
-                 "distribution_json": distributions.distribution_to_json(distribution)}
-                for trial_id, pending in pendings
-                for name, internal, distribution in pending.params])
-            _insert_values(session, models.TrialIntermediateValueModel, _INTERMEDIATE_COLUMNS, [
-                _intermediate_row(trial_id, step, value)
-                for trial_id, pending in pendings
-                for step, value in pending.intermediate_values.items()])
-            for model, kind in ((models.TrialUserAttributeModel, "user_attrs"),
-                                (models.TrialSystemAttributeModel, "system_attrs")):
-                for trial_id, pending in pendings:
-                    # An attr set again replaces the stored one; most are written once (a
-                    # statement per trial and kind saved, on PostgreSQL a round trip each).
-                    stored = self._stored_attrs.get(trial_id)
-                    again = [key for key in getattr(pending, kind)
-                             if stored is None or (kind, key) in stored]
-                    if again:
-                        session.execute(sqlalchemy.delete(model).where(
-                            model.trial_id == trial_id, model.key.in_(again)))
-                _insert(session, model, [
-                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
-                    for trial_id, pending in pendings
-                    for key, value in getattr(pending, kind).items()])
             ended = {tid: end for tid, end in ends.items() if tid not in finished}
-            if ended:  # one statement for all of them
-                trials = models.TrialModel.__table__
-                session.execute(
-                    sqlalchemy.update(trials)
-                    .where(trials.c.trial_id == sqlalchemy.bindparam("ended_id"))
-                    .values(state=sqlalchemy.bindparam("ended_state"),
-                            datetime_complete=sqlalchemy.bindparam("ended_at")),
-                    [{"ended_id": trial_id, "ended_state": end.state,
-                      "ended_at": end.completed} for trial_id, end in ended.items()])
-            _insert(session, models.TrialValueModel, [
-                _value_row(trial_id, objective, value)
-                for trial_id, end in ended.items()
-                for objective, value in enumerate(end.values or [])])
+            bulk_sql.write_records(
+                session, pendings,
+                {tid: (end.state, end.values, end.completed) for tid, end in ended.items()},
+                self._stored_attrs)
         for trial_id, pending in pendings:  # committed
             if trial_id in ended:
                 self._stored_attrs.pop(trial_id, None)
@@ -676,149 +559,9 @@ class WriteBehindStorage(_CachedStorage):
         if not trial_ids:
             return
         beat_at = time.monotonic()
-        beat = models.TrialHeartbeatModel
-        with _create_scoped_session(self._backend.scoped_session, True) as session:
-            now = session.execute(sqlalchemy.func.now()).scalar()
-            beating = set(session.scalars(sqlalchemy.select(beat.trial_id)
-                                          .where(beat.trial_id.in_(list(trial_ids)))))
-            if beating:
-                session.execute(sqlalchemy.update(beat).where(beat.trial_id.in_(beating))
-                                .values(heartbeat=now))
-            _insert(session, beat, [{"trial_id": trial_id, "heartbeat": now}
-                                    for trial_id in trial_ids if trial_id not in beating])
+        bulk_sql.beat(self._backend.scoped_session, trial_ids)
         for trial_id in trial_ids:
             self._beats[trial_id] = beat_at
-
-
-def _load_trials(session: Any, trial_ids: list[int]) -> list[FrozenTrial]:
-    """The trials with these ids, in id order, as Optuna's RDB storage builds them, read with
-    one plain query per table. Optuna's loader builds ORM objects for every record, which for
-    one finished wine trial (a hundred intermediate values) took 17 ms: with two workers, each
-    reads the other's every trial, and that was a tenth of its time."""
-    trials: dict[int, dict[str, Any]] = {}
-    table = models.TrialModel.__table__
-    for chunk in _chunks(trial_ids):
-        for row in session.execute(sqlalchemy.select(
-                table.c.trial_id, table.c.number, table.c.state, table.c.datetime_start,
-                table.c.datetime_complete).where(table.c.trial_id.in_(chunk))):
-            trials[row.trial_id] = {
-                "number": row.number, "state": row.state, "datetime_start": row.datetime_start,
-                "datetime_complete": row.datetime_complete, "values": None, "params": {},
-                "distributions": {}, "user_attrs": {}, "system_attrs": {},
-                "intermediate_values": {}}
-
-    def rows(model: Any, *columns: str, order: str | None = None) -> Iterator[Any]:
-        table = model.__table__
-        for chunk in _chunks(list(trials)):
-            query = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
-                table.c.trial_id.in_(chunk))
-            yield from session.execute(
-                query.order_by(table.c[order]) if order is not None else query)
-
-    for trial_id, name, value, distribution_json in rows(
-            models.TrialParamModel, "param_name", "param_value", "distribution_json",
-            order="param_id"):
-        distribution = distributions.json_to_distribution(distribution_json)
-        trials[trial_id]["params"][name] = distribution.to_external_repr(value)
-        trials[trial_id]["distributions"][name] = distribution
-    for trial_id, objective, value, kind in rows(models.TrialValueModel, "objective", "value",
-                                                 "value_type", order="objective"):
-        values = trials[trial_id]["values"] = trials[trial_id]["values"] or []
-        values.insert(objective, models.TrialValueModel.stored_repr_to_value(value, kind))
-    for model, kind in ((models.TrialUserAttributeModel, "user_attrs"),
-                        (models.TrialSystemAttributeModel, "system_attrs")):
-        for trial_id, key, value_json in rows(model, "key", "value_json"):
-            trials[trial_id][kind][key] = json.loads(value_json)
-    to_value = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-    for trial_id, step, value, kind in rows(models.TrialIntermediateValueModel, "step",
-                                            "intermediate_value", "intermediate_value_type"):
-        trials[trial_id]["intermediate_values"][step] = value if kind == _FINITE else \
-            to_value(value, kind)
-    return [FrozenTrial(trial_id=trial_id, value=None, **fields)
-            for trial_id, fields in sorted(trials.items())]
-
-
-def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
-    """`ids` in pieces small enough for an IN (SQLite's old limit: 999 bound values)."""
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
-
-
-def _retrying(write: Callable[[], _T]) -> _T:
-    """`write()`, again after a short wait when the database says to retry (a deadlock
-    between workers on MySQL, a lock timeout)."""
-    for attempt in range(WRITE_ATTEMPTS - 1):
-        try:
-            return write()
-        except optuna.exceptions.StorageInternalError as exc:
-            if not _is_transient(exc.__cause__):
-                raise
-            time.sleep(0.05 * 2**attempt)
-    return write()
-
-
-def _is_transient(error: BaseException | None) -> bool:
-    """A failure the database says to retry: a deadlock or lock timeout (MySQL 1213/1205,
-    PostgreSQL 40P01/40001), or SQLite still locked after its busy timeout."""
-    driver_error = getattr(error, "orig", None)
-    code = driver_error.args[0] if driver_error is not None and driver_error.args else None
-    return (code in (1205, 1213)
-            or getattr(driver_error, "sqlstate", None) in ("40P01", "40001")
-            or "database is locked" in str(driver_error))
-
-
-def _insert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert `rows` (all with the same keys) into `model`'s table in the session's
-    transaction (see `_insert_values`). Values are what the ORM would store: an enum column
-    takes the member's name."""
-    if not rows:
-        return
-    values = [tuple(row.values()) for row in rows]
-    # Only the enum columns (found on the first row: rows hold the same kinds of values) are
-    # converted, column by column.
-    enums = [i for i, value in enumerate(values[0]) if isinstance(value, enum.Enum)]
-    if enums:
-        by_column = list(zip(*values, strict=True))
-        for i in enums:
-            by_column[i] = [v.name if isinstance(v, enum.Enum) else v for v in by_column[i]]
-        values = list(zip(*by_column, strict=True))
-    _insert_values(session, model, list(rows[0]), values)
-
-
-def _insert_values(session: Any, model: Any, columns: list[str],
-                   values: list[tuple[Any, ...]]) -> None:
-    """Insert `values` (tuples of `columns`, as stored: an enum by its name) into `model`'s
-    table in the session's transaction.
-
-    Into the table, not the ORM model, and with the driver's own bulk insert: a cohort's write
-    has hundreds of rows, and SQLAlchemy prepares each row's parameters in Python (measured on
-    SQLite: 13 us a row, six times the database's own time; a 200-trial wine search spent
-    0.2 s there). On PostgreSQL through COPY (psycopg's executemany goes row by row); elsewhere
-    one executemany of the INSERT (pymysql sends it as one multi-row INSERT). Rows with a date
-    go through SQLAlchemy, which formats dates as each dialect stores them."""
-    if not values:
-        return
-    connection = session.connection()
-    dialect = connection.dialect
-    if dialect.driver == "psycopg":
-        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(
-                f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in values:
-                copy.write_row(row)
-        return
-    marker = _PLACEHOLDERS.get(dialect.paramstyle)
-    if marker is None or any(isinstance(value, datetime.datetime) for value in values[0]):
-        session.execute(sqlalchemy.insert(model.__table__),
-                        [dict(zip(columns, row, strict=True)) for row in values])
-        return
-    quote = dialect.identifier_preparer.quote  # `key` is a reserved word in MySQL
-    connection.exec_driver_sql(
-        f"INSERT INTO {quote(model.__tablename__)} ({', '.join(map(quote, columns))}) "
-        f"VALUES ({', '.join([marker] * len(columns))})", values)
-
-
-# The positional placeholder of each DBAPI parameter style (sqlite3: qmark; pymysql: pyformat).
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 def flush_trial(trial: optuna.Trial) -> None:
@@ -837,24 +580,3 @@ def _copy_of(trial: FrozenTrial) -> FrozenTrial:
     copied.system_attrs = dict(trial.system_attrs)
     copied.intermediate_values = dict(trial.intermediate_values)
     return copied
-
-
-def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
-    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-    return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
-
-
-_FINITE = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
-_FINITE_STORED = _FINITE.name  # as an enum column stores it
-
-
-_INTERMEDIATE_COLUMNS = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
-
-
-def _intermediate_row(trial_id: int, step: int, value: float) -> tuple[Any, ...]:
-    """A report's row as stored (`_INTERMEDIATE_COLUMNS`): a tuple, not a dict, as a search
-    writes some 15,000 of them."""
-    if math.isfinite(value):  # nearly all of them: Optuna's conversion costs more than a write
-        return trial_id, step, value, _FINITE_STORED
-    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-    return trial_id, step, stored, kind.name
