@@ -1,6 +1,8 @@
-"""OPTIMIZERS: name -> how to build the torch optimizer, and the parameters it adds to the space.
+"""OPTIMIZERS: name -> how to build the torch optimizer, the parameters it adds to the space, and
+its batched form (the cohort engine's, which steps many trials of it at once).
 
-The learning rate and weight decay are common to all optimizers and live in `space.py`;
+The learning rate and weight decay are common to all optimizers and live in `space.py`
+(`weight_decay_of` is what a run makes of them);
 `momentum`, `beta1` and `beta2` are shared by name between the optimizers that have them, so
 the dashboard and the reports can compare them across optimizers. Your own optimizers join the
 registry through `hpsearch.register_optimizer` (see `hpsearch.plugins`).
@@ -8,13 +10,17 @@ registry through `hpsearch.register_optimizer` (see `hpsearch.plugins`).
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hpsearch.params import Param, Value
+
+if TYPE_CHECKING:
+    from hpsearch.engines.batched_optimizers import BatchedOptimizer
 
 MOMENTUM = Param(
     "momentum", "float", "momentum factor (SGD, RMSprop)", default=0.0,
@@ -41,6 +47,13 @@ class OptimizerSpec:
     `torch_class` is called as `torch_class(param_groups, lr=..., weight_decay=..., **options)`
     (without `weight_decay` when `weight_decay` is False: the optimizer has none, and the
     search then draws no weight decay for it).
+
+    `batched` names the optimizer's batched form as "module:Class": a subclass of
+    `hpsearch.engines.batched_optimizers.BatchedOptimizer` that steps many members with
+    `torch_class`'s arithmetic and the options `options` gives. It is imported where the cohort
+    engine asks for it (`batched_form`), not with the registry, which the engines import. None:
+    the cohort engine cannot train a study that searches this optimizer (the reference engine
+    can).
     """
 
     name: str
@@ -52,6 +65,11 @@ class OptimizerSpec:
     # are passed by `build`).
     options: Callable[[Mapping[str, Value]], dict[str, Any]] = lambda params: {}
     weight_decay: bool = True
+    batched: str | None = None
+
+    def batched_form(self) -> type[BatchedOptimizer] | None:
+        """The class `batched` names, or None."""
+        return None if self.batched is None else pkgutil.resolve_name(self.batched)
 
     def build(
         self, param_groups: Iterable[Any], lr: float, weight_decay: float,
@@ -61,9 +79,23 @@ class OptimizerSpec:
         return self.torch_class(param_groups, lr=lr, **decay, **self.options(params))
 
 
+def weight_decay_of(params: Mapping[str, Value]) -> float:
+    """The weight decay a trial's run uses: its `weight_decay` where `use_weight_decay` is on (or
+    absent, as where the space has no toggle), else none."""
+    return float(params.get("weight_decay", 0.0)) if params.get("use_weight_decay", True) \
+        else 0.0
+
+
 def _betas(params: Mapping[str, Value]) -> dict[str, Any]:
     return {"betas": (params["beta1"], params["beta2"])}
 
+
+# The built-ins' batched forms, one per family (Adam's steps Adam, AdamW, NAdam, RAdam, Adamax).
+_BATCHED_SGD = "hpsearch.engines.batched_optimizers.sgd:BatchedSGD"
+_BATCHED_ADAM = "hpsearch.engines.batched_optimizers.adam:BatchedAdam"
+_BATCHED_RMSPROP = "hpsearch.engines.batched_optimizers.rmsprop:BatchedRMSprop"
+_BATCHED_ADAGRAD = "hpsearch.engines.batched_optimizers.adagrad:BatchedAdagrad"
+_BATCHED_ADADELTA = "hpsearch.engines.batched_optimizers.adadelta:BatchedAdadelta"
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
@@ -81,28 +113,31 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             options=lambda p: {
                 "momentum": p["momentum"], "nesterov": bool(p.get("sgd_nesterov", False)),
             },
+            batched=_BATCHED_SGD,
         ),
         OptimizerSpec(
             "adam", torch.optim.Adam, 1e-3, "Adam (L2 weight decay)",
             params=(BETA1, BETA2, AMSGRAD),
             options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
+            batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
             "adamw", torch.optim.AdamW, 1e-3, "AdamW (decoupled weight decay)",
             params=(BETA1, BETA2, AMSGRAD),
             options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
+            batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
             "nadam", torch.optim.NAdam, 2e-3, "Adam with Nesterov momentum",
-            params=(BETA1, BETA2), options=_betas,
+            params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
             "radam", torch.optim.RAdam, 1e-3, "rectified Adam (built-in variance warm-up)",
-            params=(BETA1, BETA2), options=_betas,
+            params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
             "adamax", torch.optim.Adamax, 2e-3, "Adam with the infinity norm",
-            params=(BETA1, BETA2), options=_betas,
+            params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
             "rmsprop", torch.optim.RMSprop, 1e-2, "RMSprop, with momentum and centered variant",
@@ -121,9 +156,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                 "alpha": p["rmsprop_alpha"], "momentum": p["momentum"],
                 "centered": p["rmsprop_centered"],
             },
+            batched=_BATCHED_RMSPROP,
         ),
         OptimizerSpec(
             "adagrad", torch.optim.Adagrad, 1e-2, "Adagrad (per-parameter accumulated scale)",
+            batched=_BATCHED_ADAGRAD,
         ),
         OptimizerSpec(
             "adadelta", torch.optim.Adadelta, 1.0, "Adadelta (windowed Adagrad; lr near 1)",
@@ -134,6 +171,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                 ),
             ),
             options=lambda p: {"rho": p["adadelta_rho"]},
+            batched=_BATCHED_ADADELTA,
         ),
     ]
 }

@@ -1,4 +1,5 @@
-"""SCHEDULERS: name -> how to build the torch LR scheduler, its parameters, and when it steps.
+"""SCHEDULERS: name -> how to build the torch LR scheduler, its parameters, when it steps, and its
+batched form (the cohort engine's, which gives many trials their lrs at once).
 
 Parameters are relative to the epoch budget where that is natural (a step size is a fraction of
 the epochs, a minimum learning rate a fraction of `lr`), so a study can change its epochs
@@ -10,15 +11,19 @@ linear warm-up of `warmup_frac` of the epochs. Your own schedulers join the regi
 from __future__ import annotations
 
 import functools
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import lr_scheduler
 
 from hpsearch.errors import ConfigError
 from hpsearch.params import Param, Value
+
+if TYPE_CHECKING:
+    from hpsearch.engines.batched_schedulers import TableFn
 
 # The warm-up starts at this fraction of `lr`. Not searched: the warm-up's length matters more.
 WARMUP_START_FACTOR = 0.1
@@ -57,6 +62,13 @@ class SchedulerSpec:
 
     `build(optimizer, params, budget)` returns a torch LR scheduler (anything with `step()`, or
     `step(val_loss)` when `on_val_loss`); the optimizer's groups hold their starting lrs.
+
+    `batched` names the schedule's batched form as "module:function": a
+    `hpsearch.engines.batched_schedulers.TableFn`, every lr that `build` (after
+    `build_schedule`'s warm-up) sets for many members at once. It is imported where the cohort
+    engine asks for it (`batched_form`), not with the registry, which the engines import. None:
+    the cohort engine cannot train a study that searches this schedule (the reference engine
+    can).
     """
 
     name: str
@@ -66,6 +78,11 @@ class SchedulerSpec:
     per_batch: bool = False  # steps after every optimizer step instead of every epoch
     on_val_loss: bool = False  # steps on the validation loss (ReduceLROnPlateau)
     allows_warmup: bool = True
+    batched: str | None = None
+
+    def batched_form(self) -> TableFn | None:
+        """The function `batched` names, or None."""
+        return None if self.batched is None else pkgutil.resolve_name(self.batched)
 
 
 class Schedule:
@@ -115,30 +132,38 @@ def build_schedule(
     """The schedule `name` with the trial's parameters, for a run of `epochs` epochs."""
     spec = SCHEDULERS[name]
     lr = float(params["lr"])
-    warmup_epochs = round(float(params.get(WARMUP.name, 0.0)) * epochs)
-    warmup_epochs = min(warmup_epochs, epochs - 1) if spec.allows_warmup else 0
-    budget = Budget(epochs - warmup_epochs, steps_per_epoch, lr)
+    warmup = warmup_epochs(spec, params, epochs)
+    budget = Budget(epochs - warmup, steps_per_epoch, lr)
     # The main schedule is built first: a torch scheduler sets the lr when it is created, and
     # the warm-up, created last, must own the starting lr.
     main = spec.build(optimizer, params, budget) if spec.build else None
-    if warmup_epochs == 0:
+    if warmup == 0:
         return Schedule(main, spec.per_batch, spec.on_val_loss)
-    warmup = lr_scheduler.LinearLR(
-        optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup_epochs
-    )
+    linear = lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
     if main is None:
-        return Schedule(warmup)
+        return Schedule(linear)
     if spec.on_val_loss:
-        return Schedule(_WarmupThenPlateau(warmup, main, warmup_epochs), on_val_loss=True)
-    return Schedule(lr_scheduler.SequentialLR(optimizer, [warmup, main], [warmup_epochs]))
+        return Schedule(_WarmupThenPlateau(linear, main, warmup), on_val_loss=True)
+    return Schedule(lr_scheduler.SequentialLR(optimizer, [linear, main], [warmup]))
 
 
-def _fraction_of(budget_epochs: int, fraction: float) -> int:
+def warmup_epochs(spec: SchedulerSpec, params: Mapping[str, Value], epochs: int) -> int:
+    """The warm-up's length in a run of `epochs` epochs: round(warmup_frac * epochs), less than
+    the epochs, none for a scheduler that allows none (onecycle)."""
+    if not spec.allows_warmup:
+        return 0
+    return min(round(float(params.get(WARMUP.name, 0.0)) * epochs), epochs - 1)
+
+
+def fraction_of(budget_epochs: int, fraction: float) -> int:
+    """`fraction` of the epochs, rounded, at least one."""
     return max(1, round(fraction * budget_epochs))
 
 
-def _multistep_milestones(params: Mapping[str, Value], epochs: int) -> list[int]:
-    first = _fraction_of(epochs, float(params["multistep_first_frac"]))
+def multistep_milestones(params: Mapping[str, Value], epochs: int) -> list[int]:
+    """The `multistep` schedule's milestones in a run of `epochs` epochs (after the warm-up):
+    the second only where it falls after the first and before the end."""
+    first = fraction_of(epochs, float(params["multistep_first_frac"]))
     second = round((float(params["multistep_first_frac"]) + float(params["multistep_gap_frac"]))
                    * epochs)
     return [first] + ([second] if first < second < epochs else [])
@@ -157,17 +182,21 @@ def _lambda_polynomial(epoch: int, power: float, horizon: int) -> float:
     return max(0.0, 1.0 - epoch / horizon) ** power
 
 
-def _lambda(optimizer: torch.optim.Optimizer, p: Mapping[str, Value], b: Budget) -> Any:
-    family = p["lambda_family"]
+def lambda_factor(params: Mapping[str, Value], epochs: int) -> Callable[[int], float]:
+    """The `lambda` schedule's lr factor at each epoch of a run of `epochs` epochs (after the
+    warm-up), from its family's formula."""
+    family = params["lambda_family"]
     if family == "exponential":
-        factor = functools.partial(_lambda_exponential, base=float(p["lambda_base"]))
-    elif family == "inverse_time":
-        factor = functools.partial(_lambda_inverse_time, decay=float(p["lambda_decay"]))
-    else:
-        factor = functools.partial(
-            _lambda_polynomial, power=float(p["lambda_power"]), horizon=b.epochs
-        )
-    return lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+        return functools.partial(_lambda_exponential, base=float(params["lambda_base"]))
+    if family == "inverse_time":
+        return functools.partial(_lambda_inverse_time, decay=float(params["lambda_decay"]))
+    return functools.partial(
+        _lambda_polynomial, power=float(params["lambda_power"]), horizon=epochs
+    )
+
+
+def _lambda(optimizer: torch.optim.Optimizer, p: Mapping[str, Value], b: Budget) -> Any:
+    return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda_factor(p, b.epochs))
 
 
 def _min_lr_ratio(name: str) -> Param:
@@ -177,14 +206,19 @@ def _min_lr_ratio(name: str) -> Param:
     )
 
 
+def _batched(table: str) -> str:
+    """A built-in's batched form: a table function of `hpsearch.engines.batched_schedulers`."""
+    return f"hpsearch.engines.batched_schedulers:{table}"
+
+
 SCHEDULERS: dict[str, SchedulerSpec] = {
     spec.name: spec
     for spec in [
-        SchedulerSpec("none", "constant learning rate", None),
+        SchedulerSpec("none", "constant learning rate", None, batched=_batched("warmup_table")),
         SchedulerSpec(
             "step", "StepLR: multiply lr by step_gamma every step_size_frac of the epochs",
             lambda o, p, b: lr_scheduler.StepLR(
-                o, step_size=_fraction_of(b.epochs, float(p["step_size_frac"])),
+                o, step_size=fraction_of(b.epochs, float(p["step_size_frac"])),
                 gamma=float(p["step_gamma"]),
             ),
             params=(
@@ -193,11 +227,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                 Param("step_gamma", "float", "decay factor", default=0.1,
                       low=0.05, high=0.9, log=True, bounds=(1e-6, 1.0)),
             ),
+            batched=_batched("step_table"),
         ),
         SchedulerSpec(
             "multistep", "MultiStepLR: decay at two milestones (fractions of the epochs)",
             lambda o, p, b: lr_scheduler.MultiStepLR(
-                o, milestones=_multistep_milestones(p, b.epochs),
+                o, milestones=multistep_milestones(p, b.epochs),
                 gamma=float(p["multistep_gamma"]),
             ),
             params=(
@@ -208,6 +243,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                 Param("multistep_gamma", "float", "decay factor at each milestone",
                       default=0.1, low=0.05, high=0.5, log=True, bounds=(1e-6, 1.0)),
             ),
+            batched=_batched("multistep_table"),
         ),
         SchedulerSpec(
             "exponential", "ExponentialLR: multiply lr by exponential_gamma every epoch",
@@ -216,6 +252,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                 Param("exponential_gamma", "float", "per-epoch decay factor", default=0.95,
                       low=0.85, high=0.999, bounds=(1e-6, 1.0)),
             ),
+            batched=_batched("exponential_table"),
         ),
         SchedulerSpec(
             "cosine", "CosineAnnealingLR over the epochs, down to cosine_min_lr_ratio * lr",
@@ -223,6 +260,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                 o, T_max=b.epochs, eta_min=float(p["cosine_min_lr_ratio"]) * b.lr
             ),
             params=(_min_lr_ratio("cosine"),),
+            batched=_batched("cosine_table"),
         ),
         SchedulerSpec(
             "plateau", "ReduceLROnPlateau on the validation loss",
@@ -237,6 +275,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                       default=10, low=2, high=20, bounds=(0, 10_000)),
             ),
             on_val_loss=True,
+            batched=_batched("warmup_table"),
         ),
         SchedulerSpec(
             "lambda", "LambdaLR from a named family: exponential, inverse_time, polynomial",
@@ -256,6 +295,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                       default=1.0, low=0.5, high=3.0, bounds=(0.0, 100.0),
                       when=lambda p: p["lambda_family"] == "polynomial"),
             ),
+            batched=_batched("lambda_table"),
         ),
         SchedulerSpec(
             "onecycle", "OneCycleLR per batch, peaking at lr (momentum is not cycled)",
@@ -284,12 +324,13 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
             ),
             per_batch=True,
             allows_warmup=False,
+            batched=_batched("onecycle_table"),
         ),
         SchedulerSpec(
             "cosine_restarts",
             "CosineAnnealingWarmRestarts: cosine cycles, the first of t0_frac of the epochs",
             lambda o, p, b: lr_scheduler.CosineAnnealingWarmRestarts(
-                o, T_0=_fraction_of(b.epochs, float(p["cosine_restarts_t0_frac"])),
+                o, T_0=fraction_of(b.epochs, float(p["cosine_restarts_t0_frac"])),
                 T_mult=int(p["cosine_restarts_t_mult"]),
                 eta_min=float(p["cosine_restarts_min_lr_ratio"]) * b.lr,
             ),
@@ -300,6 +341,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                       default=1, low=1, high=3, bounds=(1, 10)),
                 _min_lr_ratio("cosine_restarts"),
             ),
+            batched=_batched("cosine_restarts_table"),
         ),
     ]
 }

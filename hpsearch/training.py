@@ -24,7 +24,7 @@ from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
 from hpsearch.errors import ConfigError
 from hpsearch.models import build_model, head_and_body
-from hpsearch.optimizers import OPTIMIZERS
+from hpsearch.optimizers import OPTIMIZERS, weight_decay_of
 from hpsearch.params import Value
 from hpsearch.schedulers import Schedule, build_schedule
 from hpsearch.space import CLIP_GRAD_NORM, HEAD_LR_MULT, USE_CLIP_GRAD_NORM
@@ -203,8 +203,7 @@ def build_optimizer(
     """The trial's optimizer over the model's parameters: one group, or with `head_lr_mult`
     two (the body at lr first, so the recorded lr curve is lr's; the head at lr x mult)."""
     lr = float(params["lr"])
-    weight_decay = float(params.get("weight_decay", 0.0)) if params.get(
-        "use_weight_decay", True) else 0.0
+    weight_decay = weight_decay_of(params)
     groups: Any = model.parameters()
     if HEAD_LR_MULT.name in params:
         head, body = head_and_body(model, model_kind)

@@ -1,4 +1,4 @@
-"""BatchedOptimizer steps every member exactly as torch.optim steps it alone.
+"""The batched optimizers step every member exactly as torch.optim steps it alone.
 
 Each test runs a mixed cohort (members differing in every hyperparameter) next to one real torch
 optimizer per member, built as `hpsearch.training.build_optimizer` builds it, with the same
@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import default_dtype
 
-from hpsearch.engines.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
-from hpsearch.optimizers import OPTIMIZERS
+from hpsearch.engines.batched_optimizers import BatchedOptimizer
+from hpsearch.engines.batched_optimizers.adam import BatchedAdam
+from hpsearch.optimizers import BUILTIN_OPTIMIZERS, OPTIMIZERS, weight_decay_of
 
 SHAPES = [torch.Size([3, 4]), torch.Size([3]), torch.Size([2, 3])]
 FLOAT64_TOLERANCE = 1e-12
@@ -102,7 +103,13 @@ COHORTS["adamw"] = [{**member, **_wd(member.get("weight_decay", 0.05) or 0.05)}
                     if i % 2 else member for i, member in enumerate(COHORTS["adam"])]
 COHORTS = {name: [{"optimizer": name, **member} for member in members]
            for name, members in COHORTS.items()}
-NAMES = sorted(BATCHED_OPTIMIZERS)
+NAMES = sorted(BUILTIN_OPTIMIZERS)
+
+
+def batched(name: str, members: Sequence[Mapping[str, Any]],
+            shapes: Sequence[torch.Size] = SHAPES, **options: Any) -> BatchedOptimizer:
+    """The batched form of optimizer `name` over `members`, as the cohort engine makes it."""
+    return OPTIMIZERS[name].batched_form()(members, shapes, **options)
 
 
 def _torch_options(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,10 +125,8 @@ class TorchMember:
     def __init__(self, params: Mapping[str, Any], tensors: Sequence[torch.Tensor]):
         self.tensors = [t.detach().clone() for t in tensors]
         options = _torch_options(params)
-        weight_decay = float(options.get("weight_decay", 0.0)) \
-            if options.get("use_weight_decay", True) else 0.0
         self.optimizer = OPTIMIZERS[options["optimizer"]].build(
-            self.tensors, float(options["lr"]), weight_decay, options)
+            self.tensors, float(options["lr"]), weight_decay_of(options), options)
         # Options hpsearch does not pass (yet); the batched form reads them from the member.
         group = self.optimizer.param_groups[0]
         if "sgd_dampening" in options:
@@ -147,7 +152,7 @@ class Run:
         self.members = list(members)
         self.params = [torch.randn((len(members), *s), generator=self.generator, dtype=dtype)
                        for s in SHAPES]
-        self.batched = BatchedOptimizer(name, members, SHAPES, dtype=dtype)
+        self.batched = batched(name, members, dtype=dtype)
         self.twins = [TorchMember(m, [p[i] for p in self.params])
                       for i, m in enumerate(members)]
         self.t = 0
@@ -196,15 +201,16 @@ class Run:
     def extend(self, members: list[dict[str, Any]]) -> None:
         fresh = [torch.randn((len(members), *s), generator=self.generator, dtype=self.dtype)
                  for s in SHAPES]
-        self.batched.extend(BatchedOptimizer(self.name, members, SHAPES, dtype=self.dtype))
+        self.batched.extend(batched(self.name, members, dtype=self.dtype))
         self.twins += [TorchMember(m, [p[i] for p in fresh]) for i, m in enumerate(members)]
         self.params = [torch.cat([p, f]) for p, f in zip(self.params, fresh, strict=True)]
         self.members += members
 
 
 def test_every_builtin_optimizer_is_batched() -> None:
-    assert set(OPTIMIZERS) >= BATCHED_OPTIMIZERS
-    assert set(COHORTS) == BATCHED_OPTIMIZERS
+    assert set(COHORTS) == set(NAMES)
+    for name in NAMES:
+        assert issubclass(OPTIMIZERS[name].batched_form(), BatchedOptimizer)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -241,7 +247,7 @@ def test_float32_stays_within_a_small_tolerance_of_torch(name: str) -> None:
     Run(name, COHORTS[name], torch.float32, seed=3).step(30)
 
 
-# Adam's family (Adamax too), interleaved: one batched optimizer steps them all (`family`).
+# Adam's family (Adamax too), interleaved: one batched optimizer steps them all (`BatchedAdam`).
 ADAM_FAMILY = [member for members in zip(COHORTS["adam"], COHORTS["adamw"], COHORTS["nadam"],
                                          COHORTS["radam"], COHORTS["adamax"], strict=True)
                for member in members]
@@ -250,10 +256,11 @@ ADAM_FAMILY = [member for members in zip(COHORTS["adam"], COHORTS["adamw"], COHO
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_adams_family_in_one_batched_optimizer_matches_torch_member_by_member(
         dtype: torch.dtype) -> None:
-    assert {family(name) for name in ("adam", "adamw", "nadam", "radam", "adamax")} == {"adam"}
+    assert {OPTIMIZERS[name].batched_form()
+            for name in ("adam", "adamw", "nadam", "radam", "adamax")} == {BatchedAdam}
     run = Run("adam", ADAM_FAMILY[:7], dtype, seed=6)
     # Step coefficients tabulated for 4 steps: the table grows as members go beyond.
-    run.batched = BatchedOptimizer("adam", ADAM_FAMILY[:7], SHAPES, dtype=dtype, horizon=4)
+    run.batched = batched("adam", ADAM_FAMILY[:7], dtype=dtype, horizon=4)
     assert run.batched.name == "adam"
     run.step(10)
     # Newcomers of every type, at step 0 while the others are at step 10, then with NAdam or
@@ -284,12 +291,11 @@ def test_absent_keys_take_torchs_defaults(name: str) -> None:
     params = [torch.randn((1, *s), generator=generator, dtype=torch.float64) for s in SHAPES]
     tensors = [p[0].clone() for p in params]
     reference = OPTIMIZERS[name].torch_class(tensors, lr=0.01, weight_decay=0.0)
-    batched = BatchedOptimizer(name, [{"optimizer": name, "lr": 0.01}], SHAPES,
-                               dtype=torch.float64)
+    stepped = batched(name, [{"optimizer": name, "lr": 0.01}], dtype=torch.float64)
     for _ in range(10):
         grads = [torch.randn((1, *s), generator=generator, dtype=torch.float64)
                  for s in SHAPES]
-        batched.step(params, grads, [torch.tensor([0.01], dtype=torch.float64)] * len(SHAPES))
+        stepped.step(params, grads, [torch.tensor([0.01], dtype=torch.float64)] * len(SHAPES))
         for tensor, grad in zip(tensors, grads, strict=True):
             tensor.grad = grad[0].clone()
         reference.step()
@@ -303,63 +309,62 @@ def test_one_flat_tensor_per_member() -> None:
     generator = torch.Generator().manual_seed(6)
     flat = torch.randn(len(members), 50, generator=generator, dtype=torch.float64)
     twins = [TorchMember(m, [flat[i]]) for i, m in enumerate(members)]
-    batched = BatchedOptimizer("adam", members, [torch.Size([50])], dtype=torch.float64)
+    stepped = batched("adam", members, [torch.Size([50])], dtype=torch.float64)
     lr = torch.tensor([float(m["lr"]) for m in members], dtype=torch.float64)
     for _ in range(10):
         grad = torch.randn(len(members), 50, generator=generator, dtype=torch.float64)
-        batched.step([flat], [grad], [lr.view(-1, 1)])
+        stepped.step([flat], [grad], [lr.view(-1, 1)])
         for i, twin in enumerate(twins):
             twin.step([grad[i]], float(lr[i]))
             torch.testing.assert_close(flat[i], twin.tensors[0], rtol=1e-12, atol=1e-12)
 
 
 def test_unknown_or_mixed_optimizers_are_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="'lbfgs' has no batched form"):
-        BatchedOptimizer("lbfgs", [{"optimizer": "lbfgs"}], SHAPES)
+    with pytest.raises(ValueError, match="member 0 uses optimizer 'lbfgs', not 'adam'"):
+        batched("adam", [{"optimizer": "lbfgs"}])
     with pytest.raises(ValueError, match="member 1 uses optimizer 'sgd', not 'adam'"):
-        BatchedOptimizer("adam", [COHORTS["adam"][0], COHORTS["sgd"][0]], SHAPES)
+        batched("adam", [COHORTS["adam"][0], COHORTS["sgd"][0]])
     with pytest.raises(ValueError, match="member 0 uses optimizer 'rmsprop', not 'adam'"):
-        BatchedOptimizer("adam", COHORTS["rmsprop"][:1], SHAPES)  # not of Adam's family
-    adam = BatchedOptimizer("adam", COHORTS["adam"], SHAPES)
+        batched("adam", COHORTS["rmsprop"][:1])  # not of Adam's family
+    adam = batched("adam", COHORTS["adam"])
     with pytest.raises(ValueError, match="extend"):
-        adam.extend(BatchedOptimizer("rmsprop", COHORTS["rmsprop"], SHAPES))
+        adam.extend(batched("rmsprop", COHORTS["rmsprop"]))
     with pytest.raises(ValueError, match="same shapes"):
-        adam.extend(BatchedOptimizer("adam", COHORTS["adam"], SHAPES[:2]))
+        adam.extend(batched("adam", COHORTS["adam"], SHAPES[:2]))
 
 
 def test_invalid_member_options_fail_as_torch_fails() -> None:
     with pytest.raises(ValueError, match="member 0: sgd: invalid nesterov"):
-        BatchedOptimizer("sgd", [{"optimizer": "sgd", "momentum": 0.0, "sgd_nesterov": True}],
-                         SHAPES)
+        batched("sgd", [{"optimizer": "sgd", "momentum": 0.0, "sgd_nesterov": True}])
     with pytest.raises(ValueError, match="beta2"):
-        BatchedOptimizer("adam", [{"optimizer": "adam", "beta2": 1.0}], SHAPES)
+        batched("adam", [{"optimizer": "adam", "beta2": 1.0}])
 
 
 def test_wrong_shapes_are_refused() -> None:
-    batched = BatchedOptimizer("sgd", COHORTS["sgd"], SHAPES, dtype=torch.float64)
+    sgd = batched("sgd", COHORTS["sgd"], dtype=torch.float64)
     params = [torch.zeros((4, *s), dtype=torch.float64) for s in SHAPES]
     with pytest.raises(ValueError, match="shape"):
-        batched.step(params, params, [torch.ones(4, dtype=torch.float64)] * 3)
+        sgd.step(params, params, [torch.ones(4, dtype=torch.float64)] * 3)
 
 
 def test_select_refuses_positions_out_of_range() -> None:
-    batched = BatchedOptimizer("adam", COHORTS["adam"], SHAPES)
+    adam = batched("adam", COHORTS["adam"])
     with pytest.raises(IndexError, match="out of range"):
-        batched.select(torch.tensor([0, 5]))
+        adam.select(torch.tensor([0, 5]))
     with pytest.raises(IndexError, match="out of range"):
-        batched.select(torch.tensor([-1]))
-    batched.select(torch.tensor([], dtype=torch.long))
-    assert batched.n == 0
+        adam.select(torch.tensor([-1]))
+    adam.select(torch.tensor([], dtype=torch.long))
+    assert adam.n == 0
 
 
 def test_adams_family_tabulates_a_bounded_window_of_steps() -> None:
     """A member may take hundreds of thousands of steps (small batches, many epochs): the
     table holds a window of them at a time, whatever the horizon."""
     n = len(ADAM_FAMILY)
-    batched = BatchedOptimizer("adam", ADAM_FAMILY, SHAPES, horizon=10**6)
+    adam = batched("adam", ADAM_FAMILY, horizon=10**6)
     params = [torch.zeros((n, *shape)) for shape in SHAPES]
-    batched.step(params, [torch.ones_like(p) for p in params], [torch.full((n,), 0.1)] * 3)
-    assert batched._table.shape == (n, 256, 8)
+    adam.step(params, [torch.ones_like(p) for p in params], [torch.full((n,), 0.1)] * 3)
+    assert adam._table.shape == (n, 256, 8)
 
 
 @pytest.mark.parametrize("horizon", [4, 64])
@@ -368,8 +373,7 @@ def test_extending_with_members_that_stepped_elsewhere_keeps_their_step_counts(
     """`extend` takes another optimizer's members with their steps so far (NAdam's product
     included), in the middle of this one's window or at its end."""
     first = Run("adam", ADAM_FAMILY[:5], torch.float64, seed=7)
-    first.batched = BatchedOptimizer("adam", ADAM_FAMILY[:5], SHAPES, dtype=torch.float64,
-                                     horizon=horizon)
+    first.batched = batched("adam", ADAM_FAMILY[:5], dtype=torch.float64, horizon=horizon)
     second = Run("adam", ADAM_FAMILY[5:], torch.float64, seed=8)
     first.step(3)
     second.step(6)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from hpsearch.optimizers import OPTIMIZERS
-from hpsearch.schedulers import SCHEDULERS, WARMUP_START_FACTOR, build_schedule
+from hpsearch.config import load_study_config
+from hpsearch.engines.cohort import why_not_cohort
+from hpsearch.optimizers import OPTIMIZERS, OptimizerSpec, weight_decay_of
+from hpsearch.schedulers import SCHEDULERS, WARMUP_START_FACTOR, SchedulerSpec, build_schedule
 from hpsearch.space import SearchSpace
 
 SPACE = SearchSpace.build()
@@ -147,3 +151,37 @@ def test_seed_003_schedules_end_where_the_tutorial_says():
         schedule.after_epoch(0.0)
     assert ours == pytest.approx(expected)
     assert reference.get_last_lr()[0] == pytest.approx(6.640349721896886e-06)
+
+
+def test_the_weight_decay_a_run_uses():
+    assert weight_decay_of({"use_weight_decay": True, "weight_decay": 0.01}) == 0.01
+    assert weight_decay_of({"use_weight_decay": False, "weight_decay": 0.01}) == 0.0
+    assert weight_decay_of({"weight_decay": 0.01}) == 0.01  # a space without the toggle
+    assert weight_decay_of({}) == 0.0
+
+
+def test_the_registries_name_their_batched_forms_without_importing_the_engines():
+    code = ("import sys, hpsearch.optimizers, hpsearch.schedulers; "
+            "print(sorted(m for m in sys.modules if m.startswith('hpsearch.engines')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == "[]"
+    assert OPTIMIZERS["nadam"].batched_form().__name__ == "BatchedAdam"
+    assert SCHEDULERS["onecycle"].batched_form().__name__ == "onecycle_table"
+
+
+def test_an_optimizer_or_schedule_without_a_batched_form_keeps_a_study_off_the_cohort_engine(
+        write_study, monkeypatch):
+    monkeypatch.setitem(OPTIMIZERS, "mine", OptimizerSpec("mine", torch.optim.SGD, 0.1))
+    monkeypatch.setitem(SCHEDULERS, "flat", SchedulerSpec("flat", "constant", None))
+    assert OPTIMIZERS["mine"].batched is None and OPTIMIZERS["mine"].batched_form() is None
+
+    def reason(search: str) -> str | None:
+        config = load_study_config(str(write_study(search=search)))
+        return why_not_cohort(config, config.load_data())
+
+    assert reason('optimizers = ["sgd", "adam"]\nschedulers = ["none", "cosine"]') is None
+    assert reason('optimizers = ["sgd", "mine"]') == \
+        "optimizer 'mine' has no batched form (only the built-in ones do)"
+    assert reason('schedulers = ["flat", "cosine"]') == \
+        "scheduler 'flat' has no batched form (only the built-in ones do)"

@@ -7,22 +7,23 @@ torch scheduler (`hpsearch.schedulers.build_schedule`) would have set on that tr
 for the body group and for the head group of `head_lr_mult` (column 1 of `lr`).
 
 How: every schedule but ReduceLROnPlateau is a fixed function of the step, so each member's
-whole lr sequence is computed once, at construction, as one row of a table; at run time a step
-is one gather at each member's own position. ReduceLROnPlateau (after its warm-up) depends on the
-validation losses, so its members keep live state tensors (best loss, bad epochs) that
-`after_epoch` updates with tensor ops only, without a host sync.
+whole lr sequence is computed once, at construction, as one row of a table (by the table
+function its scheduler's spec names, `SchedulerSpec.batched`: a `TableFn` here for each
+built-in); at run time a step is one gather at each member's own position. ReduceLROnPlateau
+(after its warm-up) depends on the validation losses, so its members keep live state tensors
+(best loss, bad epochs) that `after_epoch` updates with tensor ops only, without a host sync.
 
 Exactness: the tables replicate torch's own arithmetic, operation by operation, not a closed form
 of the schedule: torch's chainable schedulers (StepLR, ExponentialLR, CosineAnnealingLR, the
 LinearLR warm-up, ...) update the current lr recursively, and where an lr approaches a small
 floor (OneCycleLR's end, a cosine's eta_min) a closed form or a one-ulp different cosine differs
 from torch's value by far more than rounding. The transcendental functions are Python's
-`math.cos` and the family functions of `hpsearch.schedulers` (torch.cos differs from math.cos
-by an ulp for about one argument in a thousand). The recursions (the warm-up, the chained
-factors, the cosine) run member by member in Python floats, torch's own arithmetic, and cost a
-refill of a few members less that way than a tensor op per epoch did; the rest is float64
-tensor arithmetic, which rounds like Python's floats. The result equals torch's lr bit for bit
-in the tests.
+`math.cos` and the lambda family's functions of `hpsearch.schedulers` (`lambda_factor`;
+torch.cos differs from math.cos by an ulp for about one argument in a thousand). The recursions
+(the warm-up, the chained factors, the cosine) run member by member in Python floats, torch's
+own arithmetic (a refill brings a few members at a time); the rest is float64 tensor
+arithmetic, which rounds like Python's floats. The result equals torch's lr bit for bit in the
+tests.
 """
 
 from __future__ import annotations
@@ -37,23 +38,22 @@ import torch
 from hpsearch.params import Value
 from hpsearch.schedulers import (
     SCHEDULERS,
-    WARMUP,
     WARMUP_START_FACTOR,
-    _fraction_of,
-    _lambda_exponential,
-    _lambda_inverse_time,
-    _lambda_polynomial,
-    _multistep_milestones,
     check_onecycle_rise,
-)
-
-BATCHED_SCHEDULERS: frozenset[str] = frozenset(
-    {"none", "step", "multistep", "exponential", "cosine", "plateau", "lambda", "onecycle",
-     "cosine_restarts"}
+    fraction_of,
+    lambda_factor,
+    multistep_milestones,
+    warmup_epochs,
 )
 
 F64 = torch.float64
 Tensor = torch.Tensor
+
+# A scheduler's batched form (`SchedulerSpec.batched`): from m members' params, their (body,
+# head) starting lrs [m, 2], their warm-up epochs [m], the epochs and the steps per epoch, the
+# lrs build_schedule's scheduler sets: [m, L, 2], position k the lr after k of its steps, where
+# L is epochs + 1 for a per-epoch schedule, epochs * steps_per_epoch + 1 for a per-batch one.
+TableFn = Callable[[list[Mapping[str, Value]], Tensor, Tensor, int, int], Tensor]
 
 # ReduceLROnPlateau as build_schedule makes it: mode 'min', threshold 1e-4 in 'rel' mode (a loss
 # improves when it is below best * (1 - 1e-4)), cooldown 0, min_lr 0, eps 1e-8. Spelled as torch
@@ -80,8 +80,7 @@ def _warmup(base: Tensor, warm: Tensor, epochs: int) -> Tensor:
     torch's LinearLR is chainable: it multiplies the current lr by
     1 + d / (W * start + (e - 1) * d) at epoch e, which reaches `base` only up to rounding, and
     the plateau scheduler after it starts from that rounded lr, so the recursion is replicated
-    (in Python floats, member by member: a refill's few members cost less so than a tensor op
-    per epoch).
+    (in Python floats, member by member).
     """
     start = WARMUP_START_FACTOR
     d = 1.0 - start  # torch: end_factor - start_factor
@@ -126,7 +125,7 @@ def _main_step(members: list[Mapping[str, Value]], base: Tensor, budgets: list[i
     horizon = max(budgets)
     factors = []
     for p, t in zip(members, budgets, strict=True):
-        size = _fraction_of(t, float(p["step_size_frac"]))
+        size = fraction_of(t, float(p["step_size_frac"]))
         gamma = float(p["step_gamma"])
         factors.append([gamma if k > 0 and k % size == 0 else 1.0 for k in range(horizon + 1)])
     return _chain(base, factors)
@@ -137,7 +136,7 @@ def _main_multistep(members: list[Mapping[str, Value]], base: Tensor, budgets: l
     horizon = max(budgets)
     factors = []
     for p, t in zip(members, budgets, strict=True):
-        milestones = Counter(_multistep_milestones(p, t))
+        milestones = Counter(multistep_milestones(p, t))
         gamma = float(p["multistep_gamma"])
         factors.append([gamma ** milestones[k] if k in milestones else 1.0
                         for k in range(horizon + 1)])
@@ -150,15 +149,6 @@ def _main_exponential(members: list[Mapping[str, Value]], base: Tensor, budgets:
     return _chain(base, [[float(p["exponential_gamma"])] * (horizon + 1) for p in members])
 
 
-def _lambda_factor(p: Mapping[str, Value], budget: int) -> Callable[[int], float]:
-    family = p["lambda_family"]
-    if family == "exponential":
-        return functools.partial(_lambda_exponential, base=float(p["lambda_base"]))
-    if family == "inverse_time":
-        return functools.partial(_lambda_inverse_time, decay=float(p["lambda_decay"]))
-    return functools.partial(_lambda_polynomial, power=float(p["lambda_power"]), horizon=budget)
-
-
 def _main_lambda(members: list[Mapping[str, Value]], base: Tensor, budgets: list[int],
                  after_warmup: Tensor) -> Tensor:
     # LambdaLR is a closed form in torch too: base_lr * factor(k), factor from hpsearch's own
@@ -166,7 +156,7 @@ def _main_lambda(members: list[Mapping[str, Value]], base: Tensor, budgets: list
     horizon = max(budgets)
     factors = []
     for p, t in zip(members, budgets, strict=True):
-        factor = _lambda_factor(p, t)
+        factor = lambda_factor(p, t)
         factors.append([factor(min(k, t)) for k in range(horizon + 1)])
     return base[:, None, :] * _rows(factors)[:, :, None]
 
@@ -212,7 +202,7 @@ def _main_cosine_restarts(members: list[Mapping[str, Value]], base: Tensor, budg
         # CosineAnnealingWarmRestarts.step(): T_cur counts epochs since the last restart; at
         # T_i it wraps and T_i grows by T_mult. A SequentialLR milestone restarts at T_cur 0
         # (the step torch's constructor took), so both starts agree.
-        t_i = _fraction_of(t, float(p["cosine_restarts_t0_frac"]))
+        t_i = fraction_of(t, float(p["cosine_restarts_t0_frac"]))
         t_mult = int(p["cosine_restarts_t_mult"])
         t_cur = 0
         row = []
@@ -229,38 +219,48 @@ def _main_cosine_restarts(members: list[Mapping[str, Value]], base: Tensor, budg
     return eta + (base[:, None, :] - eta) * _rows(cos_plus_one)[:, :, None] / 2
 
 
-_MAIN: dict[str, MainFn] = {
-    "step": _main_step,
-    "multistep": _main_multistep,
-    "exponential": _main_exponential,
-    "lambda": _main_lambda,
-    "cosine": _main_cosine,
-    "cosine_restarts": _main_cosine_restarts,
-}
+def _after_warmup(main: MainFn) -> TableFn:
+    """The table function of a per-epoch schedule whose main scheduler is `main`:
+    [m, epochs + 1, 2], the lr after e epochs of the schedule build_schedule makes."""
+    def table(members: list[Mapping[str, Value]], base: Tensor, warm: Tensor, epochs: int,
+              steps_per_epoch: int) -> Tensor:
+        warmup = _warmup(base, warm, epochs)
+        budgets = [epochs - int(w) for w in warm.tolist()]
+        main_lrs = main(members, base, budgets, warm > 0)
+        # SequentialLR: the warm-up for epochs < W, then the main scheduler from its step 0.
+        e = torch.arange(epochs + 1)
+        k = (e[None, :] - warm[:, None]).clamp(min=0)
+        from_main = main_lrs.gather(1, k[:, :, None].expand(-1, -1, 2))
+        return torch.where((e[None, :] < warm[:, None])[:, :, None], warmup, from_main)
+
+    return table
 
 
-def _per_epoch_table(name: str, members: list[Mapping[str, Value]], base: Tensor,
-                     warm: Tensor, epochs: int) -> Tensor:
-    """[m, epochs + 1, 2]: the lr after e epochs of the schedule build_schedule makes."""
-    warmup = _warmup(base, warm, epochs)
-    if name not in _MAIN:
-        # none: the warm-up's LinearLR alone (or a constant lr); plateau: the warm-up, after
-        # which the live plateau state takes over (see BatchedSchedule.after_epoch).
-        return warmup
-    budgets = [epochs - int(w) for w in warm.tolist()]
-    main = _MAIN[name](members, base, budgets, warm > 0)
-    # SequentialLR: the warm-up for epochs < W, then the main scheduler from its step 0.
-    e = torch.arange(epochs + 1)
-    k = (e[None, :] - warm[:, None]).clamp(min=0)
-    from_main = main.gather(1, k[:, :, None].expand(-1, -1, 2))
-    return torch.where((e[None, :] < warm[:, None])[:, :, None], warmup, from_main)
+def warmup_table(members: list[Mapping[str, Value]], base: Tensor, warm: Tensor, epochs: int,
+                 steps_per_epoch: int) -> Tensor:
+    """[m, epochs + 1, 2], the warm-up alone: `none`'s LinearLR (or a constant lr), and
+    `plateau`'s, after which the live plateau state takes over (see
+    BatchedSchedule.after_epoch)."""
+    return _warmup(base, warm, epochs)
+
+
+# The built-in per-epoch schedules' batched forms.
+step_table = _after_warmup(_main_step)
+multistep_table = _after_warmup(_main_multistep)
+exponential_table = _after_warmup(_main_exponential)
+lambda_table = _after_warmup(_main_lambda)
+cosine_table = _after_warmup(_main_cosine)
+cosine_restarts_table = _after_warmup(_main_cosine_restarts)
 
 
 # -- onecycle, per batch ---------------------------------------------------------------------------
 
-def _onecycle_table(members: list[Mapping[str, Value]], base: Tensor, total: int) -> Tensor:
-    """[m, total + 1, 2]: OneCycleLR's lr after s optimizer steps (two phases, momentum not
-    cycled), computed as OneCycleLR.get_lr computes it (a closed form in torch too)."""
+def onecycle_table(members: list[Mapping[str, Value]], base: Tensor, warm: Tensor, epochs: int,
+                   steps_per_epoch: int) -> Tensor:
+    """[m, total + 1, 2]: OneCycleLR's lr after s of the run's `total` optimizer steps (two
+    phases, momentum not cycled), computed as OneCycleLR.get_lr computes it (a closed form in
+    torch too). It has no warm-up (`warm` is 0)."""
+    total = epochs * steps_per_epoch
     pct_start = torch.tensor([check_onecycle_rise(float(p["onecycle_pct_start"]), total)
                               for p in members], dtype=F64)
     div = torch.tensor([float(p["onecycle_div_factor"]) for p in members], dtype=F64)
@@ -316,8 +316,8 @@ class BatchedSchedule:
                              f"{steps_per_epoch}")
         names = [str(p["scheduler"]) for p in members]
         for i, name in enumerate(names):
-            if name not in BATCHED_SCHEDULERS:
-                known = ", ".join(sorted(BATCHED_SCHEDULERS))
+            if name not in SCHEDULERS or SCHEDULERS[name].batched is None:
+                known = ", ".join(sorted(n for n, spec in SCHEDULERS.items() if spec.batched))
                 raise ValueError(f"member {i}: scheduler {name!r} cannot be batched; "
                                  f"batched schedulers: {known}")
         self.epochs = epochs
@@ -329,9 +329,8 @@ class BatchedSchedule:
         # the body's, and column 1 repeats it (lr * 1.0 is lr exactly).
         head = [b * float(p.get("head_lr_mult", 1.0)) for b, p in zip(body, members, strict=True)]
         base = torch.stack([torch.tensor(body, dtype=F64), torch.tensor(head, dtype=F64)], 1)
-        warm = torch.tensor([self._warmup_epochs(name, p) for name, p in zip(names, members,
-                                                                            strict=True)],
-                            dtype=torch.long)
+        warm = torch.tensor([warmup_epochs(SCHEDULERS[name], p, epochs)
+                             for name, p in zip(names, members, strict=True)], dtype=torch.long)
         per_batch = torch.tensor([SCHEDULERS[name].per_batch for name in names], dtype=torch.bool)
         plateau = torch.tensor([SCHEDULERS[name].on_val_loss for name in names], dtype=torch.bool)
         any_per_batch = bool(per_batch.any())
@@ -341,10 +340,8 @@ class BatchedSchedule:
             rows = [i for i, other in enumerate(names) if other == name]
             index = torch.tensor(rows, dtype=torch.long)
             chosen = [members[i] for i in rows]
-            if name == "onecycle":
-                part = _onecycle_table(chosen, base[index], epochs * steps_per_epoch)
-            else:
-                part = _per_epoch_table(name, chosen, base[index], warm[index], epochs)
+            part = SCHEDULERS[name].batched_form()(chosen, base[index], warm[index], epochs,
+                                                   steps_per_epoch)
             table[index] = _held(part, length)
         patience = [int(p["plateau_patience"]) if on else 0
                     for p, on in zip(members, plateau.tolist(), strict=True)]
@@ -369,13 +366,6 @@ class BatchedSchedule:
         self._any_per_batch = any_per_batch
         self._any_plateau = bool(plateau.any())
         self.lr = self._table[:, 0].clone()
-
-    def _warmup_epochs(self, name: str, params: Mapping[str, Value]) -> int:
-        """build_schedule's warm-up length: round(warmup_frac * epochs), less than the epochs,
-        none for a scheduler that does not allow one (onecycle)."""
-        if not SCHEDULERS[name].allows_warmup:
-            return 0
-        return min(round(float(params.get(WARMUP.name, 0.0)) * self.epochs), self.epochs - 1)
 
     @property
     def n(self) -> int:

@@ -33,11 +33,13 @@ import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
-from hpsearch.engines.batched_optimizers import BATCHED_OPTIMIZERS, BatchedOptimizer, family
-from hpsearch.engines.batched_schedulers import BATCHED_SCHEDULERS, BatchedSchedule
+from hpsearch.engines.batched_optimizers import BatchedOptimizer
+from hpsearch.engines.batched_schedulers import BatchedSchedule
 from hpsearch.engines.stacked_model import StackedModel, member_losses, why_not_stackable
 from hpsearch.models import MODELS, is_factory_path, linear, mlp
+from hpsearch.optimizers import OPTIMIZERS
 from hpsearch.params import Value
+from hpsearch.schedulers import SCHEDULERS
 from hpsearch.space import HEAD_LR_MULT
 from hpsearch.training import (
     EpochStats,
@@ -54,10 +56,12 @@ def why_not_cohort(config: StudyConfig, data: Dataset) -> str | None:
     if is_factory_path(kind) and config.space.model:
         return f"model factory {kind!r} searches its own parameters, so members' models " \
                "differ in shape"
-    optimizers = sorted(set(config.space.optimizers) - BATCHED_OPTIMIZERS)
+    optimizers = sorted(name for name in config.space.optimizers
+                        if OPTIMIZERS[name].batched is None)
     if optimizers:
         return f"optimizer {optimizers[0]!r} has no batched form (only the built-in ones do)"
-    schedulers = sorted(set(config.space.schedulers) - BATCHED_SCHEDULERS)
+    schedulers = sorted(name for name in config.space.schedulers
+                        if SCHEDULERS[name].batched is None)
     if schedulers:
         return f"scheduler {schedulers[0]!r} has no batched form (only the built-in ones do)"
     reason = why_not_stackable(model_for(config, data, config.space.complete({})))
@@ -174,9 +178,9 @@ _SUBNORMAL = torch.frombuffer(bytearray((1 << 14).to_bytes(8, sys.byteorder)),
                               dtype=torch.float64)
 
 
-def _batched_by(member: Member) -> str:
-    """The batched optimizer that steps `member`: its optimizer's, or its family's."""
-    return family(str(member.params["optimizer"]))
+def _batched_by(member: Member) -> type[BatchedOptimizer]:
+    """The batched optimizer that steps `member`: its optimizer's batched form (its family's)."""
+    return OPTIMIZERS[str(member.params["optimizer"])].batched_form()
 
 
 def _gathered(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -249,16 +253,16 @@ class _Group:
     def _join(self, joining: Sequence[Member], rows: list[torch.Tensor]) -> None:
         new_flat = torch.stack(rows).to(self.device, self.dtype)
         shapes = [torch.Size([self.layout.size])]
-        by_type: dict[str, list[Member]] = {}
+        by_form: dict[type[BatchedOptimizer], list[Member]] = {}
         for member in joining:
-            by_type.setdefault(_batched_by(member), []).append(member)
-        for name, typed in by_type.items():
-            fresh = BatchedOptimizer(name, [m.params for m in typed], shapes, dtype=self.dtype,
-                                     device=self.device, horizon=self.epochs * self.steps)
-            if name in self.optimizers:
-                self.optimizers[name].extend(fresh)
+            by_form.setdefault(_batched_by(member), []).append(member)
+        for form, typed in by_form.items():
+            fresh = form([m.params for m in typed], shapes, dtype=self.dtype, device=self.device,
+                         horizon=self.epochs * self.steps)
+            if form.name in self.optimizers:
+                self.optimizers[form.name].extend(fresh)
             else:
-                self.optimizers[name] = fresh
+                self.optimizers[form.name] = fresh
         schedule = BatchedSchedule([m.params for m in joining], self.epochs, self.steps,
                                    device=self.device)
         if self.schedule is None:
@@ -273,7 +277,8 @@ class _Group:
         # Each batched optimizer's members contiguous, old ones before new ones (the order in
         # which it holds them).
         names = sorted(self.optimizers)
-        order = sorted(range(len(members)), key=lambda i: names.index(_batched_by(members[i])))
+        order = sorted(range(len(members)),
+                       key=lambda i: names.index(_batched_by(members[i]).name))
         index = torch.tensor(order, device=self.device)
         self.members = [members[i] for i in order]
         self.flat = flat.index_select(0, index)
