@@ -1,4 +1,5 @@
-"""hpsearch from Python (a notebook, a script): the commands as functions that return objects.
+"""hpsearch's front door: every command as a function that returns objects. The `hpsearch`
+command calls these, with these defaults; a notebook or a script calls them too.
 
     import hpsearch.api as hp
 
@@ -13,31 +14,47 @@
 
 Every function takes `storage` like `--storage` (default: $HPSEARCH_STORAGE, else
 sqlite:///hpsearch.db) and `device` like `--device` (default "auto": the GPU if there is one).
+The dashboard, report, export and confirm modules are imported when first used: they bring
+plotly, matplotlib and scipy, which a search does not need.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
 
 from hpsearch.config import StudyConfig, load_study_config, parse_study
-from hpsearch.confirm import ConfirmOutcome, run_confirmation
+from hpsearch.engines import AUTO, DEFAULT_COHORT_SIZE
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
+from hpsearch.records import TrialCounts
 from hpsearch.report import leaderboard, param_importances, summary, trials_frame, verdict
+from hpsearch.search.run import Progress, SearchOutcome, run_search
 from hpsearch.storage.urls import resolve_storage_url
-from hpsearch.studies import Retrained, load_stored_study, retrain_trial, run_search, stored_config
+from hpsearch.studies import (
+    Retrained,
+    StudyRow,
+    list_studies,
+    load_stored_study,
+    retrain_trial,
+    stored_config,
+)
 from hpsearch.training import TrainedRun, train_single
 
+if TYPE_CHECKING:
+    from hpsearch.confirm import ConfirmOutcome
+    from hpsearch.dashboard import DashboardServer
+    from hpsearch.export import Exported, StudyReport
+
 __all__ = [
-    "StudyLike", "config", "confirm", "leaderboard", "load", "optimize", "param_importances",
-    "retrain",
-    "stored", "summary", "train", "trials_frame", "verdict",
+    "StudyLike", "config", "confirm", "dashboard", "export", "leaderboard", "load", "optimize",
+    "param_importances", "refresh_dashboards", "report", "retrain", "search", "stored",
+    "studies", "summary", "train", "trials_frame", "verdict",
 ]
 
 # A study as the API takes it: a StudyConfig, a study name (studies/NAME.toml), a path to a
@@ -61,15 +78,40 @@ def config(study: StudyLike, name: str | None = None) -> StudyConfig:
     return resolved.renamed(name) if name else resolved
 
 
+def search(
+    study: StudyLike, trials: int = 100, *, storage: str | None = None,
+    name: str | None = None, workers: int = 1, device: str | torch.device = AUTO,
+    engine: str = AUTO, cohort_size: int = DEFAULT_COHORT_SIZE,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_start: Callable[[TrialCounts], None] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) the search until the study has `trials` finished trials, then refresh
+    its dashboard note and figures (`hpsearch optimize`). `engine`: auto (the cohort engine
+    where the model stacks), reference or cohort; `cohort_size`: trials the cohort trains at
+    once. The outcome holds the study, its counts and what this call ran."""
+    outcome = run_search(config(study, name), resolve_storage_url(storage), trials,
+                         on_progress=on_progress, on_start=on_start, workers=workers,
+                         device=device, engine=engine, cohort_size=cohort_size)
+    from hpsearch.dashboard import refresh_dashboard
+
+    refresh_dashboard(outcome.study)
+    return outcome
+
+
 def optimize(
     study: StudyLike, trials: int = 100, *, storage: str | None = None,
-    name: str | None = None, workers: int = 1, device: str | torch.device = "auto",
+    name: str | None = None, workers: int = 1, device: str | torch.device = AUTO,
+    engine: str = AUTO, cohort_size: int = DEFAULT_COHORT_SIZE,
 ) -> optuna.Study:
-    """Run (or resume) the search until the study has `trials` finished trials; returns the
-    Optuna study, read afresh from the storage (`hpsearch optimize`)."""
-    outcome = run_search(config(study, name), resolve_storage_url(storage), trials,
-                         workers=workers, device=device)
-    return outcome.study
+    """`search`, returning the Optuna study, read afresh from the storage."""
+    return search(study, trials, storage=storage, name=name, workers=workers, device=device,
+                  engine=engine, cohort_size=cohort_size).study
+
+
+def studies(storage: str | None = None) -> list[StudyRow]:
+    """The studies a storage holds, with their trial counts and best values
+    (`hpsearch studies`)."""
+    return list_studies(resolve_storage_url(storage))
 
 
 def load(name: str, storage: str | None = None) -> optuna.Study:
@@ -101,8 +143,47 @@ def retrain(name: str, trial: int, storage: str | None = None,
 
 
 def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None,
-            workers: int = 1, device: str = "auto") -> ConfirmOutcome:
-    """Re-train the stored study's best configurations over `seeds` seeds (`hpsearch
-    confirm`); `.analysis` holds the tables, the comparisons and the verdict."""
+            workers: int = 1, device: str = AUTO, trials: Sequence[int] = (),
+            on_start: Callable[[int, int], None] | None = None,
+            on_progress: Callable[[int], None] | None = None) -> ConfirmOutcome:
+    """Re-train the stored study's best configurations (or its `trials`) over `seeds` seeds
+    (`hpsearch confirm`); `.analysis` holds the tables, the comparisons and the verdict."""
+    from hpsearch.confirm import run_confirmation
+
     return run_confirmation(name, resolve_storage_url(storage), top=top, seeds=seeds,
-                            workers=workers, device=device)
+                            trials=trials, workers=workers, device=device, on_start=on_start,
+                            on_progress=on_progress)
+
+
+def report(name: str, top: int = 10, by: Sequence[str] = (),
+           storage: str | None = None) -> StudyReport:
+    """Which schedule and optimizer win: leaderboard, summaries, verdict (`hpsearch report`);
+    render it with `hpsearch.export.renderer("table" | "markdown" | "csv")`."""
+    from hpsearch.export import SUMMARY_BY, build_report
+
+    return build_report(name, resolve_storage_url(storage), top, tuple(by) or SUMMARY_BY)
+
+
+def export(name: str, out: str | os.PathLike, top: int = 10,
+           storage: str | None = None) -> Exported:
+    """Write the study's report as CSV, markdown and PNG files to `out` (`hpsearch export`)."""
+    from hpsearch.export import export_report
+
+    return export_report(name, resolve_storage_url(storage), out, top)
+
+
+def dashboard(name: str | None = None, storage: str | None = None, host: str = "127.0.0.1",
+              port: int = 8080) -> DashboardServer:
+    """optuna-dashboard on the storage, notes and figures refreshed, ready to
+    `serve_forever()` (`hpsearch dashboard`)."""
+    from hpsearch.dashboard import start_dashboard
+
+    return start_dashboard(resolve_storage_url(storage), name, host, port)
+
+
+def refresh_dashboards(name: str | None = None, storage: str | None = None) -> list[str]:
+    """Rewrite the dashboard notes and figures of the study `name` (default: every hpsearch
+    study in the storage); the names refreshed (`hpsearch dashboard --refresh`)."""
+    from hpsearch.dashboard import refresh_studies
+
+    return refresh_studies(resolve_storage_url(storage), name)

@@ -1,6 +1,6 @@
-"""The `hpsearch` command: each command parses its options, calls one library function and
-formats what it returns. Errors of the user's input become one `Error: ...` line and exit 1
-(a traceback only with --debug)."""
+"""The `hpsearch` command: each command parses its options, calls one `hpsearch.api` function
+(whose defaults are the command's) and formats what it returns. Errors of the user's input
+become one `Error: ...` line and exit 1 (a traceback only with --debug)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,15 @@ import click
 import optuna
 import torch
 
+import hpsearch.api as hp
 from hpsearch import __version__
-from hpsearch.config import load_study_config
+from hpsearch.engines import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.errors import HPSearchError
-from hpsearch.objective import ATTR_VAL_ACCURACY
 from hpsearch.params import Value, parse_assignment
-from hpsearch.search.driver import COHORT, DEFAULT_COHORT_SIZE, ENGINES
+from hpsearch.records import ATTR_VAL_ACCURACY, TrialCounts
+from hpsearch.search.run import Progress, SearchOutcome
 from hpsearch.storage.urls import STORAGE_ENV, mask_url, resolve_storage_url
-from hpsearch.studies import (
-    Progress,
-    SearchOutcome,
-    TrialCounts,
-    list_studies,
-    retrain_trial,
-    run_search,
-)
-from hpsearch.training import DEVICES, FitResult, train_single
+from hpsearch.training import DEVICES, FitResult
 
 STORAGE_HELP = (f"Storage URL (default: ${STORAGE_ENV}, else sqlite:///hpsearch.db), e.g. "
                 "sqlite:///runs/wine.db or postgresql+psycopg://user@host/db.")
@@ -113,26 +106,20 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
         hpsearch optimize --study wine --trials 500 --workers 4 \\
             --storage postgresql+psycopg://hp@db.example/hpsearch
     """
-    config = load_study_config(study)
-    if name:
-        config = config.renamed(name)
+    config = hp.config(study, name)
     url = resolve_storage_url(storage)
     torch.set_num_threads(max(1, threads))
     progress = _ProgressBar(config.name, trials, disable=quiet)
     try:
-        outcome = run_search(config, url, trials, on_progress=progress.update,
-                             on_start=progress.start, workers=workers, device=device,
-                             engine=engine, cohort_size=cohort_size)
+        outcome = hp.search(config, trials, storage=url, workers=workers, device=device,
+                            engine=engine, cohort_size=cohort_size,
+                            on_progress=progress.update, on_start=progress.start)
     except KeyboardInterrupt:
         progress.close()
         click.echo(f"Interrupted. Finished trials are stored in {mask_url(url)}; run the same "
                    "command again to continue.", err=True)
         raise SystemExit(130) from None
     progress.close()
-    # Imported here: plotly and the dashboard are not needed before the search ends.
-    from hpsearch.dashboard import refresh_dashboard
-
-    refresh_dashboard(outcome.study)
     _print_outcome(outcome, url)
 
 
@@ -239,8 +226,7 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
         if assignments or seed is not None:
             raise HPSearchError("--trial re-trains a stored trial as it was: it takes no --set "
                                 "or --seed")
-        url = resolve_storage_url(storage)
-        again = retrain_trial(study, url, trial_number, device=device)
+        again = hp.retrain(study, trial_number, storage=storage, device=device)
         state = again.trial.state.name.lower()
         click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, "
                    f"seed {again.trial.user_attrs.get('seed')}).")
@@ -252,9 +238,9 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
             click.echo(f"Epoch {again.epoch}: stored validation loss {again.stored_loss:.6g}, "
                        f"re-trained {again.retrained_loss:.6g} ({same}).")
         return
-    config = load_study_config(study)
+    config = hp.config(study)
     given = dict(parse_assignment(text) for text in assignments)
-    params, run = train_single(config, given, seed, device=device or "auto")
+    params, run = hp.train(config, given, seed=seed, device=device or "auto")
     click.echo(f"Training {config.name} ({config.data.dataset}, {config.training.epochs} "
                f"epochs, seed {config.seed if seed is None else seed}):")
     _print_params(params)
@@ -293,7 +279,7 @@ def studies(storage: str | None) -> None:
         hpsearch studies --storage sqlite:///hpsearch.db
     """
     url = resolve_storage_url(storage)
-    rows = list_studies(url)
+    rows = hp.studies(url)
     if not rows:
         click.echo(f"No studies in {mask_url(url)}.")
         return
@@ -323,7 +309,7 @@ def space(study: str) -> None:
     \b
         hpsearch space --study wine
     """
-    config = load_study_config(study)
+    config = hp.config(study)
     click.echo(f"Search space of {config.name} (optimizers: {', '.join(config.space.optimizers)};"
                f" schedulers: {', '.join(config.space.schedulers)}):")
     params = config.space.relevant()
@@ -362,16 +348,13 @@ def dashboard(study: str | None, storage: str | None, host: str, port: int,
         hpsearch dashboard --study wine --refresh     # update the note during a search
         hpsearch dashboard --host 0.0.0.0 --port 8081 --storage sqlite:///runs/wine.db
     """
-    # Imported here: the dashboard's server and plotly are not needed by the other commands.
-    from hpsearch.dashboard import refresh_studies, start_dashboard
-
     url = resolve_storage_url(storage)
     if refresh_only:
-        names = refresh_studies(url, study)
+        names = hp.refresh_dashboards(study, url)
         click.echo(f"Refreshed the notes and figures of {', '.join(names)} in {mask_url(url)}."
                    if names else f"No hpsearch study in {mask_url(url)}: nothing to refresh.")
         return
-    server = start_dashboard(url, study, host, port)
+    server = hp.dashboard(study, url, host, port)
     if server.is_public:
         click.echo(f"Warning: listening on {host}: anyone who can reach port {server.port} of "
                    "this machine can open the dashboard. It has no authentication and can "
@@ -405,11 +388,11 @@ def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | N
         hpsearch report --study wine
         hpsearch report --study wine --top 5 --by scheduler --format markdown
     """
-    # Imported here: pandas and matplotlib are not needed by the other commands.
-    from hpsearch.export import SUMMARY_BY, build_report, renderer
+    # Imported here: matplotlib is not needed by the other commands.
+    from hpsearch.export import renderer
 
-    render = renderer(fmt)
-    click.echo(render(build_report(study, resolve_storage_url(storage), top, by or SUMMARY_BY)))
+    render = renderer(fmt)  # an unknown format fails before the study is read
+    click.echo(render(hp.report(study, top, by, storage)))
 
 
 @cli.command()
@@ -430,10 +413,7 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
     \b
         hpsearch export --study wine --out results/wine
     """
-    # Imported here: pandas and matplotlib are not needed by the other commands.
-    from hpsearch.export import export_report
-
-    exported = export_report(study, resolve_storage_url(storage), out, top)
+    exported = hp.export(study, out, top, storage)
     click.echo(f"Wrote {len(exported.files)} files for study {study!r} to {exported.folder}:")
     click.echo("  " + " ".join(exported.files))
     for title, why in exported.skipped.items():
@@ -480,7 +460,7 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
     # Imported here: scipy, pandas and matplotlib are not needed by the other commands.
     from tqdm import tqdm
 
-    from hpsearch.confirm import confirm_study_name, run_confirmation
+    from hpsearch.confirm import confirm_study_name
     from hpsearch.export import confirmation_text
 
     url = resolve_storage_url(storage)
@@ -495,8 +475,8 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
         bars[0].update(ran - bars[0].n)
 
     try:
-        outcome = run_confirmation(study, url, top, seeds, trial_numbers, workers, device,
-                                   on_start=start, on_progress=progress)
+        outcome = hp.confirm(study, top, seeds, url, workers, device, trial_numbers,
+                             on_start=start, on_progress=progress)
     except KeyboardInterrupt:
         click.echo(f"Interrupted. Finished runs are stored in {mask_url(url)} (study "
                    f"{confirm_study_name(study)!r}); run the same command again to continue.",

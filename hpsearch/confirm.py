@@ -40,50 +40,37 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import StudyConfig, stored_study_config
-from hpsearch.confirm_stats import (
-    ALPHA,
+from hpsearch.confirm_stats import ALPHA, Analysis, analyze, runs_frame
+from hpsearch.data import CLASSIFICATION, Dataset
+from hpsearch.errors import ConfigError
+from hpsearch.params import Value
+from hpsearch.records import (
     ATTR_CONFIG_ID,
+    ATTR_CONFIRM_OF,
+    ATTR_CONFIRM_STUDY,
+    ATTR_END_REASON,
+    ATTR_FINGERPRINT,
+    ATTR_RUNNER_UPS,
     ATTR_SEARCH_VALUE,
+    ATTR_SEED,
     ATTR_SEED_INDEX,
     ATTR_SOURCE_TRIAL,
     ATTR_TEST_ACCURACY,
     ATTR_TEST_LOSS,
-    Analysis,
-    analyze,
-    runs_frame,
+    ATTR_VERSION,
+    COMPLETED,
+    DIVERGED,
+    best_order,
+    count_trials,
+    ended_user_attrs,
 )
-from hpsearch.data import CLASSIFICATION, Dataset
-from hpsearch.errors import ConfigError
-from hpsearch.objective import ATTR_END_REASON, ATTR_SEED, trial_user_attrs
-from hpsearch.params import Value
 from hpsearch.report import trial_state
 from hpsearch.search.workers import Interruptions, SlotLock, run_workers
 from hpsearch.storage.urls import close_storage, mask_url, open_storage
-from hpsearch.studies import (
-    ATTR_FINGERPRINT,
-    ATTR_VERSION,
-    count_trials,
-    load_stored_study,
-    stored_config,
-    study_names,
-)
-from hpsearch.training import (
-    COMPLETED,
-    DIVERGED,
-    evaluate,
-    loss_function,
-    resolve_device,
-    train_configuration,
-)
+from hpsearch.studies import load_stored_study, stored_config, study_names
+from hpsearch.training import evaluate, loss_function, resolve_device, train_configuration
 
 CONFIRM_SUFFIX = ":confirm"
-# Study user attrs: the confirmation names its parent; the parent names its confirmation (so
-# that the dashboard leads from one to the other); how many runners-up the last command
-# compared (so that `hpsearch report` repeats its analysis).
-ATTR_CONFIRM_OF = "hpsearch_confirm_of"
-ATTR_CONFIRM_STUDY = "hpsearch_confirm_study"
-ATTR_RUNNER_UPS = "hpsearch_confirm_runner_ups"
-
 MIN_SEEDS = 2  # a confidence interval needs two runs
 # Far beyond any search's trial numbers: no confirmation run reuses the seed a trial of the
 # search trained with (that seed is the one it was selected on).
@@ -136,7 +123,7 @@ def select_configurations(study_name: str, trials: Sequence[FrozenTrial], top: i
         chosen = [_confirmable(study_name, by_number, number) for number in numbers]
     else:
         complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                          key=lambda t: (t.value, t.number))
+                          key=best_order)
         if not complete:
             c = count_trials(trials)
             raise ConfigError(f"study {study_name!r} has no complete trial yet ({c.total} "
@@ -210,7 +197,7 @@ def train_run(config: StudyConfig, data: Dataset, task: RunTask,
     result = run.result
     completed = result.end_reason == COMPLETED
     device_type = resolve_device(device).type
-    attrs = trial_user_attrs(result, task.seed, COMPLETED if completed else DIVERGED,
+    attrs = ended_user_attrs(result.history, task.seed, COMPLETED if completed else DIVERGED,
                              device_type)
     attrs |= {ATTR_CONFIG_ID: configuration.config_id,
               ATTR_SOURCE_TRIAL: configuration.source_trial, ATTR_SEED_INDEX: task.seed_index}

@@ -31,17 +31,20 @@ import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.objective import ATTR_END_REASON, ATTR_EPOCHS_RUN, ATTR_SEED, ATTR_VAL_ACCURACY
+from hpsearch.records import (
+    ATTR_CONFIG_ID,
+    ATTR_END_REASON,
+    ATTR_EPOCHS_RUN,
+    ATTR_SEARCH_VALUE,
+    ATTR_SEED,
+    ATTR_SEED_INDEX,
+    ATTR_SOURCE_TRIAL,
+    ATTR_TEST_ACCURACY,
+    ATTR_TEST_LOSS,
+    ATTR_VAL_ACCURACY,
+    DIVERGED,
+)
 from hpsearch.report import counted, format_cell, format_interval, listed
-from hpsearch.training import DIVERGED
-
-# Trial user attrs of a confirmation run, beside those every trial has (objective.py).
-ATTR_CONFIG_ID = "config_id"
-ATTR_SOURCE_TRIAL = "source_trial"
-ATTR_SEARCH_VALUE = "search_value"
-ATTR_SEED_INDEX = "seed_index"
-ATTR_TEST_LOSS = "test_loss"
-ATTR_TEST_ACCURACY = "test_accuracy"
 
 CONFIDENCE = 0.95
 ALPHA = 0.05

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 import hpsearch
 from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError, StorageError
+from hpsearch.records import ATTR_CONFIG, DIVERGED
 from hpsearch.report import (
     COMPLETE,
     FAILED,
@@ -47,8 +48,7 @@ from hpsearch.report import (
     verdict,
 )
 from hpsearch.storage.urls import mask_url, open_storage
-from hpsearch.studies import ATTR_CONFIG, load_stored_study, stored_config
-from hpsearch.training import DIVERGED
+from hpsearch.studies import load_stored_study, stored_config
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from hpsearch import plots
 from hpsearch.confirm import confirm_study_name, load_confirmation
 from hpsearch.confirm_stats import METRICS, Analysis
 from hpsearch.errors import ConfigError, HPSearchError
+from hpsearch.records import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION
 from hpsearch.report import (
     SUMMARY_BY,
     check_by,
@@ -32,7 +33,7 @@ from hpsearch.report import (
     wrap,
 )
 from hpsearch.storage.urls import mask_url
-from hpsearch.studies import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION, load_stored_study
+from hpsearch.studies import load_stored_study
 
 DEFAULT_TOP = 10
 FORMATS = ("table", "markdown", "csv")

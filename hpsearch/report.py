@@ -25,7 +25,8 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import ConfigError, HPSearchError
-from hpsearch.objective import (
+from hpsearch.optimizers import MOMENTUM, OPTIMIZERS
+from hpsearch.records import (
     ATTR_END_DETAIL,
     ATTR_END_REASON,
     ATTR_EPOCHS_RUN,
@@ -33,10 +34,9 @@ from hpsearch.objective import (
     ATTR_SEED,
     ATTR_TRAIN_LOSS,
     ATTR_VAL_ACCURACY,
+    DIVERGED,
 )
-from hpsearch.optimizers import MOMENTUM, OPTIMIZERS
 from hpsearch.schedulers import SCHEDULERS, WARMUP
-from hpsearch.training import DIVERGED
 
 StudyOrTrials = optuna.Study | Sequence[FrozenTrial]
 

@@ -26,10 +26,11 @@ from hpsearch.errors import ConfigError
 from hpsearch.models import build_model, head_and_body
 from hpsearch.optimizers import OPTIMIZERS, weight_decay_of
 from hpsearch.params import Value
+from hpsearch.records import COMPLETED, DIVERGED
 from hpsearch.schedulers import Schedule, build_schedule
 from hpsearch.space import CLIP_GRAD_NORM, HEAD_LR_MULT, USE_CLIP_GRAD_NORM
 
-COMPLETED, STOPPED, DIVERGED = "completed", "stopped", "diverged"
+STOPPED = "stopped"  # on_epoch_end asked the run to stop
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -139,38 +140,77 @@ def _float64(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu().double() if tensor.device.type == "mps" else tensor.double()
 
 
+class EpochRunner:
+    """One run's training, an epoch per `next_epoch()`: the loop `fit` runs, which an engine
+    steps epoch by epoch (so that it can report, prune or interleave runs in between)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 loss_fn: nn.Module, data: Dataset, epochs: int, batch_size: int,
+                 generator: torch.Generator, clip_grad_norm: float = 0.0):
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.loss_fn = loss_fn
+        self.data = data
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.generator = generator
+        self.clip_grad_norm = clip_grad_norm
+        self.classify = data.task == CLASSIFICATION
+        self.result = FitResult()
+
+    @property
+    def done(self) -> bool:
+        return self.result.end_reason != COMPLETED or len(self.result.history) >= self.epochs
+
+    def next_epoch(self) -> EpochStats | None:
+        """Train and validate one more epoch; its stats, or None if the run diverged (then
+        `result` says how)."""
+        epoch = len(self.result.history) + 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(
+            self.model, self.optimizer, self.schedule, self.loss_fn, self.data.train,
+            self.batch_size, self.generator, self.clip_grad_norm,
+        )
+        val_loss, val_accuracy = evaluate(self.model, self.data.valid, self.loss_fn,
+                                          self.classify)
+        # One host sync per epoch for everything the epoch reports.
+        values = torch.stack(
+            [_float64(train_loss), val_loss,
+             _float64(val_accuracy) if self.classify else val_loss]
+        ).tolist()
+        diverged = divergence(values[0], values[1], epoch, lr)
+        if diverged:
+            self.result.end_reason = DIVERGED
+            self.result.detail = diverged
+            return None
+        stats = EpochStats(epoch, lr, values[0], values[1], values[2] if self.classify else None)
+        self.result.history.append(stats)
+        self.schedule.after_epoch(stats.val_loss)
+        return stats
+
+
+def divergence(train_loss: float, val_loss: float, epoch: int, lr: float) -> str:
+    """Why an epoch with these losses diverged ("" if both are finite)."""
+    if math.isfinite(train_loss) and math.isfinite(val_loss):
+        return ""
+    which, value = ("training", train_loss) if not math.isfinite(train_loss) else \
+        ("validation", val_loss)
+    return f"{which} loss became {value} at epoch {epoch} (lr {lr:.3g})"
+
+
 def fit(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loss_fn: nn.Module,
     data: Dataset, epochs: int, batch_size: int, generator: torch.Generator,
     on_epoch_end: EpochCallback | None = None, clip_grad_norm: float = 0.0,
 ) -> FitResult:
-    classify = data.task == CLASSIFICATION
-    result = FitResult()
-    for epoch in range(1, epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(
-            model, optimizer, schedule, loss_fn, data.train, batch_size, generator,
-            clip_grad_norm,
-        )
-        val_loss, val_accuracy = evaluate(model, data.valid, loss_fn, classify)
-        # One host sync per epoch for everything the epoch reports.
-        values = torch.stack(
-            [_float64(train_loss), val_loss,
-             _float64(val_accuracy) if classify else val_loss]
-        ).tolist()
-        if not (math.isfinite(values[0]) and math.isfinite(values[1])):
-            result.end_reason = DIVERGED
-            which = "training" if not math.isfinite(values[0]) else "validation"
-            result.detail = f"{which} loss became {values[0 if which == 'training' else 1]} " \
-                            f"at epoch {epoch} (lr {lr:.3g})"
-            return result
-        stats = EpochStats(epoch, lr, values[0], values[1], values[2] if classify else None)
-        result.history.append(stats)
-        schedule.after_epoch(stats.val_loss)
-        if on_epoch_end is not None and on_epoch_end(stats):
-            result.end_reason = STOPPED
-            return result
-    return result
+    runner = EpochRunner(model, optimizer, schedule, loss_fn, data, epochs, batch_size,
+                         generator, clip_grad_norm)
+    while not runner.done:
+        stats = runner.next_epoch()
+        if stats is not None and on_epoch_end is not None and on_epoch_end(stats):
+            runner.result.end_reason = STOPPED
+    return runner.result
 
 
 def loss_function(task: str) -> nn.Module:
@@ -219,6 +259,27 @@ def clip_norm(params: Mapping[str, Value]) -> float:
     return float(params.get(CLIP_GRAD_NORM.name, 0.0))
 
 
+def start_run(
+    config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
+    device: torch.device, generator: torch.Generator | None = None,
+) -> EpochRunner:
+    """Build the model, optimizer and schedule of one configuration on `device` (where `data`
+    is), ready to train. `seed` fixes the initial weights and, unless `generator` is given,
+    seeds the batch order."""
+    torch.manual_seed(seed)
+    model = model_for(config, data, params).to(device)
+    optimizer = build_optimizer(model, params, config.model.kind)
+    batch_size = int(params.get("batch_size", config.training.batch_size))
+    schedule = build_schedule(
+        str(params["scheduler"]), optimizer, params, config.training.epochs,
+        steps_per_epoch(len(data.train), batch_size),
+    )
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    return EpochRunner(model, optimizer, schedule, loss_function(data.task), data,
+                       config.training.epochs, batch_size, generator, clip_norm(params))
+
+
 def train_configuration(
     config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
     on_epoch_end: EpochCallback | None = None, device: str | torch.device = "cpu",
@@ -229,21 +290,11 @@ def train_configuration(
     the same run again (bit for bit on the same machine and device).
     """
     device = resolve_device(device)
-    data = data.to(device)
-    torch.manual_seed(seed)
-    model = model_for(config, data, params).to(device)
-    optimizer = build_optimizer(model, params, config.model.kind)
-    batch_size = int(params.get("batch_size", config.training.batch_size))
-    schedule = build_schedule(
-        str(params["scheduler"]), optimizer, params, config.training.epochs,
-        steps_per_epoch(len(data.train), batch_size),
-    )
-    generator = torch.Generator().manual_seed(seed)
-    result = fit(
-        model, optimizer, schedule, loss_function(data.task), data, config.training.epochs,
-        batch_size, generator, on_epoch_end, clip_norm(params),
-    )
-    return TrainedRun(result, model)
+    runner = start_run(config, data.to(device), params, seed, device)
+    result = fit(runner.model, runner.optimizer, runner.schedule, runner.loss_fn, runner.data,
+                 runner.epochs, runner.batch_size, runner.generator, on_epoch_end,
+                 runner.clip_grad_norm)
+    return TrainedRun(result, runner.model)
 
 
 def check_model(config: StudyConfig, data: Dataset) -> None:

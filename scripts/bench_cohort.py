@@ -42,10 +42,10 @@ import torch
 from bench_ratios import paired
 from optuna.trial import TrialState
 
-from hpsearch.search import driver as cohort_search
 from hpsearch.config import StudyConfig, load_study_config
-from hpsearch.search.driver import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
-from hpsearch.studies import run_search
+from hpsearch.engines import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
+from hpsearch.search import driver as cohort_search
+from hpsearch.search.run import run_search
 
 WARM_UP_TRIALS = 20
 

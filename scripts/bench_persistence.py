@@ -31,9 +31,9 @@ from bench_ratios import paired
 from torch import nn
 
 from hpsearch.config import load_study_config
-from hpsearch.search.driver import COHORT, REFERENCE
-from hpsearch.studies import run_search
-from hpsearch.training import COMPLETED
+from hpsearch.engines import COHORT, REFERENCE
+from hpsearch.records import COMPLETED
+from hpsearch.search.run import run_search
 
 # The reference engine (one trial at a time) and the cohort engine, `hpsearch optimize`'s
 # default for this study.

@@ -34,8 +34,8 @@ import optuna
 import torch
 
 from hpsearch.config import load_study_config
-from hpsearch.search.driver import COHORT, REFERENCE
-from hpsearch.studies import run_search
+from hpsearch.engines import COHORT, REFERENCE
+from hpsearch.search.run import run_search
 
 DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -19,8 +19,6 @@ from scipy import stats
 from hpsearch.cli import cli
 from hpsearch.config import load_study_config
 from hpsearch.confirm import (
-    ATTR_CONFIRM_OF,
-    ATTR_CONFIRM_STUDY,
     confirm_seed,
     confirm_study_name,
     run_confirmation,
@@ -37,6 +35,7 @@ from hpsearch.confirm_stats import (
     wilcoxon_p,
 )
 from hpsearch.optimizers import OPTIMIZERS
+from hpsearch.records import ATTR_CONFIRM_OF, ATTR_CONFIRM_STUDY
 from hpsearch.schedulers import SCHEDULERS
 from hpsearch.studies import open_study, study_names
 from hpsearch.training import evaluate, loss_function, train_configuration

@@ -33,10 +33,10 @@ from hpsearch.dashboard import (
     refresh_studies,
     start_dashboard,
 )
-from hpsearch.objective import ATTR_LR_CURVE
+from hpsearch.records import ATTR_LR_CURVE, count_trials
 from hpsearch.report import markdown_table, summary, trials_frame
 from hpsearch.storage.urls import open_storage
-from hpsearch.studies import count_trials, load_stored_study
+from hpsearch.studies import load_stored_study
 
 FIGURES = {FIGURE_LR_CURVES, FIGURE_LOSS_CURVES, FIGURE_LOSS_BY_SCHEDULER,
            FIGURE_LOSS_BY_OPTIMIZER}

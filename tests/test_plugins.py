@@ -22,8 +22,9 @@ from hpsearch.params import Param
 from hpsearch.plugins import register_optimizer, register_scheduler
 from hpsearch.report import leaderboard, summary, trials_frame
 from hpsearch.schedulers import BUILTIN_SCHEDULERS, SCHEDULERS, SchedulerSpec
+from hpsearch.search.run import run_search
 from hpsearch.space import SearchSpace
-from hpsearch.studies import retrain_trial, run_search
+from hpsearch.studies import retrain_trial
 
 EXAMPLE = "hpsearch.examples.custom"
 
@@ -131,7 +132,7 @@ def test_a_registered_optimizer_and_scheduler_are_searched_trained_and_reported(
 def test_a_study_that_names_a_plugin_resumes_and_retrains_in_a_fresh_process(tmp_path):
     path = _write(tmp_path)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    run_search(load_study_config(str(path)), url, 4)
+    run_search(load_study_config(str(path)), url, 4, engine="reference")
     # What a new process has: no registrations beyond the built-ins.
     _forget_registrations(({k: OPTIMIZERS[k] for k in BUILTIN_OPTIMIZERS},
                            {k: SCHEDULERS[k] for k in BUILTIN_SCHEDULERS},
@@ -141,7 +142,7 @@ def test_a_study_that_names_a_plugin_resumes_and_retrains_in_a_fresh_process(tmp
     number = next(t.number for t in study.trials if t.params["optimizer"] == "plain_sgd")
     again = retrain_trial("custom", url, number)  # the stored config imports the plugin
     assert again.retrained_loss == again.stored_loss
-    outcome = run_search(load_study_config(str(path)), url, 6)
+    outcome = run_search(load_study_config(str(path)), url, 6, engine="reference")
     assert (outcome.counts.finished, outcome.ran) == (6, 2)
 
 

@@ -16,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.optimizers import OPTIMIZERS
+from hpsearch.records import count_trials
 from hpsearch.report import (
     CORE_COLUMNS,
     SUMMARY_BY,
@@ -31,7 +32,7 @@ from hpsearch.report import (
     verdict,
 )
 from hpsearch.schedulers import SCHEDULERS
-from hpsearch.studies import count_trials, load_stored_study
+from hpsearch.studies import load_stored_study
 
 DISTRIBUTIONS = {
     "optimizer": CategoricalDistribution(list(OPTIMIZERS)),

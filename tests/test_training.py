@@ -9,7 +9,8 @@ import torch
 from torch.optim import lr_scheduler
 
 from hpsearch.config import load_study_config
-from hpsearch.training import COMPLETED, DIVERGED, STOPPED, train_configuration, train_single
+from hpsearch.records import COMPLETED, DIVERGED
+from hpsearch.training import STOPPED, train_configuration, train_single
 
 
 def test_linreg_recovers_w_true_as_in_seed_003():

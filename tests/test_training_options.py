@@ -3,15 +3,16 @@ size) and the device: each does what it says, and none appears unless the study 
 
 from __future__ import annotations
 
-import optuna
 import pytest
 import torch
 
 from hpsearch.config import load_study_config
+from hpsearch.engines.reference import ReferenceEngine
 from hpsearch.errors import ConfigError
 from hpsearch.models import mlp
-from hpsearch.objective import ATTR_DEVICE, Objective
+from hpsearch.records import ATTR_DEVICE
 from hpsearch.schedulers import build_schedule
+from hpsearch.search.run import run_search
 from hpsearch.space import SearchSpace
 from hpsearch.training import (
     build_optimizer,
@@ -166,13 +167,12 @@ def test_devices_resolve_and_an_absent_accelerator_is_an_error():
             resolve_device("mps")
 
 
-def test_the_objective_moves_the_data_once_and_records_the_device(write_study):
+def test_the_reference_engine_moves_the_data_once_and_records_the_device(write_study):
     config = load_study_config(str(write_study()))
-    objective = Objective(config, config.load_data(), device="cpu")
-    assert objective.data.device == torch.device("cpu")
-    study = optuna.create_study()
-    study.optimize(objective, n_trials=1)
-    assert study.trials[0].user_attrs[ATTR_DEVICE] == "cpu"
+    engine = ReferenceEngine(config, config.load_data(), device="cpu")
+    assert engine.data.train.features.device == torch.device("cpu")
+    outcome = run_search(config, "memory", 1, engine="reference", device="cpu")
+    assert outcome.study.trials[0].user_attrs[ATTR_DEVICE] == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -186,5 +186,5 @@ def test_a_run_on_the_gpu_matches_the_cpu(write_study):
     assert [s.lr for s in gpu.result.history] == [s.lr for s in cpu.result.history]
     assert gpu.result.last.val_loss == pytest.approx(cpu.result.last.val_loss, rel=1e-2,
                                                      abs=1e-3)
-    objective = Objective(config, config.load_data(), device="auto")
-    assert objective.data.device.type == "cuda"
+    engine = ReferenceEngine(config, config.load_data(), device="auto")
+    assert engine.data.train.features.device.type == "cuda"

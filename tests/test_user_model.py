@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from hpsearch.cli import cli
 from hpsearch.config import load_study_config
+from hpsearch.engines.reference import ReferenceEngine
 from hpsearch.errors import ConfigError
-from hpsearch.objective import Objective
-from hpsearch.studies import retrain_trial, run_search
+from hpsearch.search.run import run_search
+from hpsearch.studies import retrain_trial
 from hpsearch.training import train_single
 
 FACTORIES = '''
@@ -115,7 +116,7 @@ def test_a_factory_with_a_searched_parameter_is_searched_stored_and_retrained(tm
     assert config.model.kind == f"{models}:net" and config.model.options == {"depth": 2}
     assert config.as_dict()["model"] == {"factory": f"{models}:net", "depth": 2}
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    run_search(config, url, 4)
+    run_search(config, url, 4, engine="reference")
     study = optuna.load_study(study_name="mine", storage=url)
     widths = [t.params["width"] for t in study.trials]
     assert all(4 <= w <= 16 for w in widths) and len(set(widths)) > 1
@@ -195,5 +196,5 @@ def test_a_model_that_cannot_train_fails_before_any_trial(tmp_path, models, fact
     config = load_study_config(str(_study(tmp_path, f'factory = "{models}:{factory}"',
                                           params)))
     with pytest.raises(ConfigError) as error:
-        Objective(config, config.load_data())
+        ReferenceEngine(config, config.load_data())
     assert str(error.value).startswith(message.format(m=models))

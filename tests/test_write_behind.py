@@ -5,22 +5,28 @@ Optuna's plain RDB storage, where every report is a write and every prune decisi
 
 from __future__ import annotations
 
+import threading
+
 import optuna
 import pytest
 import sqlalchemy
 
 from hpsearch.config import load_study_config
-from hpsearch.objective import Objective
+from hpsearch.engines.reference import ReferenceEngine
+from hpsearch.search.driver import SearchDriver
+from hpsearch.search.pruning import build_pruner
+from hpsearch.search.samplers import build_sampler
+from hpsearch.search.workers import Interruptions
 from hpsearch.storage import loader, write_behind
 from hpsearch.storage.urls import open_storage
 from hpsearch.storage.write_behind import WriteBehindStorage
-from hpsearch.studies import build_pruner, build_sampler
 
 
 def _search(config, storage, n_trials: int) -> list[tuple]:
     study = optuna.create_study(study_name=config.name, storage=storage, direction="minimize",
                                 sampler=build_sampler(config), pruner=build_pruner(config))
-    study.optimize(Objective(config, config.load_data()), n_trials=n_trials)
+    engine = ReferenceEngine(config, config.load_data())
+    SearchDriver(study, config, engine, 1, Interruptions()).run(n_trials, threading.Lock())
     return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs,
              {k: v for k, v in t.system_attrs.items() if k.startswith("completed_rung")})
             for t in study.trials]

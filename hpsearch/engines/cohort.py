@@ -25,25 +25,25 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import torch
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import CLASSIFICATION, Dataset, Split
+from hpsearch.engines.base import EpochOutcome, Member
 from hpsearch.engines.batched_optimizers import BatchedOptimizer
 from hpsearch.engines.batched_schedulers import BatchedSchedule
 from hpsearch.engines.stacked_model import StackedModel, member_losses, why_not_stackable
 from hpsearch.models import MODELS, is_factory_path, linear, mlp
 from hpsearch.optimizers import OPTIMIZERS
-from hpsearch.params import Value
 from hpsearch.schedulers import SCHEDULERS
 from hpsearch.space import HEAD_LR_MULT
 from hpsearch.training import (
     EpochStats,
     clip_norm,
+    divergence,
     model_for,
     resolve_device,
     steps_per_epoch,
@@ -69,29 +69,6 @@ def why_not_cohort(config: StudyConfig, data: Dataset) -> str | None:
                                        "models of Linear layers and activations"
 
 
-@dataclass
-class Member:
-    """One trial in a cohort: what it trains with, and how far it got."""
-
-    key: Any  # the caller's handle (the search driver's Optuna trial)
-    params: Mapping[str, Value]
-    seed: int
-    generator: torch.Generator = field(init=False)
-    history: list[EpochStats] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-
-@dataclass(frozen=True)
-class EpochOutcome:
-    """One member's epoch: its stats, or why it diverged (then `stats` is None)."""
-
-    member: Member
-    stats: EpochStats | None
-    diverged: str = ""
-
-
 class Cohort:
     """Every member of the study in training, in groups by batch size.
 
@@ -101,6 +78,8 @@ class Cohort:
     took about a tenth less time. They are inference tensors: read them anywhere, update
     them only in inference mode.
     """
+
+    name = "cohort"
 
     def __init__(self, config: StudyConfig, data: Dataset, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
@@ -135,6 +114,22 @@ class Cohort:
             group.keep([m for m in group.members if id(m) not in leaving])
             if not group.members:
                 del self.groups[size]
+
+    @torch.inference_mode()
+    def measure(self, members: Sequence[Member]) -> list[tuple[float, float | None]]:
+        """Each member's loss and accuracy (None for regression) on the held-out test split,
+        as it is now."""
+        wanted = set(members)
+        found: dict[Member, tuple[float, float | None]] = {}
+        for group in self.groups.values():
+            if wanted.isdisjoint(group.members):
+                continue
+            loss, accuracy = group._evaluate(group.data.test)
+            rows = torch.stack([loss, loss if accuracy is None else accuracy.double()]).tolist()
+            for member, member_loss, member_accuracy in zip(group.members, *rows, strict=True):
+                if member in wanted:
+                    found[member] = (member_loss, None if accuracy is None else member_accuracy)
+        return [found[member] for member in members]
 
     @torch.inference_mode()
     def run_epoch(self) -> list[EpochOutcome]:
@@ -336,11 +331,9 @@ class _Group:
         outcomes = []
         for member, train, valid, acc, lr in zip(self.members, *rows, strict=True):
             epoch = len(member.history) + 1
-            if not (math.isfinite(train) and math.isfinite(valid)):
-                which, value = ("training", train) if not math.isfinite(train) else \
-                    ("validation", valid)
-                outcomes.append(EpochOutcome(member, None, f"{which} loss became {value} at "
-                                                           f"epoch {epoch} (lr {lr:.3g})"))
+            diverged = divergence(train, valid, epoch, lr)
+            if diverged:
+                outcomes.append(EpochOutcome(member, None, diverged))
                 continue
             stats = EpochStats(epoch, lr, train, valid, acc if self.classify else None)
             member.history.append(stats)
@@ -379,8 +372,9 @@ class _Group:
         return total if self.steps == 1 else total / self.steps
 
     @torch.no_grad()
-    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        split = self.data.valid
+    def _evaluate(self, split: Split | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every member's loss (and accuracy) on `split` (default: the validation split)."""
+        split = self.data.valid if split is None else split
         output = self.layout.forward(self.flat, split.features)
         # In float64, as the reference loop evaluates (see training.evaluate).
         loss = member_losses(output.double(), split.target if self.classify
@@ -388,6 +382,6 @@ class _Group:
         if not self.classify:
             return loss, None
         # Rows first for argmax: over the classes of the stacked model's feature-major
-        # outputs (a strided dimension) it took ten times as long as the copy and argmax.
+        # outputs (a strided dimension) argmax is far slower than the copy and argmax.
         return loss, (output.contiguous().argmax(dim=2) == split.target).float().mean(1)
 

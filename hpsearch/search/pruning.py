@@ -19,13 +19,47 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import optuna
-from optuna.pruners import MedianPruner, PercentilePruner
+from optuna.pruners import MedianPruner, NopPruner, PercentilePruner
 from optuna.pruners._percentile import _get_best_intermediate_result_over_steps
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import PrunerConfig, StudyConfig
+
+# Pruners that prune nothing until `startup_trials` trials completed.
+PRUNERS_WITH_STARTUP = ("median", "percentile", "patient")
+
+
+def build_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    median = optuna.pruners.MedianPruner(
+        n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+    )
+    pruners: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+        "median": lambda: median,
+        "percentile": lambda: optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+        ),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_epochs, reduction_factor=p.reduction_factor
+        ),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=p.min_epochs, max_resource=config.training.epochs,
+            reduction_factor=p.reduction_factor,
+        ),
+        "patient": lambda: optuna.pruners.PatientPruner(median, patience=p.patience),
+        "none": optuna.pruners.NopPruner,
+    }
+    return pruners[p.kind]()
+
+
+def startup_trials(pruner: PrunerConfig) -> int:
+    """Complete trials before the study's pruner prunes anything (0: it may from the first)."""
+    return pruner.startup_trials if pruner.kind in PRUNERS_WITH_STARTUP else 0
 
 
 class Curve(NamedTuple):
@@ -68,6 +102,7 @@ class RoundPruner:
         self.direction = study.direction
         # Exactly these classes: a subclass may decide otherwise.
         self.remembers = type(self.pruner) in (MedianPruner, PercentilePruner)
+        self.prunes = type(self.pruner) is not NopPruner  # NopPruner: never, no reads
         if self.remembers:
             # Optuna's _get_percentile_intermediate_result_over_trials: the top percentile
             # when maximizing.
@@ -79,6 +114,8 @@ class RoundPruner:
     def decide(self, trials: list[FrozenTrial]) -> list[bool]:
         """Whether to prune each of `trials` (their latest state), all judged on the study
         as it is now."""
+        if not self.prunes:
+            return [False] * len(trials)
         if not self.remembers:
             return [self.pruner.prune(self.study, trial) for trial in trials]
         return self.decide_curves([Curve.of(trial, self.direction) for trial in trials])

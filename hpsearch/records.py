@@ -1,0 +1,141 @@
+"""What a study and its trials record: the stored names (user and system attrs), how a trial
+ended, the best-trial rule, and trial counts by how they ended.
+
+These names are the stored format: the search driver writes them; reports, the dashboard note,
+`confirm` and `hpsearch train --trial` read them. Renaming one makes older studies unreadable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+# -- study user attrs: enough for a report on another machine to know what was run -----------
+ATTR_CONFIG = "hpsearch_config"
+ATTR_FINGERPRINT = "hpsearch_data_fingerprint"
+ATTR_VERSION = "hpsearch_version"
+
+# Study user attrs of a confirmation (`hpsearch confirm`): the confirmation names its parent;
+# the parent names its confirmation (so that the dashboard leads from one to the other); how
+# many runners-up the last command compared (so that `hpsearch report` repeats its analysis).
+ATTR_CONFIRM_OF = "hpsearch_confirm_of"
+ATTR_CONFIRM_STUDY = "hpsearch_confirm_study"
+ATTR_RUNNER_UPS = "hpsearch_confirm_runner_ups"
+
+# -- trial user attrs -------------------------------------------------------------------------
+ATTR_SEED = "seed"
+ATTR_LR_CURVE = "lr_curve"
+ATTR_TRAIN_LOSS = "train_loss"
+ATTR_VAL_ACCURACY = "val_accuracy"
+ATTR_EPOCHS_RUN = "epochs_run"
+ATTR_END_REASON = "end_reason"  # one of END_REASONS
+ATTR_END_DETAIL = "end_detail"
+ATTR_DEVICE = "device"  # cpu | cuda | mps: where the trial trained
+ATTR_ENGINE = "engine"  # reference | cohort: what trained it
+
+# A confirmation run's own: which configuration (a hash of its parameters), found by which
+# trial of the search with which value, which of the confirmation's seeds, and its loss and
+# accuracy on the held-out test split.
+ATTR_CONFIG_ID = "config_id"
+ATTR_SOURCE_TRIAL = "source_trial"
+ATTR_SEARCH_VALUE = "search_value"
+ATTR_SEED_INDEX = "seed_index"
+ATTR_TEST_LOSS = "test_loss"
+ATTR_TEST_ACCURACY = "test_accuracy"
+
+# Trial system attr: which process ran the trial ("host:pid"), to tell whose trial went stale.
+ATTR_WORKER = "hpsearch_worker"
+
+# -- how a trial ended (its end_reason) -------------------------------------------------------
+# A diverged trial (non-finite loss) is stored as PRUNED with end_reason "diverged": it can
+# never become the best trial, the sampler still learns that its region is bad (TPE ignores a
+# FAIL), and the study goes on.
+COMPLETED = "completed"
+PRUNED = "pruned"
+DIVERGED = "diverged"
+FAILED = "failed"  # an error in its training; stored as FAIL
+END_REASONS = (COMPLETED, PRUNED, DIVERGED, FAILED)
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Every trial trains from its own seed, fixed by the study's seed and its number."""
+    return study_seed + trial_number
+
+
+def pruned_detail(pruner_kind: str, epoch: int) -> str:
+    return f"pruned by the {pruner_kind} pruner at epoch {epoch}"
+
+
+def best_of(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The best complete trial: the lowest value, the earliest of equal ones."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return min(complete, key=best_order) if complete else None
+
+
+def best_order(trial: FrozenTrial) -> tuple[float, int]:
+    """The sort key of complete trials, best first."""
+    return trial.value, trial.number
+
+
+def ended_user_attrs(history: Sequence[Any], seed: int, reason: str, detail: str = "",
+                     device: str | None = None, engine: str | None = None) -> dict[str, Any]:
+    """The user attrs of a trial that ended: its story. `history` holds the epochs it
+    trained (`training.EpochStats`)."""
+    attrs: dict[str, Any] = {
+        ATTR_SEED: seed,
+        ATTR_LR_CURVE: [stats.lr for stats in history],
+        ATTR_EPOCHS_RUN: len(history),
+        ATTR_END_REASON: reason,
+    }
+    if device is not None:
+        attrs[ATTR_DEVICE] = device
+    if engine is not None:
+        attrs[ATTR_ENGINE] = engine
+    if detail:
+        attrs[ATTR_END_DETAIL] = detail
+    if history:
+        last = history[-1]
+        attrs[ATTR_TRAIN_LOSS] = last.train_loss
+        if last.val_accuracy is not None:
+            attrs[ATTR_VAL_ACCURACY] = last.val_accuracy
+    return attrs
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    pruned: int = 0  # by the pruner
+    diverged: int = 0  # non-finite loss (stored as PRUNED with end_reason "diverged")
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0  # queued: a grid's configurations, retries of a dead worker's trials
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.diverged
+
+    @property
+    def total(self) -> int:
+        return self.finished + self.failed + self.running + self.waiting
+
+
+def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
+    counts = dict.fromkeys(("complete", "pruned", "diverged", "failed", "running", "waiting"), 0)
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            counts["complete"] += 1
+        elif trial.state == TrialState.PRUNED:
+            key = "diverged" if trial.user_attrs.get(ATTR_END_REASON) == DIVERGED else "pruned"
+            counts[key] += 1
+        elif trial.state == TrialState.FAIL:
+            counts["failed"] += 1
+        elif trial.state == TrialState.WAITING:
+            counts["waiting"] += 1
+        else:
+            counts["running"] += 1
+    return TrialCounts(**counts)

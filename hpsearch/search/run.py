@@ -1,0 +1,215 @@
+"""A search from start to end: check the study's model, choose the engine, open (or resume) the
+study, fail what dead workers left running, then run the driver to the target, in this process
+or in worker processes, and say what happened."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import StudyConfig, stored_study_config
+from hpsearch.data import Dataset
+from hpsearch.engines import AUTO, COHORT, DEFAULT_COHORT_SIZE, build_engine, choose_engine
+from hpsearch.errors import ConfigError
+from hpsearch.records import FINISHED_STATES, TrialCounts, best_of, count_trials
+from hpsearch.search.driver import SearchDriver
+from hpsearch.search.pruning import build_pruner
+from hpsearch.search.samplers import build_sampler
+from hpsearch.search.workers import Interruptions, SlotLock, run_workers
+from hpsearch.storage.port import port_for_study
+from hpsearch.storage.urls import HEARTBEAT_S, IN_MEMORY, close_storage, open_storage
+from hpsearch.studies import open_study
+from hpsearch.training import check_model
+
+# Which process ran a trial ("host:pid"), to tell whose trial went stale.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    study: optuna.Study
+    counts: TrialCounts
+    target: int
+    ran: int  # trials that ended during this call (finished or failed)
+    seconds: float
+    workers: int = 1
+    engine: str = "reference"  # the engine that ran the trials
+    engine_note: str = ""  # why `auto` did not pick the cohort engine
+    cohort_size: int = 0
+
+    @property
+    def best_trial(self) -> FrozenTrial | None:
+        return best_of(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a progress display needs, read cheaply from the database."""
+
+    finished: int
+    running: int
+    failed: int
+    best_value: float | None
+
+
+def run_search(
+    config: StudyConfig, storage_url: str, target: int,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_start: Callable[[TrialCounts], None] | None = None,
+    workers: int = 1,
+    heartbeat_s: int = HEARTBEAT_S,
+    device: str | torch.device = AUTO,
+    engine: str = AUTO,
+    cohort_size: int = DEFAULT_COHORT_SIZE,
+) -> SearchOutcome:
+    """Run the study until it has `target` finished trials, in this process (`workers=1`) or
+    in `workers` worker processes, with `engine` (see `engines.choose_engine`) on `device`.
+    `on_progress` is called when this process ended trials (after a round), or with workers
+    every `POLL_S` seconds while the counts change. Trials of dead workers (no heartbeat for
+    `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
+    if target < 1:
+        raise ConfigError(f"--trials must be >= 1; got {target}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1; got {workers}")
+    if workers > 1 and storage_url == IN_MEMORY:
+        raise ConfigError("--workers needs a storage the workers share; an in-memory study "
+                          "lives in one process")
+    data = config.load_data()
+    # Before the study exists: a model that can't train leaves nothing behind.
+    check_model(config, data)
+    engine, engine_note = choose_engine(engine, config, data)
+    if engine == COHORT and cohort_size < 1:
+        raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
+    study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
+    port = port_for_study(study)
+    port.fail_stale(study)
+    counts = count_trials(study.get_trials(deepcopy=False))
+    if config.sampler.kind == "grid":
+        target = min(target, _enqueue_grid(study, config, target))
+    if on_start is not None:
+        on_start(counts)
+    started = time.perf_counter()
+    if counts.finished < target:
+        report = _ProgressReporter(study, on_progress)
+        if workers == 1:
+            interruptions = Interruptions()
+            previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+            interruptions.install()
+            try:
+                _drive(study, config, data, target, threading.Lock(), interruptions, engine,
+                       cohort_size, device, report)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for number, handler in previous.items():
+                        signal.signal(number, handler)
+        else:
+            run_workers(_work, workers,
+                        (config.as_dict(), data, storage_url, target, heartbeat_s,
+                         torch.device(device).type if isinstance(device, torch.device)
+                         else device, engine, cohort_size),
+                        on_poll=report)
+    # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
+    port.refresh()
+    final = count_trials(study.get_trials(deepcopy=False))
+    ran = final.finished + final.failed - counts.finished - counts.failed
+    return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,
+                         engine, engine_note, cohort_size if engine == COHORT else 0)
+
+
+def _drive(study: optuna.Study, config: StudyConfig, data: Dataset, target: int,
+           slot_lock: SlotLock, interruptions: Interruptions, engine: str, cohort_size: int,
+           device: str | torch.device, on_change: Callable[[], None] | None = None) -> None:
+    """The driver over the chosen engine, with a slot per member it trains at once."""
+    trainer = build_engine(engine, config, data, device)
+    slots = cohort_size if engine == COHORT else 1
+    with _heap_frozen():
+        SearchDriver(study, config, trainer, slots, interruptions, WORKER_ID,
+                     on_change).run(target, slot_lock)
+
+
+class _ProgressReporter:
+    """Calls `on_progress` when the study's counts changed (two COUNT-like queries)."""
+
+    def __init__(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None):
+        self.study = study
+        self.port = port_for_study(study)
+        self.on_progress = on_progress
+        self.last: Progress | None = None
+        self._complete = 0
+
+    def __call__(self, *_: Any) -> None:
+        if self.on_progress is None:
+            return
+        states = self.port.count_states(self.study)
+        finished = sum(states.get(state, 0) for state in FINISHED_STATES)
+        best = self.last.best_value if self.last else None
+        if self.last is None or states.get(TrialState.COMPLETE, 0) != self._complete:
+            best = self.port.best_value(self.study)
+        self._complete = states.get(TrialState.COMPLETE, 0)
+        progress = Progress(finished, states.get(TrialState.RUNNING, 0),
+                            states.get(TrialState.FAIL, 0), best)
+        if progress != self.last:
+            self.last = progress
+            self.on_progress(progress)
+
+
+def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
+          document: dict[str, Any], data: Dataset, storage_url: str, target: int,
+          heartbeat_s: int, device: str, engine: str, cohort_size: int) -> None:
+    """One worker process: the study's config, the parent's data (loading it again would cost
+    each worker the import of scikit-learn), a storage of its own, its own sampler seed, the
+    driver."""
+    config = stored_study_config(document)
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=storage,
+                                  sampler=build_sampler(config, worker),
+                                  pruner=build_pruner(config))
+        _drive(study, config, data, target, slot_lock, interruptions, engine, cohort_size,
+               device)
+    finally:
+        close_storage(storage)
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Keep the garbage collector's full collections off the objects that exist before the
+    search (torch's, Optuna's, SQLAlchemy's, the data): each full collection of that heap
+    takes a noticeable share of a short search, and whether a search hit one was luck. What
+    the search allocates is collected as before."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _enqueue_grid(study: optuna.Study, config: StudyConfig, target: int) -> int:
+    """Queue the grid configurations the study still needs to reach `target`: those it has
+    not run, is not running and has not queued (failed ones count as not run). Returns the
+    size of the grid."""
+    grid = config.space.configurations()
+    trials = study.get_trials(deepcopy=False)
+    # A queued trial has no params yet: Optuna keeps them in the "fixed_params" system attr.
+    taken = [t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING
+             else t.params for t in trials if t.state != TrialState.FAIL]
+    counts = count_trials(trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    needed = min(target, len(grid)) - counts.finished - waiting
+    for params in [c for c in grid if c not in taken][:max(needed, 0)]:
+        study.enqueue_trial(params)
+    return len(grid)
