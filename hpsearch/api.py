@@ -145,14 +145,16 @@ def retrain(name: str, trial: int, storage: str | None = None,
 def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None,
             workers: int = 1, device: str = AUTO, trials: Sequence[int] = (),
             on_start: Callable[[int, int], None] | None = None,
-            on_progress: Callable[[int], None] | None = None) -> ConfirmOutcome:
+            on_progress: Callable[[int], None] | None = None, engine: str = AUTO,
+            cohort_size: int = DEFAULT_COHORT_SIZE) -> ConfirmOutcome:
     """Re-train the stored study's best configurations (or its `trials`) over `seeds` seeds
-    (`hpsearch confirm`); `.analysis` holds the tables, the comparisons and the verdict."""
+    (`hpsearch confirm`), on `engine` as `search` does; `.analysis` holds the tables, the
+    comparisons and the verdict."""
     from hpsearch.confirm import run_confirmation
 
     return run_confirmation(name, resolve_storage_url(storage), top=top, seeds=seeds,
                             trials=trials, workers=workers, device=device, on_start=on_start,
-                            on_progress=on_progress)
+                            on_progress=on_progress, engine=engine, cohort_size=cohort_size)
 
 
 def report(name: str, top: int = 10, by: Sequence[str] = (),

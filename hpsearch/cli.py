@@ -437,11 +437,14 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
               help="Where runs train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads without --workers (each worker uses 1).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="What trains the runs: auto (cohort where the model stacks), reference, "
+                   "cohort.")
 @_storage_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], workers: int,
-            device: str, threads: int, storage: str | None, quiet: bool) -> None:
+            device: str, threads: int, engine: str, storage: str | None, quiet: bool) -> None:
     """Re-train a study's best configurations over several seeds: is the winner real?
 
     Each configuration is trained from scratch, without pruning, once per seed (the same
@@ -476,7 +479,7 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
 
     try:
         outcome = hp.confirm(study, top, seeds, url, workers, device, trial_numbers,
-                             on_start=start, on_progress=progress)
+                             on_start=start, on_progress=progress, engine=engine)
     except KeyboardInterrupt:
         click.echo(f"Interrupted. Finished runs are stored in {mask_url(url)} (study "
                    f"{confirm_study_name(study)!r}); run the same command again to continue.",
@@ -486,8 +489,8 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
         for bar in bars:
             bar.close()
     stored = len(outcome.configurations) * outcome.seeds - outcome.planned
-    ran = (f"ran {outcome.ran} runs in {outcome.seconds:.1f} s"
-           + (f" with {outcome.workers} workers" if outcome.workers > 1 else "")
+    ran = (f"ran {outcome.ran} runs in {outcome.seconds:.1f} s ({outcome.engine} engine"
+           + (f", {outcome.workers} workers" if outcome.workers > 1 else "") + ")"
            if outcome.planned else "nothing to run")
     click.echo(f"Confirmed {len(outcome.configurations)} configurations of {study!r} over "
                f"{outcome.seeds} seeds in {mask_url(url)}: {ran}; {stored} runs were stored "

@@ -11,37 +11,36 @@ test split that the search never saw (`hpsearch confirm`).
   shows it). Each run is one trial with the configuration's parameters, its validation loss
   per epoch as intermediate values, and user attrs `config_id`, `source_trial`,
   `search_value`, `seed_index`, `seed`, `test_loss`, `test_accuracy` beside those every trial
-  has. A run is written in one transaction when it ends: stored whole or not at all.
+  has; a run interrupted by Ctrl-C ends FAILED and is run again next time.
 - **Resume**: a (configuration, seed) already stored is never run again, so the same command
   after an interruption runs only what is missing, and a larger `--seeds` adds seeds. Runs are
   planned seed by seed, so an interrupted confirmation leaves every configuration with about
   the same seeds, ready to be compared.
-- **Workers**: `workers=N` trains in N spawned processes of one torch thread each
-  (`hpsearch.search.workers`), each taking the next run from a shared counter and writing it itself.
+- **How**: the runs are queued as trials of the confirmation study, and the search driver
+  runs them (`search.run.drive`): only the queued runs, unpruned, each measured on the test
+  split as it ends; on the cohort engine where the model stacks (every run a member), and in
+  `workers=N` processes of one torch thread each if asked.
 
 The statistics are in `confirm_stats.py`; this module selects, runs and stores.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
-import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import torch
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.config import StudyConfig, stored_study_config
+from hpsearch.config import StudyConfig
 from hpsearch.confirm_stats import ALPHA, Analysis, analyze, runs_frame
-from hpsearch.data import CLASSIFICATION, Dataset
+from hpsearch.engines import AUTO, DEFAULT_COHORT_SIZE, REFERENCE, choose_engine
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.records import (
@@ -55,20 +54,18 @@ from hpsearch.records import (
     ATTR_SEED,
     ATTR_SEED_INDEX,
     ATTR_SOURCE_TRIAL,
-    ATTR_TEST_ACCURACY,
-    ATTR_TEST_LOSS,
     ATTR_VERSION,
-    COMPLETED,
     DIVERGED,
+    FINISHED_STATES,
     best_order,
     count_trials,
-    ended_user_attrs,
 )
 from hpsearch.report import trial_state
-from hpsearch.search.workers import Interruptions, SlotLock, run_workers
-from hpsearch.storage.urls import close_storage, mask_url, open_storage
+from hpsearch.search.run import DriveSettings, confirmation_sampler_and_pruner, drive
+from hpsearch.storage.port import port_for_study
+from hpsearch.storage.urls import mask_url, open_storage
 from hpsearch.studies import load_stored_study, stored_config, study_names
-from hpsearch.training import evaluate, loss_function, resolve_device, train_configuration
+from hpsearch.training import resolve_device
 
 CONFIRM_SUFFIX = ":confirm"
 MIN_SEEDS = 2  # a confidence interval needs two runs
@@ -184,87 +181,45 @@ def plan_runs(configurations: Sequence[Configuration], seeds: int, study_seed: i
             if (c.config_id, confirm_seed(study_seed, index)) not in done]
 
 
-# -- one run ----------------------------------------------------------------------------------
-def train_run(config: StudyConfig, data: Dataset, task: RunTask,
-              device: str | torch.device = "cpu") -> FrozenTrial:
-    """Train `task`'s configuration from scratch with its seed, to the last epoch (no pruner
-    watches), then measure the final model on the validation and the held-out test split. The
-    run as a finished trial, ready for `study.add_trial`."""
-    configuration = task.configuration
-    params = config.space.complete(configuration.params)
-    started = datetime.datetime.now()
-    run = train_configuration(config, data, params, task.seed, device=device)
-    result = run.result
-    completed = result.end_reason == COMPLETED
-    device_type = resolve_device(device).type
-    attrs = ended_user_attrs(result.history, task.seed, COMPLETED if completed else DIVERGED,
-                             device_type)
-    attrs |= {ATTR_CONFIG_ID: configuration.config_id,
-              ATTR_SOURCE_TRIAL: configuration.source_trial, ATTR_SEED_INDEX: task.seed_index}
-    if configuration.search_value is not None:
-        attrs[ATTR_SEARCH_VALUE] = configuration.search_value
-    if completed:
-        test = data.test.to(device_type)
-        loss, accuracy = evaluate(run.model, test, loss_function(data.task),
-                                  data.task == CLASSIFICATION)
-        attrs[ATTR_TEST_LOSS] = loss.item()
-        if accuracy is not None:
-            attrs[ATTR_TEST_ACCURACY] = accuracy.item()
-    return FrozenTrial(
-        number=0, trial_id=0,  # both assigned by the storage
-        # Like a diverged trial of the search: PRUNED with end_reason "diverged", its value
-        # the last finite loss it reported.
-        state=TrialState.COMPLETE if completed else TrialState.PRUNED,
-        value=result.last.val_loss if result.last else None,
-        datetime_start=started, datetime_complete=datetime.datetime.now(),
-        params=configuration.params, distributions=configuration.distributions,
-        user_attrs=attrs, system_attrs={},
-        intermediate_values={stats.epoch: stats.val_loss for stats in result.history},
-    )
-
-
-def _run_tasks(study: optuna.Study, config: StudyConfig, data: Dataset,
-               tasks: Iterator[RunTask], device: torch.device, interruptions: Interruptions,
-               on_run: Callable[[], None]) -> None:
+# -- the runs, queued -------------------------------------------------------------------------
+def queue_runs(study: optuna.Study, config: StudyConfig, tasks: Sequence[RunTask]) -> int:
+    """Queue each task's run as a trial of the confirmation study (its seed and identity as
+    user attrs), unless an interrupted confirmation left it queued already; returns how many
+    runs wait in the queue. A run's parameters are its configuration's, completed with the
+    study's fixed values and defaults (`StudySpace.complete`): the driver draws none."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    queued = {(t.user_attrs.get(ATTR_CONFIG_ID), t.user_attrs.get(ATTR_SEED)) for t in waiting}
+    added = 0
     for task in tasks:
-        # A Ctrl-C stops training at once, but never a run's write (it would be lost anyway:
-        # one transaction), so a stored run is always whole.
-        with interruptions.interruptible():
-            trial = train_run(config, data, task, device)
-        study.add_trial(trial)
-        on_run()
+        configuration = task.configuration
+        if (configuration.config_id, task.seed) in queued:
+            continue
+        attrs: dict[str, Any] = {ATTR_CONFIG_ID: configuration.config_id,
+                                 ATTR_SOURCE_TRIAL: configuration.source_trial,
+                                 ATTR_SEED_INDEX: task.seed_index, ATTR_SEED: task.seed}
+        if configuration.search_value is not None:
+            attrs[ATTR_SEARCH_VALUE] = configuration.search_value
+        study.enqueue_trial(config.space.complete(configuration.params), user_attrs=attrs)
+        added += 1
+    return len(waiting) + added
 
 
-def _claimed(tasks: Sequence[RunTask], next_task: Any) -> Iterator[RunTask]:
-    """The tasks this worker takes, one at a time, from a counter all workers share."""
-    while True:
-        with next_task.get_lock():
-            index = next_task.value
-            next_task.value += 1
-        if index >= len(tasks):
-            return
-        yield tasks[index]
+class _RunCounter:
+    """Reports the runs finished since the confirmation started (`on_progress(ran)`)."""
 
+    def __init__(self, study: optuna.Study, on_progress: Callable[[int], None] | None):
+        self.study = study
+        self.port = port_for_study(study)
+        self.on_progress = on_progress
+        self.before = self.finished()
 
-def _work(_worker: int, _slot_lock: SlotLock, interruptions: Interruptions,
-          document: dict[str, Any], data: Dataset, storage_url: str, study_name: str,
-          tasks: list[RunTask], next_task: Any, done: Any, device: str) -> None:
-    """One worker process: its own config and storage connection, the parent's data; the
-    shared tasks."""
-    config = stored_study_config(document)
-    resolved = resolve_device(device)
-    storage = open_storage(storage_url, write_behind=False)
+    def finished(self) -> int:
+        states = self.port.count_states(self.study)
+        return sum(states.get(state, 0) for state in FINISHED_STATES)
 
-    def count() -> None:
-        with done.get_lock():
-            done.value += 1
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        _run_tasks(study, config, data.to(resolved), _claimed(tasks, next_task), resolved,
-                   interruptions, count)
-    finally:
-        close_storage(storage)
+    def __call__(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.finished() - self.before)
 
 
 # -- the confirmation -------------------------------------------------------------------------
@@ -278,19 +233,21 @@ class ConfirmOutcome:
     seconds: float
     workers: int
     analysis: Analysis  # of every run the confirmation study holds
+    engine: str = REFERENCE  # the engine that trained the runs
 
 
 def run_confirmation(
     study_name: str, storage_url: str, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS,
-    trials: Sequence[int] = (), workers: int = 1, device: str = "cpu",
+    trials: Sequence[int] = (), workers: int = 1, device: str = AUTO,
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None, alpha: float = ALPHA,
+    engine: str = AUTO, cohort_size: int = DEFAULT_COHORT_SIZE,
 ) -> ConfirmOutcome:
     """Confirm the stored study `study_name` (see the module docstring): run what is missing
     of `seeds` seeds for each selected configuration, then analyse every stored run.
 
-    `on_start(to_run, stored)` is called once the runs are planned; `on_progress(ran)` after
-    each run (with workers, every half second while the count changes)."""
+    `on_start(to_run, stored)` is called once the runs are planned; `on_progress(ran)` when
+    runs ended (with workers, every half second while they run)."""
     if seeds < MIN_SEEDS:
         raise ConfigError(f"--seeds must be >= {MIN_SEEDS} (a confidence interval needs at "
                           f"least two runs); got {seeds}")
@@ -309,49 +266,39 @@ def run_confirmation(
         raise ConfigError(f"study {study_name!r} was searched on different data (fingerprint "
                           f"{stored}, now {data.fingerprint}); its configurations can't be "
                           "confirmed on these")
+    engine, _ = choose_engine(engine, config, data)
     runner_ups = len(configurations) - 1 if trials else top - 1
     study = open_confirm_study(parent, storage_url, max(runner_ups, 1))
     tasks = plan_runs(configurations, seeds, config.seed,
                       finished_runs(study.get_trials(deepcopy=False)))
     if on_start is not None:
         on_start(len(tasks), len(configurations) * seeds - len(tasks))
-    report = on_progress or (lambda _: None)
-    workers = max(1, min(workers, len(tasks)))
     started = time.perf_counter()
-    if workers == 1:
-        ran = 0
-
-        def count() -> None:
-            nonlocal ran
-            ran += 1
-            report(ran)
-
-        # Not installed: in this process Ctrl-C raises KeyboardInterrupt wherever it lands,
-        # and a run's write is one transaction.
-        _run_tasks(study, config, data.to(resolved), iter(tasks), resolved, Interruptions(),
-                   count)
-    else:
-        context = multiprocessing.get_context("spawn")
-        next_task, done = context.Value("i", 0), context.Value("i", 0)
-        run_workers(_work, workers,
-                    (config.as_dict(), data, storage_url, study.study_name, tasks, next_task,
-                     done, resolved.type),
-                    on_poll=lambda: report(done.value))
-        ran = done.value
+    counter = _RunCounter(study, on_progress)
+    waiting = queue_runs(study, config, tasks)
+    workers = max(1, min(workers, waiting))
+    if waiting:
+        settings = DriveSettings(study.study_name, storage_url, counter.before + waiting,
+                                 engine, cohort_size, resolved.type, confirmation=True)
+        drive(study, config, data, settings, workers, counter)
+    port_for_study(study).refresh()
+    ran = counter.finished() - counter.before
     seconds = time.perf_counter() - started
     every = study.get_trials(deepcopy=False)
     return ConfirmOutcome(study, configurations, seeds, len(tasks), ran, seconds, workers,
-                          analyze(runs_frame(every), study.user_attrs[ATTR_RUNNER_UPS], alpha))
+                          analyze(runs_frame(every), study.user_attrs[ATTR_RUNNER_UPS], alpha),
+                          engine)
 
 
 def open_confirm_study(parent: optuna.Study, storage_url: str,
                        runner_ups: int) -> optuna.Study:
     """The confirmation study of `parent` in the same storage, created if needed."""
-    storage = open_storage(storage_url, write_behind=False)
+    storage = open_storage(storage_url)
     name = confirm_study_name(parent.study_name)
     exists = name in study_names(storage)
+    sampler, pruner = confirmation_sampler_and_pruner()
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
-                                load_if_exists=True)
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
     if exists and study.user_attrs.get(ATTR_CONFIRM_OF) != parent.study_name:
         raise ConfigError(f"study {name!r} in {mask_url(storage_url)} is not the "
                           f"confirmation of {parent.study_name!r}; rename or delete it")

@@ -100,6 +100,7 @@ class SearchDriver:
         self.queued_only = queued_only
         # Measure each completed member on the held-out test split (a confirmation's runs).
         self.measure_test = measure_test
+        self.queue_empty = False  # queued_only, and nothing was left in the queue
 
     def run(self, target: int, slot_lock: SlotLock) -> None:
         heartbeat = _Heartbeat(self.port)
@@ -111,7 +112,7 @@ class SearchDriver:
                 if not len(self.engine):
                     # Nothing to write our last ends with: now, for the other workers.
                     self.port.write_deferred()
-                    if finished is not None and finished >= target:
+                    if finished is not None and (finished >= target or self.queue_empty):
                         return
                     time.sleep(POLL_S)  # the missing trials run elsewhere; one may fail
                     continue
@@ -155,6 +156,8 @@ class SearchDriver:
             if self.queued_only:
                 asking = min(asking, states.get(TrialState.WAITING, 0))
             queued = min(states.get(TrialState.WAITING, 0), asking)
+            # Nothing more to run here: what runs elsewhere is the other workers' to end.
+            self.queue_empty = self.queued_only and states.get(TrialState.WAITING, 0) == queued
             sampler = self.study.sampler
             batch = sampler.batch(asking) if isinstance(sampler, LazyTPESampler) else \
                 contextlib.nullcontext()

@@ -31,7 +31,7 @@ from hpsearch.search.workers import Interruptions, SlotLock, run_workers
 from hpsearch.storage.port import port_for_study
 from hpsearch.storage.urls import HEARTBEAT_S, IN_MEMORY, close_storage, open_storage
 from hpsearch.studies import open_study
-from hpsearch.training import check_model
+from hpsearch.training import check_model, resolve_device
 
 # Which process ran a trial ("host:pid"), to tell whose trial went stale.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -104,24 +104,9 @@ def run_search(
         on_start(counts)
     started = time.perf_counter()
     if counts.finished < target:
-        report = _ProgressReporter(study, on_progress)
-        if workers == 1:
-            interruptions = Interruptions()
-            previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-            interruptions.install()
-            try:
-                _drive(study, config, data, target, threading.Lock(), interruptions, engine,
-                       cohort_size, device, report)
-            finally:
-                if threading.current_thread() is threading.main_thread():
-                    for number, handler in previous.items():
-                        signal.signal(number, handler)
-        else:
-            run_workers(_work, workers,
-                        (config.as_dict(), data, storage_url, target, heartbeat_s,
-                         torch.device(device).type if isinstance(device, torch.device)
-                         else device, engine, cohort_size),
-                        on_poll=report)
+        settings = DriveSettings(study.study_name, storage_url, target, engine, cohort_size,
+                                 resolve_device(device).type, heartbeat_s)
+        drive(study, config, data, settings, workers, _ProgressReporter(study, on_progress))
     # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
     port.refresh()
     final = count_trials(study.get_trials(deepcopy=False))
@@ -130,15 +115,52 @@ def run_search(
                          engine, engine_note, cohort_size if engine == COHORT else 0)
 
 
-def _drive(study: optuna.Study, config: StudyConfig, data: Dataset, target: int,
-           slot_lock: SlotLock, interruptions: Interruptions, engine: str, cohort_size: int,
-           device: str | torch.device, on_change: Callable[[], None] | None = None) -> None:
+@dataclass(frozen=True)
+class DriveSettings:
+    """How processes drive a study to its target (picklable: each worker gets a copy)."""
+
+    study_name: str
+    storage_url: str
+    target: int
+    engine: str  # as `choose_engine` resolved it
+    cohort_size: int
+    device: str  # cpu | cuda | mps
+    heartbeat_s: int = HEARTBEAT_S
+    # A confirmation: the study's queued runs only, unpruned, each measured on the test split.
+    confirmation: bool = False
+
+
+def drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: DriveSettings,
+          workers: int = 1, on_change: Callable[[], None] | None = None) -> None:
+    """Run the driver on `study` until it has `settings.target` finished trials: in this
+    process (Ctrl-C and SIGTERM stop it cleanly), or in `workers` worker processes, each with
+    a storage connection, sampler and engine of its own. `on_change` is called when this
+    process ended trials, or with workers every poll while they run."""
+    if workers > 1:
+        run_workers(_work, workers, (config.as_dict(), data, settings),
+                    on_poll=on_change or (lambda: None))
+        return
+    interruptions = Interruptions()
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    interruptions.install()
+    try:
+        _drive(study, config, data, settings, threading.Lock(), interruptions, on_change)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def _drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: DriveSettings,
+           slot_lock: SlotLock, interruptions: Interruptions,
+           on_change: Callable[[], None] | None = None) -> None:
     """The driver over the chosen engine, with a slot per member it trains at once."""
-    trainer = build_engine(engine, config, data, device)
-    slots = cohort_size if engine == COHORT else 1
+    trainer = build_engine(settings.engine, config, data, settings.device)
+    slots = settings.cohort_size if settings.engine == COHORT else 1
     with _heap_frozen():
-        SearchDriver(study, config, trainer, slots, interruptions, WORKER_ID,
-                     on_change).run(target, slot_lock)
+        SearchDriver(study, config, trainer, slots, interruptions, WORKER_ID, on_change,
+                     queued_only=settings.confirmation,
+                     measure_test=settings.confirmation).run(settings.target, slot_lock)
 
 
 class _ProgressReporter:
@@ -168,21 +190,29 @@ class _ProgressReporter:
 
 
 def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
-          document: dict[str, Any], data: Dataset, storage_url: str, target: int,
-          heartbeat_s: int, device: str, engine: str, cohort_size: int) -> None:
+          document: dict[str, Any], data: Dataset, settings: DriveSettings) -> None:
     """One worker process: the study's config, the parent's data (loading it again would cost
     each worker the import of scikit-learn), a storage of its own, its own sampler seed, the
     driver."""
     config = stored_study_config(document)
-    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
+    storage = open_storage(settings.storage_url, heartbeat_s=settings.heartbeat_s)
     try:
-        study = optuna.load_study(study_name=config.name, storage=storage,
-                                  sampler=build_sampler(config, worker),
-                                  pruner=build_pruner(config))
-        _drive(study, config, data, target, slot_lock, interruptions, engine, cohort_size,
-               device)
+        if settings.confirmation:
+            sampler, pruner = confirmation_sampler_and_pruner()
+        else:
+            sampler, pruner = build_sampler(config, worker), build_pruner(config)
+        study = optuna.load_study(study_name=settings.study_name, storage=storage,
+                                  sampler=sampler, pruner=pruner)
+        _drive(study, config, data, settings, slot_lock, interruptions)
     finally:
         close_storage(storage)
+
+
+def confirmation_sampler_and_pruner() -> tuple[optuna.samplers.BaseSampler,
+                                               optuna.pruners.BasePruner]:
+    """A confirmation's runs are queued with their parameters (the sampler draws nothing) and
+    train to the end (nothing is pruned)."""
+    return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
 
 
 @contextlib.contextmanager
