@@ -75,8 +75,8 @@ class Dataset:
 
 def _sklearn(loader_name: str, task: str) -> Callable[..., RawData]:
     def load() -> RawData:
-        # Imported here: scikit-learn takes over a second to import, and most commands
-        # (studies, report, dashboard) never load a dataset.
+        # Imported here: scikit-learn is slow to import, and most commands (studies, report,
+        # dashboard) never load a dataset.
         from sklearn import datasets as sk_datasets
 
         bunch = getattr(sk_datasets, loader_name)()

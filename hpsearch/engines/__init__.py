@@ -24,10 +24,10 @@ __all__ = ["AUTO", "COHORT", "DEFAULT_COHORT_SIZE", "ENGINES", "REFERENCE", "Eng
 AUTO, REFERENCE, COHORT = "auto", "reference", "cohort"
 ENGINES = (AUTO, REFERENCE, COHORT)
 
-# Trials a cohort trains at once. More is faster per trial where a round's fixed cost
-# dominates, but trials asked together learn nothing from each other: 32 keeps the ten best
-# trials of a seeded search as good as one at a time (`scripts/bench_cohort.py --part
-# quality`, docs/benchmarks.md).
+# Trials a cohort trains at once. More is quicker per trial where a round's fixed cost
+# dominates, but trials asked together learn nothing from each other: at 32 a seeded search's
+# best trials are as good as when trials are asked one at a time (`scripts/bench_cohort.py
+# --part quality`, docs/benchmarks.md).
 DEFAULT_COHORT_SIZE = 32
 
 

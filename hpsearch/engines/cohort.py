@@ -74,8 +74,8 @@ class Cohort:
 
     Its tensors are made and updated in `torch.inference_mode` (training needs no autograd:
     see `StackedModel.loss_and_grad`), where each op skips autograd's and the version
-    counters' bookkeeping: a cohort's round is a few hundred small ops, and a wine search
-    took about a tenth less time. They are inference tensors: read them anywhere, update
+    counters' bookkeeping: a cohort's round is a few hundred small ops, so that bookkeeping
+    is a real share of its time. They are inference tensors: read them anywhere, update
     them only in inference mode.
     """
 
@@ -144,14 +144,14 @@ def _subnormals_flushed(device: torch.device) -> Iterator[None]:
     FZ), on this thread, then as it was.
 
     Why: a confident member's softmax gives its other classes probabilities like exp(-90),
-    subnormal in float32, and the CPU's matrix products and exp take several times longer on
-    subnormal operands: a wine step's forward and backward pass took 35-50% less time
-    flushed, a 200-trial wine search 12% less. What it changes: values
-    below 1.2e-38 (float32; 2.2e-308 in float64) become 0, a gradient's share too small to move
-    any parameter a float32 can hold. The reference engine, torch as a user runs it, does not
-    flush (flushing did not change its time: its time is per-op overhead). With more torch
-    threads than the default one (`--threads`), torch's own worker threads keep their mode, so
-    the parts of large ops they run are not flushed.
+    subnormal in float32, and the CPU's matrix products and exp take far longer on subnormal
+    operands, so a step's forward and backward pass, and the whole search, are quicker flushed
+    (docs/benchmarks.md). What it changes: values below 1.2e-38 (float32; 2.2e-308 in
+    float64) become 0, a gradient's share too small to move any parameter a float32 can hold.
+    The reference engine, torch as a user runs it, does not flush (flushing would not speed it
+    up: its time is per-op overhead). With more torch threads than the default one
+    (`--threads`), torch's own worker threads keep their mode, so the parts of large ops they
+    run are not flushed.
     """
     if device.type != "cpu" or _flushing() or not torch.set_flush_denormal(True):
         yield
@@ -180,8 +180,8 @@ def _batched_by(member: Member) -> type[BatchedOptimizer]:
 
 def _gathered(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`tensor[rows]` for a (members, batch) index: each member's rows. One `index_select`
-    of the flattened index: indexing with the 2-d index took six times as long (a digits
-    batch of 32 members: 390 us against 65 us), a twentieth of a digits search."""
+    of the flattened index: indexing with the 2-d index is much slower, and every step of
+    every batch gathers its members' rows."""
     return tensor.index_select(0, rows.reshape(-1)).view(*rows.shape, *tensor.shape[1:])
 
 
@@ -232,8 +232,8 @@ class _Group:
                 rows.append(self.layout.initialised(member.seed))
                 continue
             # As the reference engine's torch.manual_seed does for the CPU, where models are
-            # built: the seed fixes the initial weights. (Seeding every device too took
-            # longer than building the model.)
+            # built: the seed fixes the initial weights. (Not torch.manual_seed itself:
+            # seeding every device too costs more than building the model.)
             torch.default_generator.manual_seed(member.seed)
             model = model_for(self.config, self.data, member.params)
             if self.layout is None:

@@ -72,11 +72,11 @@ class _LinearViews(NamedTuple):
         """Every member's output feature-major, (members, out, rows), from its inputs
         feature-major, (members, in, rows), or from the same rows for all, (rows, in).
 
-        (A wine step's products, softmax and gradient took ~20% less time feature-major than
-        rows first, with subnormal floats flushed: see `cohort`.)"""
+        (Feature-major: a step's products, softmax and gradient are quicker in this layout
+        than rows first, with subnormal floats flushed: see `cohort`.)"""
         if inputs.dim() == 2:
-            # One product with all members' weights stacked: several times faster than a
-            # batched product, which is one small product per member. (Stacking copies them:
+            # One product with all members' weights stacked: much quicker than a batched
+            # product, which is one small product per member. (Stacking copies them:
             # a member's weights are not next to the next member's in `flat`.)
             members, n_out, n_in = self.weight.shape
             weights = self.weight.reshape(members * n_out, n_in)
@@ -169,8 +169,8 @@ def _losses_and_terms(output: torch.Tensor, target: torch.Tensor,
     residuals (regression)."""
     if classify:
         # Over the classes of (members, classes, rows): log_softmax over a short last
-        # dimension (a few classes) is several times slower. The stacked model's outputs are
-        # in this layout already; others are copied into it.
+        # dimension (a few classes) is much slower. The stacked model's outputs are in this
+        # layout already; others are copied into it.
         log_probs = torch.log_softmax(output.contiguous(), dim=1)
         # 0 - mean, not -mean: a perfect fit's loss is 0.0, as torch's cross_entropy gives
         # it, not -0.0 (which a leaderboard would print as "-0").
@@ -224,8 +224,8 @@ class StackedModel:
         # target it is of (a full-batch study's target is the same tensor every step).
         self._one_hot: tuple[torch.Tensor, torch.Tensor] | None = None
         # The Linear layers' views of the last `flat` run without autograd, and that `flat`: a
-        # cohort runs the same tensor (updated in place) round after round, and making a
-        # round's ~30 views again took ~2% of a wine search.
+        # cohort runs the same tensor (updated in place) round after round, and making every
+        # layer's views again each round is overhead that a model this small notices.
         self._views: tuple[torch.Tensor, list[_LinearViews | None]] | None = None
 
     @staticmethod
@@ -236,9 +236,9 @@ class StackedModel:
     def initialised(self, seed: int) -> torch.Tensor:
         """A member's row as `nn.Linear`'s own initialisation makes it after
         `torch.manual_seed(seed)`, in the default dtype: the same draws from a generator in the
-        same state, through torch's init functions, without building the model (a fifth of
-        the time). Only for models whose layers keep that initialisation (the built-in ones);
-        a user's factory may set its own."""
+        same state, through torch's init functions, without building the model (which costs
+        far more than the draws). Only for models whose layers keep that initialisation (the
+        built-in ones); a user's factory may set its own."""
         generator = torch.Generator().manual_seed(seed)
         row = torch.empty(self.size)
         for layer in self.layers:
@@ -268,13 +268,13 @@ class StackedModel:
         losses, grad = _losses_and_terms(output, target, classify)
         rows = output.shape[2]
         if classify:  # of -mean(log softmax(output)[class]): (softmax - one-hot) / rows
-            # Clamped: torch's exp takes ~40x as long on a tensor where some log-probability's
-            # exp is subnormal or 0 (below -87.3 in float32), and a confident member has many.
+            # Clamped: torch's exp is far slower on a tensor where some log-probability's exp
+            # is subnormal or 0 (below -87.3 in float32), and a confident member has many.
             # A probability moves by less than the smallest normal float (1.2e-38 in float32).
             grad.clamp_(min=_lowest_log_prob(grad.dtype)).exp_()
             if target.dim() == 1:
-                # The same classes for every member: subtracting their one-hot took a third
-                # of the time of the scatter (the same values: x - 0 is x).
+                # The same classes for every member: subtracting their one-hot is quicker
+                # than the scatter, and gives the same values (x - 0 is x).
                 grad.sub_(self._one_hot_of(target, grad))
             else:
                 grad.scatter_(1, _class_index(target, output), -1.0, reduce="add")

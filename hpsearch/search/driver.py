@@ -25,10 +25,10 @@ slots.
 
 An engine with one slot (the reference engine) runs one trial at a time; the cohort engine
 fills up to `cohort_size` slots and refills once a quarter of them is free (a refill's sampler
-fits and transactions cost about as much for eight trials as for four). TPE samples with
-`constant_liar`, so trials asked while others run are spread out. Until the pruner has its
-startup trials complete it prunes nothing, so a cohort starts with that many members (see
-`search.pruning.startup_trials`).
+fits and transactions have a cost that hardly grows with its trials, so fewer, larger refills
+pay it less often; docs/benchmarks.md). TPE samples with `constant_liar`, so trials asked
+while others run are spread out. Until the pruner has its startup trials complete it prunes
+nothing, so a cohort starts with that many members (see `search.pruning.startup_trials`).
 
 Every call to the storage goes through its port (`storage.port`); a trial's records are the
 ones `records` names.

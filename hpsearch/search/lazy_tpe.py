@@ -1,11 +1,11 @@
 """TPE for both engines: the same model of the space, at a fraction of Optuna's cost.
 
-Profiling a 200-trial wine search showed Optuna's grouped, multivariate TPE taking about half
-of the cohort engine's time (training took a tenth), and a fifth of the reference engine's: for
-every trial it fits and samples every group of the conditional space (one per optimizer and
-per scheduler branch, ~17), though a trial uses three or four of them. `LazyTPESampler`
-changes four things and nothing else about the model (the last two only inside `batch`, which
-the cohort engine opens for each refill):
+Optuna's grouped, multivariate TPE is a large share of a search's time, the largest of the
+cohort engine's, whose training is cheap (docs/benchmarks.md): for every trial it fits and
+samples every group of the conditional space (one per optimizer and per scheduler branch, ~17),
+though a trial uses three or four of them. `LazyTPESampler` changes four things and nothing
+else about the model (the last two only inside `batch`, which the cohort engine opens for each
+refill):
 
 - **Lazy groups**: a group is sampled when the trial first asks for one of its parameters, so
   only the branches the trial takes cost anything.
@@ -14,9 +14,9 @@ the cohort engine opens for each refill):
 - **One fit per refill**: inside `batch(size)` (the cohort asks its free slots' trials at
   once), the trials are split into good and bad once, each group's Parzen estimators are
   fitted when the batch's first trial asks for the group, and every later trial of the batch
-  uses that fit. No trial of the batch has the
-  group's parameters yet when it is fitted, so the batch's trials are no "liars" to each
-  other; trials running from earlier batches are liars as before.
+  uses that fit. No trial of the batch has the group's parameters yet when it is fitted, so
+  the batch's trials are no "liars" to each other; trials still running from earlier batches
+  are liars, as they are to Optuna's TPE.
 - **Few draws per refill**: a group draws the candidates (`n_ei_candidates` each) of several
   of the batch's trials in one `sample` call and scores them in one acquisition call, since
   numpy's per-call overhead is most of the cost of 24 candidates. It draws for the trial
@@ -86,14 +86,14 @@ class LazyTPESampler(TPESampler):
     def infer_relative_search_space(self, study: Study,
                                     trial: FrozenTrial) -> dict[str, BaseDistribution]:
         """TPESampler's, the groups' space kept until a finished trial joins them: it is
-        asked for every trial (sorting every group's distributions again cost ~0.2 ms)."""
+        asked for every trial, and would sort every group's distributions again each time."""
         groups = self._group_decomposed_search_space
         if not isinstance(groups, _IncrementalGroups) or not self._is_multivariate(study):
             return super().infer_relative_search_space(study, trial)
         batch = self._batch
         if batch is not None and batch.space_read:
             # The finished trials are those of the batch's first trial (see `_fit`): reading
-            # them again for each trial was a tenth of a refill's sampling.
+            # them again for each trial would be a sizeable share of a refill's sampling.
             return dict(self._space)
         self._search_space_group = groups.calculate(study, use_cache=True)
         key = (study._study_id, groups.version)
@@ -150,7 +150,8 @@ class LazyTPESampler(TPESampler):
                            search_space: dict[str, BaseDistribution],
                            study: Study) -> dict[str, np.ndarray]:
         """TPESampler's, reading each finished trial's parameters once per group (they never
-        change): every fit converted every trial's again, a tenth of a refill's sampling."""
+        change): TPESampler's own converts every trial's again for every fit, a sizeable share
+        of a refill's sampling."""
         rows = self._internal.setdefault((study._study_id, tuple(search_space)), {})
         values: dict[str, list[Any]] = {name: [] for name in search_space}
         columns = list(values.values())
@@ -258,7 +259,7 @@ class _Batch:
 class _IncrementalGroups(_GroupDecomposedSearchSpace):
     """Optuna's group decomposition, adding each finished trial's parameters once: Optuna's
     adds every finished trial again for every trial asked (adding one twice changes nothing),
-    which grew to the largest cost of sampling on a long search."""
+    a cost that grows with the study into the largest of sampling on a long search."""
 
     def __init__(self, include_pruned: bool):
         super().__init__(include_pruned)

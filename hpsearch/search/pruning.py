@@ -2,10 +2,10 @@
 
 Optuna's `PercentilePruner` (and `MedianPruner`, its 50th percentile) computes the percentile
 of the completed trials' values at a trial's step afresh for every trial and every epoch (a
-list of every completed trial's value and a `numpy.nanpercentile` call, ~65 us), and reads the
-trial's best value and previous step from a copy of all its values: after the cohort engine's
-other savings it was the largest cost of a round, and in the reference engine it cost about a
-tenth of a search. `RoundPruner` keeps each step's completed values sorted (`_StepValues`; a
+list of every completed trial's value and a `numpy.nanpercentile` call), and reads the trial's
+best value and previous step from a copy of all its values: in the cohort engine, whose rounds
+cost little else, that is the largest cost of a round, and in the reference engine a real
+share of a search. `RoundPruner` keeps each step's completed values sorted (`_StepValues`; a
 completed trial never changes, so each joins once) and reads the percentile off them with
 numpy's own interpolation, written out (`_percentile_of_sorted`, tested equal to Optuna's helper
 bit for bit); otherwise it takes Optuna's own steps, in Optuna's order: the same decisions. It

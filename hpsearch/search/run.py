@@ -219,8 +219,8 @@ def confirmation_sampler_and_pruner() -> tuple[optuna.samplers.BaseSampler,
 def _heap_frozen() -> Iterator[None]:
     """Keep the garbage collector's full collections off the objects that exist before the
     search (torch's, Optuna's, SQLAlchemy's, the data): each full collection of that heap
-    takes a noticeable share of a short search, and whether a search hit one was luck. What
-    the search allocates is collected as before."""
+    takes a noticeable share of a short search, and whether a search hits one is luck. What
+    the search allocates is collected as usual."""
     gc.freeze()
     try:
         yield

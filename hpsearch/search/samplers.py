@@ -14,8 +14,8 @@ from hpsearch.search.lazy_tpe import LazyTPESampler
 
 def worker_seed(study_seed: int, worker: int) -> int:
     """The sampler seed of worker `worker` (0-based): worker 0 uses the study's seed, so one
-    worker searches exactly as before; the others get seeds mixed from (seed, worker), so that
-    no two workers draw the same random start-up trials."""
+    worker searches exactly as a search in a single process does; the others get seeds mixed
+    from (seed, worker), so that no two workers draw the same random start-up trials."""
     if worker == 0:
         return study_seed
     return int(np.random.SeedSequence([study_seed, worker]).generate_state(1)[0])

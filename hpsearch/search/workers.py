@@ -176,8 +176,8 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
 
 def _exit_without_teardown(code: int) -> None:
     """End the worker process now. The interpreter's usual teardown collects every module, and
-    with torch and scikit-learn loaded that took 0.8-1.2 s per worker, all of it after the
-    last trial (measured on a 2-worker search). Nothing is lost by skipping it: `work` wrote
+    with torch and scikit-learn loaded that takes a noticeable time per worker, all of it after
+    the last trial, with nothing left to do. Nothing is lost by skipping it: `work` wrote
     its trials as they ended and closed its storage, the error line is in the parent's pipe
     already (a SimpleQueue writes at once), and the logs and stdio are flushed here."""
     logging.shutdown()

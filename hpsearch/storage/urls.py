@@ -119,8 +119,8 @@ def _check_schema(rdb: optuna.storages.RDBStorage) -> None:
     """Optuna's check that the database's tables are of the installed Optuna's schema, raising
     its RuntimeError (which says how to upgrade them) if not; the schema's newest revision read
     once per process. Optuna reads it from its migration scripts every time a storage is
-    opened (~0.1 s, more than opening the rest of the storage), and every search, report and
-    benchmark run opens one."""
+    opened, which costs more than opening the rest of the storage, and every search, report
+    and benchmark run opens one."""
     manager = rdb._version_manager
     if manager.get_current_version() != _schema_head():
         manager.check_table_schema_compatibility()
@@ -187,10 +187,11 @@ def _relax_sqlite_sync(rdb: optuna.storages.RDBStorage) -> None:
 
 def _postgres_options(parsed: URL) -> str:
     """synchronous_commit=off for our sessions: a commit then returns before its WAL record is
-    flushed to disk (measured: a quarter of a cohort search's time on PostgreSQL went to
-    those waits). The database can't be corrupted; a crash of the server may lose its last
-    fraction of a second of commits, as SQLite's synchronous=NORMAL may (see
-    `_relax_sqlite_sync`), which the resumable search redoes. Options in the URL are kept."""
+    flushed to disk, so a cohort search's many small commits do not each wait for the disk
+    (on PostgreSQL those waits are a large share of its time). The database can't be
+    corrupted; a crash of the server may lose its last fraction of a second of commits, as
+    SQLite's synchronous=NORMAL may (see `_relax_sqlite_sync`), which the resumable search
+    redoes. Options in the URL are kept."""
     given = parsed.query.get("options", "")
     given = given if isinstance(given, str) else " ".join(given)
     return f"{given} -c synchronous_commit=off".strip()
