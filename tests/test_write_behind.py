@@ -5,7 +5,9 @@ Optuna's plain RDB storage, where every report is a write and every prune decisi
 
 from __future__ import annotations
 
+import datetime
 import threading
+import time
 
 import optuna
 import pytest
@@ -15,6 +17,7 @@ from hpsearch.config import load_study_config
 from hpsearch.engines.reference import ReferenceEngine
 from hpsearch.search.driver import SearchDriver
 from hpsearch.search.pruning import build_pruner
+from hpsearch.search.run import run_search
 from hpsearch.search.samplers import build_sampler
 from hpsearch.search.workers import Interruptions
 from hpsearch.storage import loader, write_behind
@@ -371,3 +374,26 @@ def test_a_study_name_is_looked_up_once_and_forgotten_when_the_study_is_deleted(
     assert storage.get_study_id_from_name("n") == second
     with pytest.raises(KeyError):
         storage.get_study_id_from_name("never made")
+
+
+def test_trial_times_are_stored_as_optuna_stores_them(write_study, tmp_path, monkeypatch):
+    """Optuna's tables hold naive UTC times: in a time zone other than UTC, Optuna's own
+    reading of what the write-behind storage wrote gives the local times of the search."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        url = f"sqlite:///{tmp_path / 'times.db'}"
+        started = datetime.datetime.now() - datetime.timedelta(seconds=1)
+        run_search(load_study_config(str(write_study())), url, 3, engine="reference")
+        ended = datetime.datetime.now() + datetime.timedelta(seconds=1)
+        study = optuna.load_study(study_name="small", storage=url)
+        trials = study.trials
+        assert len(trials) == 3
+        for trial in trials:
+            assert started <= trial.datetime_start <= trial.datetime_complete <= ended
+        ours = open_storage(url).get_all_trials(study._study_id)
+        assert [(t.datetime_start, t.datetime_complete) for t in ours] == [
+            (t.datetime_start, t.datetime_complete) for t in trials]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

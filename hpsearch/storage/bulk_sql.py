@@ -86,7 +86,7 @@ def create_running_trials(sessions: orm.scoped_session, study_id: int,
                 raise KeyError(models.NOT_FOUND_MSG)
             started = datetime.datetime.now()
             row = {"study_id": study_id, "number": None, "state": TrialState.RUNNING,
-                   "datetime_start": started}
+                   "datetime_start": stored_time(started)}
             if session.get_bind().dialect.insert_executemany_returning:
                 # One statement for all of them, which returns their ids (SQLAlchemy's
                 # batched INSERT .. RETURNING): a round trip, not one per trial. The rows
@@ -175,7 +175,7 @@ def write_records(session: orm.Session, records: Sequence[tuple[int, Records]],
             .where(trials.c.trial_id == sqlalchemy.bindparam("ended_id"))
             .values(state=sqlalchemy.bindparam("ended_state"),
                     datetime_complete=sqlalchemy.bindparam("ended_at")),
-            [{"ended_id": trial_id, "ended_state": state, "ended_at": completed}
+            [{"ended_id": trial_id, "ended_state": state, "ended_at": stored_time(completed)}
              for trial_id, (state, _, completed) in ends.items()])
     _insert(session, models.TrialValueModel, [
         _value_row(trial_id, objective, value)
@@ -294,3 +294,16 @@ def _intermediate_row(trial_id: int, step: int, value: float) -> tuple[Any, ...]
         return trial_id, step, value, _FINITE_STORED
     stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
     return trial_id, step, stored, kind.name
+
+
+def stored_time(local: datetime.datetime) -> datetime.datetime:
+    """A trial's time as Optuna's RDB tables hold it: naive UTC (Optuna's models convert it
+    from and to naive local time)."""
+    return local.astimezone(datetime.UTC).replace(tzinfo=None)
+
+
+def local_time(stored: datetime.datetime | None) -> datetime.datetime | None:
+    """A stored trial time (naive UTC) as Optuna hands it out: naive local time."""
+    if stored is None:
+        return None
+    return stored.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)

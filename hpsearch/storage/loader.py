@@ -18,6 +18,8 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
 from sqlalchemy import orm
 
+from hpsearch.storage.bulk_sql import local_time
+
 _FINITE = models.TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
 
 
@@ -41,8 +43,10 @@ def load_trials(session: orm.Session, trial_ids: list[int]) -> list[FrozenTrial]
                 table.c.trial_id, table.c.number, table.c.state, table.c.datetime_start,
                 table.c.datetime_complete).where(table.c.trial_id.in_(chunk))):
             trials[row.trial_id] = {
-                "number": row.number, "state": row.state, "datetime_start": row.datetime_start,
-                "datetime_complete": row.datetime_complete, "values": None, "params": {},
+                "number": row.number, "state": row.state,
+                "datetime_start": local_time(row.datetime_start),
+                "datetime_complete": local_time(row.datetime_complete), "values": None,
+                "params": {},
                 "distributions": {}, "user_attrs": {}, "system_attrs": {},
                 "intermediate_values": {}}
 
