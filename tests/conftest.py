@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from hpsearch.config import load_study_config
-from hpsearch.studies import run_search
+from hpsearch.engines import COHORT, REFERENCE
+from hpsearch.search.run import run_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # As `hpsearch optimize` does: results (and re-trained trials) are bit for bit the same only
 # with the same thread count, whatever order the tests run in.
 torch.set_num_threads(1)
+
+# The engines a search can run with: tests of what every search does run over both.
+SEARCH_ENGINES = (REFERENCE, COHORT)
 
 # The wine study, cut down: 12 epochs, pruning from the 3rd finished trial and the 3rd epoch.
 SMALL_WINE = """
@@ -64,16 +68,27 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-@pytest.fixture(scope="session")
-def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(storage URL, study name) of a finished 16-trial wine search: complete and pruned
-    trials across several optimizers and schedulers. Shared: tests must not modify it."""
-    folder = tmp_path_factory.mktemp("small_study")
+def _small_search(folder: Path, engine: str, **options: int) -> tuple[str, str]:
     path = folder / "small.toml"
     path.write_text(SMALL_WINE.format(search=""))
     url = f"sqlite:///{folder / 'study.db'}"
-    run_search(load_study_config(str(path)), url, 16)
+    run_search(load_study_config(str(path)), url, 16, engine=engine, **options)
     return url, "small"
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(storage URL, study name) of a finished 16-trial wine search by the reference engine:
+    complete and pruned trials across several optimizers and schedulers. Shared: tests must
+    not modify it."""
+    return _small_search(tmp_path_factory.mktemp("small_study"), REFERENCE)
+
+
+@pytest.fixture(scope="session")
+def cohort_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(storage URL, study name) of `small_study`'s search run by the cohort engine, 5 trials
+    at a time. Shared: tests must not modify it."""
+    return _small_search(tmp_path_factory.mktemp("cohort_study"), COHORT, cohort_size=5)
 
 
 @contextlib.contextmanager

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import optuna
 import pytest
 from click.testing import CliRunner
-from optuna.trial import TrialState
 
 from hpsearch.cli import cli
 
@@ -22,28 +15,45 @@ def run(*args: str, env: dict | None = None):
     return CliRunner().invoke(cli, list(args), env=env)
 
 
-@pytest.mark.parametrize("command", [[], ["optimize"], ["train"], ["studies"], ["space"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(cli.commands))],
+                         ids=lambda command: " ".join(["hpsearch", *command]))
 def test_every_command_explains_itself_with_an_example(command):
     result = run(*command, "--help")
-    assert result.exit_code == 0
-    assert "Example" in result.output and "hpsearch " in result.output
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    example = result.output.split("Example", 1)[1]
+    # An indented command line after "Example", running this command (the group: any of its).
+    ran = re.findall(r"^ +hpsearch (\w+)", example, re.MULTILINE)
+    if command:
+        assert command[0] in ran, result.output
+    else:
+        assert ran and set(ran) <= set(cli.commands), result.output
 
 
-def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_path):
+@pytest.mark.parametrize(
+    ("options", "engine_note"),
+    [([], ", cohort engine, 32 trials at a time"),
+     (["--engine", "reference"], ""),
+     (["--engine", "cohort", "--cohort-size", "3"], ", cohort engine, 3 trials at a time")],
+    ids=["auto", "reference", "cohort"])
+def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_path, options,
+                                                            engine_note):
     path = write_study()
     url = f"sqlite:///{tmp_path / 's.db'}"
-    result = run("optimize", "--study", str(path), "--trials", "6", "--storage", url)
+    result = run("optimize", "--study", str(path), "--trials", "6", "--storage", url, *options)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert re.match(rf"Study 'small' in {re.escape(url)}: 6 of 6 finished trials \(ran 6 trials "
-                    r"in [\d.]+ s, cohort engine, 32 trials at a time\)\.", lines[0])
+    assert re.fullmatch(rf"Study 'small' in {re.escape(url)}: 6 of 6 finished trials \(ran 6 "
+                        rf"trials in [\d.]+ s{engine_note}\)\.", lines[0]), lines[0]
     assert re.match(r"  complete \d, pruned \d, diverged 0, failed 0", lines[1])
     assert re.match(r"Best trial #\d+: validation loss [\d.]+, validation accuracy [\d.]+",
                     lines[2])
-    assert any(line.split() [:1] == ["optimizer"] for line in lines[3:])
+    assert any(line.split()[:1] == ["optimizer"] for line in lines[3:])
     assert any(line.split()[:1] == ["scheduler"] for line in lines[3:])
-    again = run("optimize", "--study", str(path), "--trials", "8", "--storage", url)
-    assert "8 of 8 finished trials (ran 2 trials" in again.output
+    again = run("optimize", "--study", str(path), "--trials", "8", "--storage", url, *options)
+    assert again.exit_code == 0, again.output
+    assert "8 of 8 finished trials (ran 2 trials in " in again.output
+    assert again.output.splitlines()[0].endswith(f"{engine_note}).")
     studies = run("studies", "--storage", url)
     assert studies.exit_code == 0
     row = studies.output.splitlines()[2].split()
@@ -100,6 +110,8 @@ def test_train_trial_retrains_a_stored_trial(small_study):
          "not exist"),
         (["optimize", "--study", "wine", "--storage", "sqlite:////proc/x.db"],
          "Error: cannot open storage sqlite:////proc/x.db: unable to open database file"),
+        (["optimize", "--study", "wine", "--engine", "cohort", "--cohort-size", "0"],
+         "Error: --cohort-size must be >= 1; got 0"),
         (["optimize", "--study", "wine", "--storage", "not a url"],
          "Error: 'not a url' is not a storage URL; expected e.g. sqlite:///hpsearch.db"),
         (["train", "--study", "wine", "--set", "optimizer=adamm"],
@@ -147,38 +159,3 @@ def test_bad_input_leaves_an_existing_study_intact(small_study, tmp_path, write_
     after = [(t.number, t.state, t.value) for t in optuna.load_study(
         study_name=name, storage=url).trials]
     assert after == before
-
-
-def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path):
-    path = write_study(text=(Path(__file__).parent.parent / "studies/wine.toml").read_text())
-    url = f"sqlite:///{tmp_path / 'i.db'}"
-    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
-               "--trials", "40", "--storage", url, "--quiet",
-               # Slow enough to be interrupted (the cohort engine's Ctrl-C has its own test).
-               "--engine", "reference"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until a few trials are stored
-        time.sleep(0.5)
-        try:
-            done = [t for t in optuna.load_study(study_name="small", storage=url).trials
-                    if t.state.is_finished()]
-        except KeyError:
-            continue
-        if len(done) >= 3:
-            break
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "Interrupted. Finished trials are stored in sqlite:///" in stderr
-    assert "Traceback" not in stderr
-    trials = optuna.load_study(study_name="small", storage=url).trials
-    assert all(t.state != TrialState.RUNNING for t in trials)
-    finished_before = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    assert 3 <= finished_before < 40
-    result = run("optimize", "--study", str(path), "--trials", str(finished_before + 2),
-                 "--storage", url, "--quiet")
-    assert result.exit_code == 0, result.output
-    assert f"{finished_before + 2} of {finished_before + 2} finished trials (ran 2 trials" \
-        in result.output

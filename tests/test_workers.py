@@ -1,8 +1,10 @@
 """Many workers on one study: real worker processes on real SQLite, PostgreSQL and MariaDB
-databases; a worker killed with SIGKILL, Ctrl-C, resuming, stale trials of earlier runs."""
+databases, by either engine; a worker killed with SIGKILL, Ctrl-C (of one search process too),
+resuming, stale trials of earlier runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,24 +12,27 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 
 import optuna
 import pytest
 import sqlalchemy
+from click.testing import CliRunner
+from conftest import SEARCH_ENGINES
 from optuna.trial import TrialState
 
+from hpsearch.cli import cli
 from hpsearch.config import load_study_config
-from hpsearch.objective import Objective
+from hpsearch.engines import COHORT, REFERENCE
+from hpsearch.engines.reference import ReferenceEngine
+from hpsearch.records import ATTR_WORKER, count_trials
+from hpsearch.search.driver import SearchDriver
+from hpsearch.search.run import run_search
+from hpsearch.search.samplers import worker_seed
 from hpsearch.search.workers import Interruptions
 from hpsearch.storage.urls import open_storage
-from hpsearch.studies import (
-    ATTR_WORKER,
-    count_trials,
-    open_study,
-    run_search,
-    run_until_target,
-    worker_seed,
-)
+from hpsearch.studies import open_study
 
 DATABASES = ["sqlite", "postgres", "mariadb"]
 
@@ -62,17 +67,26 @@ def _assert_consistent(trials, target, epochs):
 
 
 @pytest.mark.parametrize("storage_url", DATABASES, indirect=True)
-def test_four_workers_reach_exactly_the_target(write_study, storage_url):
+@pytest.mark.parametrize("engine", SEARCH_ENGINES)
+def test_four_workers_reach_exactly_the_target(write_study, storage_url, engine):
     config = _unique(load_study_config(str(write_study())))
-    outcome = run_search(config, storage_url, 14, workers=4)
+    outcome = run_search(config, storage_url, 14, workers=4, engine=engine, cohort_size=4)
     trials = optuna.load_study(study_name=config.name, storage=storage_url).trials
     finished = _assert_consistent(trials, 14, epochs=12)
+    assert outcome.engine == engine and {t.user_attrs["engine"] for t in finished} == {engine}
     assert outcome.counts.finished == 14 and outcome.counts.failed == 0
     assert outcome.ran == len(trials) == 14 and outcome.workers == 4
-    # Four processes ran the trials, each drawing its own parameters.
-    assert len({t.system_attrs[ATTR_WORKER] for t in trials}) == 4
+    # Worker processes ran the trials ("host:pid", none of them this one), each drawing its
+    # own parameters.
+    workers = {t.system_attrs[ATTR_WORKER] for t in trials}
+    pids = {int(worker.rsplit(":", 1)[1]) for worker in workers}
+    assert os.getpid() not in pids and len(pids) <= 4
+    if engine == REFERENCE:
+        assert len(workers) == 4  # one trial at a time each: all four took some
+    # (A cohort worker takes several trials at once: the first may take them all before the
+    # others have imported torch.)
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 14
-    again = run_search(config, storage_url, 14, workers=4)
+    again = run_search(config, storage_url, 14, workers=4, engine=engine, cohort_size=4)
     assert again.ran == 0 and again.counts.finished == 14
 
 
@@ -107,7 +121,7 @@ def test_the_trial_of_a_killed_worker_is_failed_and_retried(write_study, tmp_pat
 
     killer = threading.Thread(target=kill_a_worker_mid_trial)
     killer.start()
-    outcome = run_search(config, url, 6, workers=3, heartbeat_s=1)
+    outcome = run_search(config, url, 6, workers=3, heartbeat_s=1, engine="reference")
     killer.join()
     assert killed, "no worker was killed"
     trials = optuna.load_study(study_name="slow", storage=url).trials
@@ -125,7 +139,7 @@ def test_the_trial_of_a_killed_worker_is_failed_and_retried(write_study, tmp_pat
 def test_a_restart_fails_the_stale_trials_of_earlier_runs_first(write_study, tmp_path):
     config = load_study_config(str(write_study()))
     url = f"sqlite:///{tmp_path / 'stale.db'}"
-    run_search(config, url, 3)
+    run_search(config, url, 3, engine="reference")
     storage = open_storage(url, write_behind=False, heartbeat_s=1)
     study = optuna.load_study(study_name="small", storage=storage)
     lr = study.trials[0].distributions["lr"]
@@ -133,7 +147,7 @@ def test_a_restart_fails_the_stale_trials_of_earlier_runs_first(write_study, tmp
     storage.record_heartbeat(beating._trial_id)  # ... and then its worker died
     beatless = study.ask()  # its worker died before the first beat
     time.sleep(3.5)  # the grace period: 3 beats of 1 s
-    outcome = run_search(config, url, 6, heartbeat_s=1)
+    outcome = run_search(config, url, 6, heartbeat_s=1, engine="reference")
     trials = outcome.study.get_trials()
     assert trials[beating.number].state == TrialState.FAIL
     assert trials[beatless.number].state == TrialState.FAIL
@@ -144,47 +158,92 @@ def test_a_restart_fails_the_stale_trials_of_earlier_runs_first(write_study, tmp
     assert counts.finished == 6 and counts.failed == 2 and counts.running == 0
 
 
-@pytest.mark.parametrize("whom", ["parent", "process group"])
-def test_ctrl_c_stops_every_worker_and_the_study_resumes(write_study, tmp_path, whom):
-    path = write_study(text=write_study().read_text().replace("epochs = 12", "epochs = 100"))
+def _wait_for_trials(url: str, name: str, condition: Callable[[list], bool],
+                     process: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Read the study's trials until `condition(trials)` holds while `process` searches it;
+    fail if the search ends first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # No study yet, or the search is creating the schema (or writing) right now.
+        with contextlib.suppress(KeyError, sqlalchemy.exc.SQLAlchemyError):
+            if condition(optuna.load_study(study_name=name, storage=url).trials):
+                return
+        if process.poll() is not None:
+            pytest.fail(f"the search ended first: {process.communicate()[1]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no such trials after {timeout_s} s")
+        time.sleep(0.1)
+
+
+# When Ctrl-C comes, every worker has started this many trials: the reference engine its 4th
+# (3 have finished), the cohort engine the pruner's 3 startup trials, which it trains together
+# to their last epoch before it ends any (and before it takes a 4th).
+STARTED_AT_CTRL_C = {REFERENCE: 4, COHORT: 3}
+
+
+@pytest.mark.parametrize(("workers", "whom"), [(1, "parent"), (2, "parent"),
+                                               (2, "process group")],
+                         ids=["one process", "2 workers, parent", "2 workers, process group"])
+@pytest.mark.parametrize("engine", SEARCH_ENGINES)
+def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(write_study, tmp_path,
+                                                                     engine, workers, whom):
+    """Ctrl-C to the `hpsearch optimize` process, or a terminal's to it and its workers: the
+    running trials end FAILED (a cohort's all), the finished ones stay, the command exits 130
+    with one line, and run again it runs only what is missing."""
+    # The cohort's startup trials train for seconds (about 0.5 ms an epoch), long enough for
+    # the signal to land meanwhile, even through the parent of workers (it polls every 0.5 s);
+    # the reference engine's are short, since it trains 3 before the signal.
+    epochs = 5000 if engine == COHORT else 100
+    path = write_study(text=write_study().read_text().replace("epochs = 12",
+                                                              f"epochs = {epochs}"))
     url = f"sqlite:///{tmp_path / 'i.db'}"
-    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path),
-               "--trials", "60", "--workers", "2", "--storage", url, "--quiet",
-               # Long enough to be interrupted: the cohort engine would finish first.
-               "--engine", "reference"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # wait until both workers have run trials
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name="small", storage=url).trials
-        except KeyError:
-            continue
-        if len({t.system_attrs.get(ATTR_WORKER) for t in trials if t.state.is_finished()}) == 2:
-            break
-    if whom == "parent":
-        process.send_signal(signal.SIGINT)
-    else:  # a terminal's Ctrl-C reaches the parent and the workers
-        os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+
+    def command(trials: int) -> list[str]:
+        return ["optimize", "--study", str(path), "--trials", str(trials), "--storage", url,
+                "--workers", str(workers), "--engine", engine, "--cohort-size", "4", "--quiet"]
+
+    def every_worker_started_enough(trials: list) -> bool:
+        started = Counter(t.system_attrs.get(ATTR_WORKER) for t in trials)
+        started.pop(None, None)
+        return len(started) == workers and min(started.values()) >= STARTED_AT_CTRL_C[engine]
+
+    process = subprocess.Popen([sys.executable, "-m", "hpsearch", *command(60)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _wait_for_trials(url, "small", every_worker_started_enough, process)
+        if whom == "parent":
+            process.send_signal(signal.SIGINT)
+        else:  # a terminal's Ctrl-C reaches the parent and the workers
+            os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.returncode == 130, stderr
     assert "Interrupted. Finished trials are stored in sqlite:///" in stderr
     assert "Traceback" not in stderr
     trials = optuna.load_study(study_name="small", storage=url).trials
     assert all(t.state != TrialState.RUNNING for t in trials)
-    finished = count_trials(trials).finished
-    assert 2 <= finished < 60
-    config = load_study_config(str(path))
-    outcome = run_search(config, url, finished + 4, workers=2)
-    _assert_consistent(outcome.study.get_trials(), finished + 4, epochs=100)
+    counts = count_trials(trials)
+    if engine == REFERENCE:
+        assert 3 * workers <= counts.finished < 60 and counts.failed <= workers
+    else:
+        assert counts.finished == 0 and counts.failed == 3 * workers
+    target = counts.finished + 2
+    result = CliRunner().invoke(cli, command(target))
+    assert result.exit_code == 0, result.output
+    assert f"{target} of {target} finished trials (ran 2 trials" in result.output
+    _assert_consistent(optuna.load_study(study_name="small", storage=url).trials, target,
+                       epochs=epochs)
 
 
 def test_ctrl_c_as_a_trials_write_commits_waits_for_the_write(write_study, tmp_path):
     """The signal lands as a report's records commit, before the storage notes them written
-    (the CI once left a trial RUNNING this way: its FAILED end wrote them again, which the
-    database refused): the trial ends FAILED with that epoch stored once, and the study
-    resumes."""
+    (cut there, the trial's FAILED end would write them again, the database would refuse the
+    duplicates and the trial stay RUNNING): the trial ends FAILED with that epoch stored once,
+    and the study resumes."""
     config = load_study_config(str(write_study()))
     data = config.load_data()
     url = f"sqlite:///{tmp_path / 'i.db'}"
@@ -210,8 +269,8 @@ def test_ctrl_c_as_a_trials_write_commits_waits_for_the_write(write_study, tmp_p
     interruptions.install()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_until_target(study, Objective(config, data, interruptions=interruptions), 4,
-                             threading.Lock(), interruptions)
+            SearchDriver(study, config, ReferenceEngine(config, data), 1,
+                         interruptions).run(4, threading.Lock())
     finally:
         signal.signal(signal.SIGINT, previous)
         sqlalchemy.event.remove(engine, "before_cursor_execute", note_a_report)
@@ -220,5 +279,5 @@ def test_ctrl_c_as_a_trials_write_commits_waits_for_the_write(write_study, tmp_p
     [trial] = optuna.load_study(study_name="small", storage=url).trials
     assert trial.state == TrialState.FAIL
     assert list(trial.intermediate_values) == [1]
-    outcome = run_search(config, url, 2)
+    outcome = run_search(config, url, 2, engine="reference")
     assert count_trials(outcome.study.get_trials()).finished == 2
