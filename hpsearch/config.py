@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,32 @@ BUNDLED_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
 @dataclass(frozen=True)
+class _Setting:
+    """How a study file's value of a config field is checked (see `setting`)."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+    kind: type | None = None  # a plain type check (e.g. bool) instead of a range or choice
+
+
+def setting(default: Any, **check: Any) -> Any:
+    """A config field with its default and its check, declared together: a number in a range
+    (`low`, `high`, `integer`, `low_open`), one of `choices`, or of type `kind`. The study
+    file's table is read field by field in this order (`_settings`)."""
+    return field(default=default, metadata={"setting": _Setting(**check)})
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str  # a DATASETS name; for a file, the file's name
     options: Mapping[str, Any] = field(default_factory=dict)
-    valid_fraction: float = 0.2
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    scale: bool = True
+    valid_fraction: float = setting(0.2, low=0.0, high=0.9, low_open=True)
+    test_fraction: float = setting(0.2, low=0.0, high=0.9)
+    split_seed: int = setting(0, low=0, integer=True)
+    scale: bool = setting(True, kind=bool)
     table: TableSource | None = None  # a CSV/Parquet file instead of a registered dataset
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,25 +82,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 100
-    batch_size: int = 0  # 0: full batch
+    epochs: int = setting(100, low=1, integer=True)
+    batch_size: int = setting(0, low=0, integer=True)  # 0: full batch
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    kind: str = "tpe"
-    startup_trials: int = 10
+    kind: str = setting("tpe", choices=SAMPLERS)
+    startup_trials: int = setting(10, low=0, integer=True)
 
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    kind: str = "median"
-    startup_trials: int = 5  # finished trials before pruning starts
-    warmup_epochs: int = 10  # epochs of every trial that are never pruned
-    percentile: float = 25.0  # percentile pruner: keep the best `percentile` %
-    patience: int = 10  # patient pruner: epochs without improvement
-    reduction_factor: int = 3  # successive halving / hyperband
-    min_epochs: int = 1  # successive halving / hyperband: the smallest budget
+    kind: str = setting("median", choices=PRUNERS)
+    # Finished trials before pruning starts.
+    startup_trials: int = setting(5, low=0, integer=True)
+    # Epochs of every trial that are never pruned.
+    warmup_epochs: int = setting(10, low=0, integer=True)
+    # Percentile pruner: keep the best `percentile` %.
+    percentile: float = setting(25.0, low=0.0, high=100.0, low_open=True)
+    # Patient pruner: epochs without improvement.
+    patience: int = setting(10, low=0, integer=True)
+    # Successive halving / Hyperband: how much each rung cuts, and the smallest budget.
+    reduction_factor: int = setting(3, low=2, integer=True)
+    min_epochs: int = setting(1, low=1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -279,10 +303,7 @@ def parse_study(
     model_params = searched_params(kind, model.options, f"{where} [model]: ")
 
     training_table = _Table(top.get("training", dict, {}), f"{where} [training]")
-    training = TrainingConfig(
-        epochs=training_table.number("epochs", 100, 1, integer=True),
-        batch_size=training_table.number("batch_size", 0, 0, integer=True),
-    )
+    training = TrainingConfig(**_settings(training_table, TrainingConfig))
     batch_size_fixed = "batch_size" in training_table.raw
     training_table.done()
 
@@ -302,10 +323,7 @@ def parse_study(
     }
 
     sampler_table = _Table(top.get("sampler", dict, {}), f"{where} [sampler]")
-    sampler = SamplerConfig(
-        kind=sampler_table.choice("kind", SAMPLERS, "tpe"),
-        startup_trials=sampler_table.number("startup_trials", 10, 0, integer=True),
-    )
+    sampler = SamplerConfig(**_settings(sampler_table, SamplerConfig))
     sampler_table.done()
     if sampler.kind == "grid":
         try:
@@ -314,15 +332,7 @@ def parse_study(
             raise ConfigError(f"{where} [sampler]: {exc}") from None
 
     pruner_table = _Table(top.get("pruner", dict, {}), f"{where} [pruner]")
-    pruner = PrunerConfig(
-        kind=pruner_table.choice("kind", PRUNERS, "median"),
-        startup_trials=pruner_table.number("startup_trials", 5, 0, integer=True),
-        warmup_epochs=pruner_table.number("warmup_epochs", 10, 0, integer=True),
-        percentile=pruner_table.number("percentile", 25.0, 0.0, 100.0, low_open=True),
-        patience=pruner_table.number("patience", 10, 0, integer=True),
-        reduction_factor=pruner_table.number("reduction_factor", 3, 2, integer=True),
-        min_epochs=pruner_table.number("min_epochs", 1, 1, integer=True),
-    )
+    pruner = PrunerConfig(**_settings(pruner_table, PrunerConfig))
     pruner_table.done()
     top.done()
     return StudyConfig(
@@ -366,12 +376,27 @@ def _data_config(table: _Table, base_dir: Path | None) -> DataConfig:
     return DataConfig(
         dataset=source.label if source else table.choice("dataset", DATASETS, None),
         options=table.get("options", dict, {}) if source is None else {},
-        valid_fraction=table.number("valid_fraction", 0.2, 0.0, 0.9, low_open=True),
-        test_fraction=table.number("test_fraction", 0.2, 0.0, 0.9),
-        split_seed=table.number("split_seed", 0, 0, integer=True),
-        scale=table.get("scale", bool, True),
+        **_settings(table, DataConfig),
         table=source,
     )
+
+
+def _settings(table: _Table, section: type) -> dict[str, Any]:
+    """The values of `section`'s `setting` fields in `table`, each checked as declared, in
+    declaration order (the order a "known keys" message lists them)."""
+    values = {}
+    for f in fields(section):
+        check: _Setting | None = f.metadata.get("setting")
+        if check is None:
+            continue
+        if check.choices is not None:
+            values[f.name] = table.choice(f.name, check.choices, f.default)
+        elif check.kind is not None:
+            values[f.name] = table.get(f.name, check.kind, f.default)
+        else:
+            values[f.name] = table.number(f.name, f.default, check.low, check.high,
+                                          integer=check.integer, low_open=check.low_open)
+    return values
 
 
 def _strings(table: _Table, key: str) -> list[str]:

@@ -140,24 +140,25 @@ def _float64(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu().double() if tensor.device.type == "mps" else tensor.double()
 
 
+@dataclass
 class EpochRunner:
     """One run's training, an epoch per `next_epoch()`: the loop `fit` runs, which an engine
     steps epoch by epoch (so that it can report, prune or interleave runs in between)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-                 loss_fn: nn.Module, data: Dataset, epochs: int, batch_size: int,
-                 generator: torch.Generator, clip_grad_norm: float = 0.0):
-        self.model = model
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.loss_fn = loss_fn
-        self.data = data
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.generator = generator
-        self.clip_grad_norm = clip_grad_norm
-        self.classify = data.task == CLASSIFICATION
-        self.result = FitResult()
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loss_fn: nn.Module
+    data: Dataset
+    epochs: int
+    batch_size: int
+    generator: torch.Generator
+    clip_grad_norm: float = 0.0
+    result: FitResult = field(default_factory=FitResult)
+
+    @property
+    def classify(self) -> bool:
+        return self.data.task == CLASSIFICATION
 
     @property
     def done(self) -> bool:

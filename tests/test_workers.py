@@ -80,11 +80,9 @@ def test_four_workers_reach_exactly_the_target(write_study, storage_url, engine)
     # own parameters.
     workers = {t.system_attrs[ATTR_WORKER] for t in trials}
     pids = {int(worker.rsplit(":", 1)[1]) for worker in workers}
-    assert os.getpid() not in pids and len(pids) <= 4
-    if engine == REFERENCE:
-        assert len(workers) == 4  # one trial at a time each: all four took some
-    # (A cohort worker takes several trials at once: the first may take them all before the
-    # others have imported torch.)
+    # Which worker takes how many is a race (the first may take them all before the others
+    # have imported torch): only that none but the workers ran any.
+    assert os.getpid() not in pids and 1 <= len(pids) <= 4
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 14
     again = run_search(config, storage_url, 14, workers=4, engine=engine, cohort_size=4)
     assert again.ran == 0 and again.counts.finished == 14

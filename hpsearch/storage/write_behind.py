@@ -228,19 +228,21 @@ class WriteBehindStorage(_CachedStorage):
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         if trial_id not in self._live:
             super().set_trial_user_attr(trial_id, key, value)
-            return
-        self._changed(trial_id)
-        self._live[trial_id].user_attrs[key] = value
-        self._pending[trial_id].user_attrs[key] = value
-        self._maybe_flush(trial_id)
+        else:
+            self._set_live_attr(trial_id, "user_attrs", key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         if trial_id not in self._live:
             super().set_trial_system_attr(trial_id, key, value)
-            return
+        else:
+            self._set_live_attr(trial_id, "system_attrs", key, value)
+
+    def _set_live_attr(self, trial_id: int, kind: str, key: str, value: Any) -> None:
+        """An attr (`kind`: user_attrs or system_attrs) of our running trial: live at once,
+        in the database with the next flush."""
         self._changed(trial_id)
-        self._live[trial_id].system_attrs[key] = value
-        self._pending[trial_id].system_attrs[key] = value
+        getattr(self._live[trial_id], kind)[key] = value
+        getattr(self._pending[trial_id], kind)[key] = value
         self._maybe_flush(trial_id)
 
     @contextlib.contextmanager
