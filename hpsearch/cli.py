@@ -15,10 +15,11 @@ import torch
 
 import hpsearch.api as hp
 from hpsearch import __version__
+from hpsearch.config import EvaluationConfig
 from hpsearch.engines import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.errors import HPSearchError
 from hpsearch.params import Value, parse_assignment
-from hpsearch.records import ATTR_VAL_ACCURACY, TrialCounts
+from hpsearch.records import ATTR_END_DETAIL, ATTR_VAL_ACCURACY, ATTR_VAL_LOSS_STD, TrialCounts
 from hpsearch.search.run import Progress, SearchOutcome
 from hpsearch.storage.urls import STORAGE_ENV, mask_url, resolve_storage_url
 from hpsearch.training import DEVICES, FitResult
@@ -120,7 +121,7 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
                    "command again to continue.", err=True)
         raise SystemExit(130) from None
     progress.close()
-    _print_outcome(outcome, url)
+    _print_outcome(outcome, url, config.evaluation)
 
 
 class _ProgressBar:
@@ -151,7 +152,7 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _print_outcome(outcome: SearchOutcome, url: str) -> None:
+def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfig) -> None:
     c = outcome.counts
     name = outcome.study.study_name
     ran = f"ran {outcome.ran} trials in {outcome.seconds:.1f} s" if outcome.ran else \
@@ -164,10 +165,14 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
                f"trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
                f"failed {c.failed}")
+    if evaluation.runs > 1:
+        click.echo(f"  evaluation: {evaluation.describe()}; a trial's value is their mean "
+                   "validation loss")
     if c.failed:
         failed = [t for t in outcome.study.get_trials(deepcopy=False)
                   if t.state == optuna.trial.TrialState.FAIL]
-        reason = failed[-1].system_attrs.get("fail_reason", "no reason recorded")
+        reason = failed[-1].user_attrs.get(
+            ATTR_END_DETAIL, failed[-1].system_attrs.get("fail_reason", "no reason recorded"))
         click.echo(f"  last failure (trial #{failed[-1].number}): {reason.splitlines()[-1]}")
     if outcome.ran and outcome.engine_note:
         click.echo(f"  reference engine: the cohort engine can't train this study "
@@ -178,6 +183,8 @@ def _print_outcome(outcome: SearchOutcome, url: str) -> None:
         return
     accuracy = best.user_attrs.get(ATTR_VAL_ACCURACY)
     line = f"Best trial #{best.number}: validation loss {best.value:.5g}"
+    if ATTR_VAL_LOSS_STD in best.user_attrs:
+        line += f" (std {best.user_attrs[ATTR_VAL_LOSS_STD]:.3g} over {evaluation.runs} runs)"
     if accuracy is not None:
         line += f", validation accuracy {accuracy:.4f}"
     click.echo(line)
@@ -228,8 +235,10 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
                                 "or --seed")
         again = hp.retrain(study, trial_number, storage=storage, device=device)
         state = again.trial.state.name.lower()
-        click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, "
-                   f"seed {again.trial.user_attrs.get('seed')}).")
+        runs = (f"seed {again.trial.user_attrs.get('seed')}" if len(again.runs) <= 1 else
+                f"{len(again.runs)} runs; the first run's epochs below, the comparison of "
+                "their mean after them")
+        click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, {runs}).")
         _print_params(again.params)
         _print_history(again.run.result, every)
         if again.stored_loss is not None and again.retrained_loss is not None:
@@ -312,6 +321,7 @@ def space(study: str) -> None:
     config = hp.config(study)
     click.echo(f"Search space of {config.name} (optimizers: {', '.join(config.space.optimizers)};"
                f" schedulers: {', '.join(config.space.schedulers)}):")
+    click.echo(f"Evaluation: {config.evaluation.describe()}.")
     params = config.space.relevant()
     width = max(len(p.name) for p in params)
     for param in params:

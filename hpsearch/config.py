@@ -109,6 +109,27 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """How each trial is measured: `folds` x `seeds` training runs of its configuration, the
+    same (fold, seed) runs for every trial of the study; the trial's value is their mean."""
+
+    # k-fold cross-validation over the rows not held out for test; 1: one validation split.
+    folds: int = setting(1, low=1, integer=True)
+    seeds: int = setting(1, low=1, integer=True)  # training seeds per fold
+
+    @property
+    def runs(self) -> int:
+        return self.folds * self.seeds
+
+    def describe(self) -> str:
+        if self.runs == 1:
+            return "1 run per trial (one validation split, one seed)"
+        folds = f"{self.folds} fold{'s' if self.folds > 1 else ''}"
+        seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
+        return f"{folds} x {seeds} = {self.runs} runs per trial"
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A validated study file. `as_dict()` is what the study stores as its config: a study
     document in the study file's own shape, so `parse_study(config.as_dict())` gives it back."""
@@ -125,6 +146,7 @@ class StudyConfig:
     pruner: PrunerConfig
     source: str = ""
     plugins: tuple[str, ...] = ()  # modules imported before the rest is checked
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def as_dict(self) -> dict[str, Any]:
         def plain(section: Any) -> dict[str, Any]:
@@ -136,16 +158,19 @@ class StudyConfig:
             "training": plain(self.training), "search": _plain(self.search),
             "sampler": plain(self.sampler), "pruner": plain(self.pruner),
         }
-        # Only where used: the stored configs of older studies have no [plugins].
+        # Only where used: the stored configs of older studies have neither, and resume.
         if self.plugins:
             document["plugins"] = {"modules": list(self.plugins)}
+        if self.evaluation != EvaluationConfig():
+            document["evaluation"] = plain(self.evaluation)
         return document
 
     def load_data(self) -> Dataset:
         """The study's dataset, split and scaled as the study file says."""
         d = self.data
         split = {"valid_fraction": d.valid_fraction, "test_fraction": d.test_fraction,
-                 "split_seed": d.split_seed, "scale": d.scale}
+                 "split_seed": d.split_seed, "scale": d.scale,
+                 "folds": self.evaluation.folds}
         if d.table is not None:
             return load_table(d.table, **split)
         return load_dataset(d.dataset, d.options, **split)
@@ -334,11 +359,14 @@ def parse_study(
     pruner_table = _Table(top.get("pruner", dict, {}), f"{where} [pruner]")
     pruner = PrunerConfig(**_settings(pruner_table, PrunerConfig))
     pruner_table.done()
+    evaluation_table = _Table(top.get("evaluation", dict, {}), f"{where} [evaluation]")
+    evaluation = EvaluationConfig(**_settings(evaluation_table, EvaluationConfig))
+    evaluation_table.done()
     top.done()
     return StudyConfig(
         name=name, description=description, seed=seed, data=data, model=model,
         training=training, search=search, space=space, sampler=sampler, pruner=pruner,
-        source=source, plugins=plugins,
+        source=source, plugins=plugins, evaluation=evaluation,
     )
 
 

@@ -60,17 +60,32 @@ class Dataset:
     fingerprint: str  # identifies the exact splits: stored with the study
     feature_names: tuple[str, ...] = ()  # a file's columns as encoded (`color=red`, ...)
     classes: tuple[str, ...] = ()  # classification: the label of each output, in order
+    # k-fold cross-validation: every fold's splits (train: the other folds, valid: this one,
+    # test: the held-out rows, each scaled as fit on its train part); fold 0 is this dataset's
+    # own. Empty: one validation split.
+    folds: tuple[Dataset, ...] = ()
 
     @property
     def device(self) -> torch.device:
         return self.train.features.device
 
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds) or 1
+
+    def fold(self, index: int) -> Dataset:
+        """Fold `index`'s splits (0 without folds: this dataset)."""
+        return self.folds[index] if self.folds else self
+
     def to(self, device: torch.device | str) -> Dataset:
         """The same data on `device` (itself if it is there already)."""
         if self.device == torch.device(device):
             return self
-        return replace(self, train=self.train.to(device), valid=self.valid.to(device),
-                       test=self.test.to(device))
+        folds = tuple(fold.to(device) for fold in self.folds)
+        first = folds[0] if folds else replace(
+            self, train=self.train.to(device), valid=self.valid.to(device),
+            test=self.test.to(device))
+        return replace(first, folds=folds)
 
 
 def _sklearn(loader_name: str, task: str) -> Callable[..., RawData]:
@@ -111,9 +126,10 @@ DATASETS: dict[str, Callable[..., RawData]] = {
 
 def load_dataset(
     name: str, options: Mapping[str, Any] | None = None, *, valid_fraction: float = 0.2,
-    test_fraction: float = 0.2, split_seed: int = 0, scale: bool = True,
+    test_fraction: float = 0.2, split_seed: int = 0, scale: bool = True, folds: int = 1,
 ) -> Dataset:
-    """Load `name`, split it train/valid/test and scale features on the train split."""
+    """Load `name`, split it train/valid/test (or into `folds` folds beside the test rows) and
+    scale features on each training part."""
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; known: {', '.join(DATASETS)}")
     try:
@@ -126,7 +142,8 @@ def load_dataset(
         return _Encoded(features, np.ones(features.shape[1], bool), ())
 
     return _assemble(name, raw.task, raw.target, encode, valid_fraction=valid_fraction,
-                     test_fraction=test_fraction, split_seed=split_seed, scale=scale)
+                     test_fraction=test_fraction, split_seed=split_seed, scale=scale,
+                     folds=folds)
 
 
 @dataclass(frozen=True)
@@ -141,20 +158,39 @@ class _Encoded:
 def _assemble(
     name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded], *,
     valid_fraction: float, test_fraction: float, split_seed: int, scale: bool,
-    where: str = "",
+    where: str = "", folds: int = 1,
 ) -> Dataset:
-    """Split (seeded, stratified for classification); encode and scale, fit on the training
-    rows; tensors, and a fingerprint of the exact splits."""
-    from sklearn.preprocessing import StandardScaler
-
+    """Split (seeded, stratified for classification): the test rows first, then the rest into
+    train and valid, or into `folds` folds (each fold the valid part once, the others its
+    train part); encode and scale, fit on each training part; tensors, and a fingerprint of
+    the exact splits."""
     classify = task == CLASSIFICATION
     indices = np.arange(len(target))
     stratify = target if classify else None
     rest, test_idx = _split(indices, test_fraction, split_seed, stratify, where)
-    rest_stratify = target[rest] if classify else None
-    train_idx, valid_idx = _split(
-        rest, valid_fraction / (1.0 - test_fraction), split_seed, rest_stratify, where
-    )
+    if folds == 1:
+        rest_stratify = target[rest] if classify else None
+        train_idx, valid_idx = _split(
+            rest, valid_fraction / (1.0 - test_fraction), split_seed, rest_stratify, where
+        )
+        return _fold(name, task, target, encode, train_idx, valid_idx, test_idx, scale)
+    parts = [_fold(name, task, target, encode, train_idx, valid_idx, test_idx, scale)
+             for train_idx, valid_idx in _k_folds(rest, target, folds, split_seed, classify,
+                                                  where)]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.fingerprint.encode())
+    return replace(parts[0], folds=tuple(parts), fingerprint=digest.hexdigest()[:16])
+
+
+def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded],
+          train_idx: np.ndarray, valid_idx: np.ndarray, test_idx: np.ndarray,
+          scale: bool) -> Dataset:
+    """The train, valid and test splits of these rows, encoded and scaled as fit on the train
+    rows."""
+    from sklearn.preprocessing import StandardScaler
+
+    classify = task == CLASSIFICATION
     encoded = encode(train_idx)
     features = encoded.features
     columns = encoded.scaled
@@ -187,6 +223,22 @@ def _assemble(
         test=split(test_idx), n_features=features.shape[1], n_outputs=n_outputs,
         fingerprint=digest.hexdigest()[:16], feature_names=encoded.names, classes=classes,
     )
+
+
+def _k_folds(rest: np.ndarray, target: np.ndarray, folds: int, seed: int, classify: bool,
+             where: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
+    """`folds` (train, valid) index pairs over `rest`: seeded, stratified for classification;
+    every row of `rest` in exactly one valid part."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = (StratifiedKFold if classify else KFold)(n_splits=folds, shuffle=True,
+                                                         random_state=seed)
+    try:
+        return [(rest[train], rest[valid])
+                for train, valid in splitter.split(rest, target[rest] if classify else None)]
+    except ValueError as exc:
+        raise DataError(f"{where}cannot cut {len(rest)} rows into {folds} folds: "
+                        f"{' '.join(str(exc).split())}") from None
 
 
 def _split(
@@ -235,7 +287,7 @@ class TableSource:
 
 def load_table(
     source: TableSource, *, valid_fraction: float = 0.2, test_fraction: float = 0.2,
-    split_seed: int = 0, scale: bool = True,
+    split_seed: int = 0, scale: bool = True, folds: int = 1,
 ) -> Dataset:
     """Load a CSV or Parquet file: the target and the task; numeric features scaled and text
     columns one-hot encoded (fit on the training split); a seeded, stratified split."""
@@ -267,7 +319,7 @@ def load_table(
 
     return _assemble(source.label, task, target, encode, valid_fraction=valid_fraction,
                      test_fraction=test_fraction, split_seed=split_seed, scale=scale,
-                     where=where)
+                     where=where, folds=folds)
 
 
 def read_table(source: TableSource) -> Any:

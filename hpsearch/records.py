@@ -7,6 +7,8 @@ These names are the stored format: the search driver writes them; reports, the d
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,14 @@ ATTR_END_REASON = "end_reason"  # one of END_REASONS
 ATTR_END_DETAIL = "end_detail"
 ATTR_DEVICE = "device"  # cpu | cuda | mps: where the trial trained
 ATTR_ENGINE = "engine"  # reference | cohort: what trained it
+# A trial of several runs (`[evaluation]` folds x seeds): each run's final validation loss and
+# accuracy, in the order of `evaluation_runs`, and the spread of the losses. Its value, its
+# intermediate values and `val_accuracy` are the means over the runs.
+ATTR_RUN_VAL_LOSS = "run_val_loss"
+ATTR_RUN_VAL_ACCURACY = "run_val_accuracy"
+ATTR_VAL_LOSS_STD = "val_loss_std"
+ATTR_VAL_LOSS_SEM = "val_loss_sem"  # the standard error of the mean
+ATTR_FOLD = "fold"  # a confirmation run's fold (0 without folds)
 
 # A confirmation run's own: which configuration (a hash of its parameters), found by which
 # trial of the search with which value, which of the confirmation's seeds, and its loss and
@@ -63,8 +73,51 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
-    """Every trial trains from its own seed, fixed by the study's seed and its number."""
+    """A trial of one run trains from its own seed, fixed by the study's seed and its
+    number."""
     return study_seed + trial_number
+
+
+@dataclass(frozen=True)
+class Run:
+    """One of a trial's training runs: which fold it trains and validates on, which seed."""
+
+    fold: int
+    seed_index: int
+
+
+def evaluation_runs(evaluation: Any) -> list[Run]:
+    """The runs of every trial of a study (`config.EvaluationConfig`): each fold's seeds."""
+    return [Run(fold, seed) for fold in range(evaluation.folds)
+            for seed in range(evaluation.seeds)]
+
+
+def run_seed(study_seed: int, trial_number: int, run: Run, runs: int) -> int:
+    """The seed of `run` of trial `trial_number`. A trial of one run: its own seed (so that
+    such a study searches as it always has). Several runs: the same seeds for every trial of
+    the study (common random numbers: any two trials are compared run by run, on the same
+    initial weights and batch orders)."""
+    if runs == 1:
+        return trial_seed(study_seed, trial_number)
+    return study_seed + run.seed_index
+
+
+def run_user_attrs(histories: Sequence[Sequence[Any]], epochs: int) -> dict[str, Any]:
+    """The per-run records of a trial of several runs at its last reported epoch `epochs`
+    (each run's `training.EpochStats`), and the spread of their validation losses; nothing
+    for a trial that reported no epoch."""
+    if epochs == 0:
+        return {}
+    last = [history[epochs - 1] for history in histories]
+    losses = [stats.val_loss for stats in last]
+    attrs: dict[str, Any] = {
+        ATTR_RUN_VAL_LOSS: losses,
+        ATTR_VAL_LOSS_STD: statistics.stdev(losses),
+        ATTR_VAL_LOSS_SEM: statistics.stdev(losses) / math.sqrt(len(losses)),
+    }
+    if last[0].val_accuracy is not None:
+        attrs[ATTR_RUN_VAL_ACCURACY] = [stats.val_accuracy for stats in last]
+    return attrs
 
 
 def pruned_detail(pruner_kind: str, epoch: int) -> str:

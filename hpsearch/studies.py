@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 import optuna
@@ -24,6 +25,9 @@ from hpsearch.records import (
     TrialCounts,
     best_of,
     count_trials,
+    evaluation_runs,
+    run_seed,
+    trial_seed,
 )
 from hpsearch.search.pruning import build_pruner
 from hpsearch.search.samplers import build_sampler
@@ -135,10 +139,11 @@ class Retrained:
 
     trial: FrozenTrial
     params: dict[str, Value]
-    run: TrainedRun
+    run: TrainedRun  # its first run
     epoch: int | None  # the last epoch the stored trial reported (None: it reported none)
     stored_loss: float | None
-    retrained_loss: float | None  # at that same epoch
+    retrained_loss: float | None  # at that same epoch: the mean over its runs
+    runs: tuple[TrainedRun, ...] = ()  # every run (`[evaluation]`: folds x seeds)
 
 
 def retrain_trial(study_name: str, storage_url: str, number: int,
@@ -158,11 +163,18 @@ def retrain_trial(study_name: str, storage_url: str, number: int,
                           f"(state {trial.state.name})")
     config = stored_config(study)
     params = config.space.complete(trial.params)
-    seed = int(trial.user_attrs.get(ATTR_SEED, config.seed + number))
     device = device or trial.user_attrs.get(ATTR_DEVICE, "cpu")
-    run = train_configuration(config, config.load_data(), params, seed, device=device)
+    data = config.load_data()
+    runs = evaluation_runs(config.evaluation)
+    seeds = ([int(trial.user_attrs.get(ATTR_SEED, trial_seed(config.seed, number)))]
+             if len(runs) == 1 else
+             [run_seed(config.seed, number, run, len(runs)) for run in runs])
+    trained = tuple(train_configuration(config, data.fold(run.fold), params, seed,
+                                        device=device) for run, seed in zip(runs, seeds,
+                                                                            strict=True))
     epoch = max(trial.intermediate_values, default=None)
-    history = run.result.history
-    retrained = history[epoch - 1].val_loss if epoch and epoch <= len(history) else None
+    retrained = None
+    if epoch and all(epoch <= len(t.result.history) for t in trained):
+        retrained = fmean(t.result.history[epoch - 1].val_loss for t in trained)
     stored = trial.intermediate_values[epoch] if epoch else None
-    return Retrained(trial, params, run, epoch, stored, retrained)
+    return Retrained(trial, params, trained[0], epoch, stored, retrained, trained)

@@ -1,9 +1,10 @@
 """The engine interface: what the search driver asks of whatever trains its members.
 
-A member is one training run: one configuration's parameters and one seed (its initial weights
-and its batch order). An engine trains a changing set of members, epoch by epoch, each member
-from its own epoch 1: the driver adds members, runs an epoch of every member, and removes the
-members it ends (pruned, diverged, at their last epoch, or given up).
+A member is one training run: one configuration's parameters, one seed (its initial weights
+and its batch order) and one fold of the data (its training and validation rows). An engine
+trains a changing set of members, epoch by epoch, each member from its own epoch 1: the driver
+adds members, runs an epoch of every member, and removes the members it ends (pruned,
+diverged, at their last epoch, or given up). A trial is one member or several (its runs).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from hpsearch.training import EpochStats
 class Member:
     """One training run: what it trains with, and how far it got."""
 
-    key: Any  # the caller's handle (the search driver's Optuna trial)
+    key: Any  # the caller's handle (the search driver's running trial)
     params: Mapping[str, Value]
     seed: int
+    fold: int = 0  # which fold's splits it trains and validates on
     generator: torch.Generator = field(init=False)  # its batch order
     history: list[EpochStats] = field(default_factory=list)
 

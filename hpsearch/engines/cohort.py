@@ -86,8 +86,10 @@ class Cohort:
         self.config = config
         self.device = resolve_device(device)
         self.dtype = dtype
-        self.data = _cast(data.to(self.device), dtype)
-        self.groups: dict[int, _Group] = {}
+        moved = data.to(self.device)
+        self.folds = [_cast(moved.fold(index), dtype) for index in range(moved.n_folds)]
+        # (fold, batch size) -> its members: a group shares its data and its steps per epoch.
+        self.groups: dict[tuple[int, int], _Group] = {}
 
     def __len__(self) -> int:
         return sum(len(group.members) for group in self.groups.values())
@@ -97,23 +99,24 @@ class Cohort:
         return [member for group in self.groups.values() for member in group.members]
 
     def add(self, members: Sequence[Member]) -> None:
-        by_batch: dict[int, list[Member]] = {}
+        by_group: dict[tuple[int, int], list[Member]] = {}
         for member in members:
             size = int(member.params.get("batch_size", self.config.training.batch_size))
-            by_batch.setdefault(size, []).append(member)
-        for size, joining in by_batch.items():
-            if size not in self.groups:
-                self.groups[size] = _Group(self.config, self.data, size, self.device,
-                                           self.dtype)
-            self.groups[size].add(joining)
+            by_group.setdefault((member.fold, size), []).append(member)
+        for key, joining in by_group.items():
+            if key not in self.groups:
+                fold, size = key
+                self.groups[key] = _Group(self.config, self.folds[fold], size, self.device,
+                                          self.dtype)
+            self.groups[key].add(joining)
 
     @torch.inference_mode()
     def remove(self, members: Sequence[Member]) -> None:
         leaving = {id(member) for member in members}
-        for size, group in list(self.groups.items()):
+        for key, group in list(self.groups.items()):
             group.keep([m for m in group.members if id(m) not in leaving])
             if not group.members:
-                del self.groups[size]
+                del self.groups[key]
 
     @torch.inference_mode()
     def measure(self, members: Sequence[Member]) -> list[tuple[float, float | None]]:

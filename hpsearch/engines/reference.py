@@ -27,6 +27,7 @@ class ReferenceEngine:
         self.device = resolve_device(device)
         check_model(config, data)
         self.data = data.to(self.device)
+        self.folds = [self.data.fold(index) for index in range(self.data.n_folds)]
         self._runners: dict[Member, EpochRunner] = {}
 
     def __len__(self) -> int:
@@ -38,8 +39,9 @@ class ReferenceEngine:
 
     def add(self, members: Sequence[Member]) -> None:
         for member in members:
-            self._runners[member] = start_run(self.config, self.data, member.params,
-                                              member.seed, self.device, member.generator)
+            self._runners[member] = start_run(self.config, self.folds[member.fold],
+                                              member.params, member.seed, self.device,
+                                              member.generator)
 
     def run_epoch(self) -> list[EpochOutcome]:
         outcomes = []
@@ -65,7 +67,7 @@ class ReferenceEngine:
         measured = []
         for member in members:
             runner = self._runners[member]
-            loss, accuracy = evaluate(runner.model, self.data.test, runner.loss_fn,
+            loss, accuracy = evaluate(runner.model, runner.data.test, runner.loss_fn,
                                       runner.classify)
             measured.append((loss.item(), None if accuracy is None else accuracy.item()))
         return measured

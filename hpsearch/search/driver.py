@@ -41,6 +41,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from statistics import fmean as mean
 from typing import Any
 
 import optuna
@@ -48,7 +50,9 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.engines import Engine, EpochOutcome, Member
+from hpsearch.params import Value
 from hpsearch.records import (
+    ATTR_FOLD,
     ATTR_SEED,
     ATTR_TEST_ACCURACY,
     ATTR_TEST_LOSS,
@@ -59,13 +63,16 @@ from hpsearch.records import (
     FINISHED_STATES,
     PRUNED,
     ended_user_attrs,
+    evaluation_runs,
     pruned_detail,
-    trial_seed,
+    run_seed,
+    run_user_attrs,
 )
 from hpsearch.search.lazy_tpe import LazyTPESampler
 from hpsearch.search.pruning import Curve, RoundPruner, startup_trials
 from hpsearch.search.workers import POLL_S, Interruptions, SlotLock
 from hpsearch.storage.port import StoragePort, port_for_study
+from hpsearch.training import EpochStats
 
 log = logging.getLogger(__name__)
 # Under Optuna's logger, so that `-v` (Optuna's INFO) shows every trial's end as Optuna's own
@@ -76,9 +83,21 @@ trial_log = logging.getLogger("optuna.hpsearch")
 REFILL_AT = 4
 
 
+@dataclass(eq=False)
+class _Running:
+    """A trial in training: its runs (the engine's members, in lock-step: they joined
+    together and train an epoch each per round) and, epoch by epoch, their mean."""
+
+    trial: optuna.Trial
+    members: list[Member]
+    history: list[EpochStats] = field(default_factory=list)
+    curve: Curve | None = None  # what the pruner reads of the mean curve
+
+
 class SearchDriver:
-    """Runs `engine`'s members as trials of `study` until it has `target` finished trials
-    (see the module docstring)."""
+    """Runs `study`'s trials on `engine` until the study has `target` finished trials (see
+    the module docstring): `slots` trials at a time, each trained as the runs of
+    `config.evaluation` (a confirmation's queued trials: the one run they were queued with)."""
 
     def __init__(self, study: optuna.Study, config: StudyConfig, engine: Engine,
                  slots: int, interruptions: Interruptions, worker_id: str = "",
@@ -93,12 +112,13 @@ class SearchDriver:
         self.on_change = on_change
         self.port: StoragePort = port_for_study(study)
         self.pruner = RoundPruner(study)
-        self.curves: dict[Member, Curve] = {}  # what the pruner reads of each member
+        self.running: list[_Running] = []  # in the order they joined
+        self.runs = evaluation_runs(config.evaluation)
         self.recount_at = 0.0  # no study count before this (monotonic) time
         self.startup = startup_trials(config.pruner) if self.pruner.prunes else 0
         # Run only the study's queued trials (a confirmation's runs), never sample new ones.
         self.queued_only = queued_only
-        # Measure each completed member on the held-out test split (a confirmation's runs).
+        # Measure each completed trial on the held-out test split (a confirmation's runs).
         self.measure_test = measure_test
         self.queue_empty = False  # queued_only, and nothing was left in the queue
 
@@ -108,8 +128,8 @@ class SearchDriver:
             while True:
                 self.interruptions.check()
                 finished = self.refill(target, slot_lock)
-                heartbeat.running([m.key._trial_id for m in self.engine.members])
-                if not len(self.engine):
+                heartbeat.running([r.trial._trial_id for r in self.running])
+                if not self.running:
                     # Nothing to write our last ends with: now, for the other workers.
                     self.port.write_deferred()
                     if finished is not None and (finished >= target or self.queue_empty):
@@ -130,18 +150,18 @@ class SearchDriver:
 
     # -- refill -----------------------------------------------------------------------------
     def refill(self, target: int, slot_lock: SlotLock) -> int | None:
-        """Ask trials for the engine's free slots while the study needs them; returns the
-        number of finished trials, or None when it did not count them."""
+        """Ask trials for the free slots while the study needs them; returns the number of
+        finished trials, or None when it did not count them."""
         capacity = self.slots if self.startup == 0 else min(self.slots, self.startup)
-        free = capacity - len(self.engine)
+        free = capacity - len(self.running)
         # A full study gets room again only when another worker's trial fails (our own ends
         # move a trial from running to finished): counting it every round would cost a query
-        # per epoch at the end of every search. An empty engine counts at once (it may be
-        # done).
-        if len(self.engine) and (free < max(1, capacity // REFILL_AT)
-                                 or time.monotonic() < self.recount_at):
+        # per epoch at the end of every search. With nothing running, count at once (the
+        # study may be done).
+        if self.running and (free < max(1, capacity // REFILL_AT)
+                             or time.monotonic() < self.recount_at):
             return None
-        joining = []
+        joining: list[_Running] = []
         with _held(slot_lock):
             self.port.fail_stale(self.study)
             states = self.port.count_states(self.study)
@@ -149,7 +169,7 @@ class SearchDriver:
             room = target - finished - states.get(TrialState.RUNNING, 0)
             if states.get(TrialState.COMPLETE, 0) >= self.startup:
                 self.startup = 0  # the pruner is at work: every slot is used
-                free = self.slots - len(self.engine)
+                free = self.slots - len(self.running)
             if room <= 0:
                 self.recount_at = time.monotonic() + POLL_S
             asking = max(0, min(free, room))
@@ -169,89 +189,120 @@ class SearchDriver:
                     params = self.config.space.suggest(trial)
                     if self.worker_id:
                         self.port.set_worker(trial, ATTR_WORKER, self.worker_id)
-                    # A trial queued with its seed (a confirmation's run) trains with it.
-                    seed = trial.user_attrs.get(ATTR_SEED) if index < queued else None
-                    if seed is None:
-                        seed = trial_seed(self.config.seed, trial.number)
-                    joining.append(Member(trial, params, int(seed)))
+                    joining.append(self._start(trial, params, index < queued))
             if joining:
                 self.port.configured(trials, queued)
         try:
-            self.engine.add(joining)
+            self.engine.add([member for running in joining for member in running.members])
         except BaseException:
-            # Not yet members (`fail_all` won't see them): they end FAILED here, not as stale
+            # Not yet running (`fail_all` won't see them): they end FAILED here, not as stale
             # trials that would be retried with the same configuration.
-            for member in joining:
+            for running in joining:
                 with contextlib.suppress(Exception):
-                    self.port.tell(self.study, member.key, state=TrialState.FAIL)
+                    self.port.tell(self.study, running.trial, state=TrialState.FAIL)
             raise
+        self.running += joining
         return finished
+
+    def _start(self, trial: optuna.Trial, params: dict[str, Value], queued: bool) -> _Running:
+        """The trial's runs as members: the study's evaluation runs, or the one run a
+        confirmation queued it with (its seed and fold as user attrs)."""
+        running = _Running(trial, [])
+        attrs = trial.user_attrs if queued else {}
+        if ATTR_SEED in attrs:
+            running.members = [Member(running, params, int(attrs[ATTR_SEED]),
+                                      int(attrs.get(ATTR_FOLD, 0)))]
+        else:
+            running.members = [
+                Member(running, params, run_seed(self.config.seed, trial.number, run,
+                                                 len(self.runs)), run.fold)
+                for run in self.runs]
+        return running
 
     # -- a round's end ----------------------------------------------------------------------
     def end_round(self, outcomes: list[EpochOutcome]) -> bool:
-        """Report, judge and end the round's members; True if any trial ended."""
-        # Every report first: the pruner judges on the same trials.
-        reported = [o for o in outcomes if o.stats is not None]
-        refused = set(self.port.report([(o.member.key._trial_id, o.stats.epoch,
-                                         o.stats.val_loss) for o in reported]))
-        lost = [o.member for o in reported if o.member.key._trial_id in refused]
-        for member in lost:
-            _warn_lost(member.key.number)
-        judged = [o for o in reported if o.member.key._trial_id not in refused]
-        decisions = self._decide(judged)
-        pruned = {o.member for o, prune in zip(judged, decisions, strict=True) if prune}
-        ended: list[tuple[Member, str, str]] = []
-        epochs = self.config.training.epochs
+        """Report, judge and end the round's trials (each the mean of its runs' epoch); True
+        if any trial ended."""
+        by_trial: dict[_Running, list[EpochOutcome]] = {}
         for outcome in outcomes:
-            member, stats = outcome.member, outcome.stats
-            if stats is not None and member.key._trial_id in refused:
-                continue
-            if outcome.error:
-                ended.append((member, FAILED, outcome.error))
-            elif stats is None:
-                ended.append((member, DIVERGED, outcome.diverged))
-            elif member in pruned:
-                ended.append((member, PRUNED, pruned_detail(self.config.pruner.kind,
-                                                            stats.epoch)))
-            elif stats.epoch == epochs:
-                ended.append((member, COMPLETED, ""))
-        completed = [member for member, reason, _ in ended if reason == COMPLETED]
-        measured = dict(zip(completed, self.engine.measure(completed), strict=True)) \
-            if self.measure_test and completed else {}
+            by_trial.setdefault(outcome.member.key, []).append(outcome)
+        stopped: dict[_Running, tuple[str, str]] = {}  # failed or diverged, and why
+        reported: list[_Running] = []
+        for running, runs in by_trial.items():
+            failed = next((o.error for o in runs if o.error), "")
+            diverged = next((o.diverged for o in runs if o.stats is None and not o.error), "")
+            if failed or diverged:
+                stopped[running] = (FAILED, failed) if failed else (DIVERGED, diverged)
+            else:
+                running.history.append(mean_stats([o.stats for o in runs]))
+                reported.append(running)
+        # Every report first: the pruner judges on the same trials.
+        refused = set(self.port.report([(r.trial._trial_id, r.history[-1].epoch,
+                                         r.history[-1].val_loss) for r in reported]))
+        lost = [r for r in reported if r.trial._trial_id in refused]
+        for running in lost:
+            _warn_lost(running.trial.number)
+        judged = [r for r in reported if r.trial._trial_id not in refused]
+        prune = dict(zip(judged, self._decide(judged), strict=True))
+        ended: list[tuple[_Running, str, str]] = []
+        epochs = self.config.training.epochs
+        for running in by_trial:  # in the engine's order
+            if running in stopped:
+                ended.append((running, *stopped[running]))
+            elif running not in prune:
+                continue  # lost
+            elif prune[running]:
+                ended.append((running, PRUNED, pruned_detail(self.config.pruner.kind,
+                                                             running.history[-1].epoch)))
+            elif running.history[-1].epoch == epochs:
+                ended.append((running, COMPLETED, ""))
+        completed = [running for running, reason, _ in ended if reason == COMPLETED]
+        measured = self._measure(completed) if self.measure_test else {}
         with self.port.ending():
-            for member, reason, detail in ended:
-                self._end(member, reason, detail, measured.get(member))
-        leaving = [*lost, *(member for member, _, _ in ended)]
-        for member in leaving:
-            self.curves.pop(member, None)
-        self.engine.remove(leaving)
+            for running, reason, detail in ended:
+                self._end(running, reason, detail, measured.get(running))
+        leaving = {*lost, *(running for running, _, _ in ended)}
+        if leaving:
+            self.engine.remove([m for running in leaving for m in running.members])
+            self.running = [r for r in self.running if r not in leaving]
         return bool(leaving)
 
-    def _decide(self, judged: list[EpochOutcome]) -> list[bool]:
-        """The pruner's decision for each judged member, on the study as it is now."""
+    def _decide(self, judged: list[_Running]) -> list[bool]:
+        """The pruner's decision for each judged trial, on the study as it is now."""
         if not self.pruner.remembers:
-            return self.pruner.decide([self.port.trial(o.member.key._trial_id)
-                                       for o in judged])
-        curves = []
-        for outcome in judged:
-            member = outcome.member
-            self.curves[member] = Curve.extended(self.curves.get(member), outcome.stats.epoch,
-                                                 outcome.stats.val_loss, self.pruner.direction)
-            curves.append(self.curves[member])
-        return self.pruner.decide_curves(curves)
+            return self.pruner.decide([self.port.trial(r.trial._trial_id) for r in judged])
+        for running in judged:
+            last = running.history[-1]
+            running.curve = Curve.extended(running.curve, last.epoch, last.val_loss,
+                                           self.pruner.direction)
+        return self.pruner.decide_curves([running.curve for running in judged])
 
-    def _end(self, member: Member, reason: str, detail: str,
+    def _measure(self, completed: list[_Running]) -> dict[_Running, tuple[float, float | None]]:
+        """Each completed trial's test loss and accuracy: the mean over its runs."""
+        members = [member for running in completed for member in running.members]
+        by_member = dict(zip(members, self.engine.measure(members), strict=True))
+        measured = {}
+        for running in completed:
+            losses, accuracies = zip(*(by_member[m] for m in running.members), strict=True)
+            measured[running] = (mean(losses), None if accuracies[0] is None
+                                 else mean(accuracies))
+        return measured
+
+    def _end(self, running: _Running, reason: str, detail: str,
              test: tuple[float, float | None] | None = None) -> None:
-        trial: optuna.Trial = member.key
-        attrs = ended_user_attrs(member.history, member.seed, reason, detail,
+        trial = running.trial
+        attrs = ended_user_attrs(running.history, running.members[0].seed, reason, detail,
                                  self.engine.device.type, self.engine.name)
+        if len(running.members) > 1:
+            attrs |= run_user_attrs([m.history for m in running.members],
+                                    len(running.history))
         if test is not None:
             attrs[ATTR_TEST_LOSS] = test[0]
             if test[1] is not None:
                 attrs[ATTR_TEST_ACCURACY] = test[1]
         self.port.set_user_attrs(trial._trial_id, attrs)
         if reason == COMPLETED:
-            value = member.history[-1].val_loss
+            value = running.history[-1].val_loss
             told = self.port.tell(self.study, trial, value)
             trial_log.info("Trial %d finished with value: %s and parameters: %s.",
                            trial.number, value, trial.params)
@@ -265,12 +316,23 @@ class SearchDriver:
             _warn_lost(trial.number)
 
     def fail_all(self) -> None:
-        for member in self.engine.members:
+        for running in self.running:
             with contextlib.suppress(Exception):
-                self.port.tell(self.study, member.key, state=TrialState.FAIL)
+                self.port.tell(self.study, running.trial, state=TrialState.FAIL)
         # The ends already decided still count (with the first tell above, or now).
         with contextlib.suppress(Exception):
             self.port.write_deferred()
+
+
+def mean_stats(runs: list[EpochStats]) -> EpochStats:
+    """One epoch of a trial: the mean over its runs (a single run's own stats), the learning
+    rate its first run's (every run follows the same schedule, but for ReduceLROnPlateau)."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    accuracy = None if first.val_accuracy is None else mean(r.val_accuracy for r in runs)
+    return EpochStats(first.epoch, first.lr, mean(r.train_loss for r in runs),
+                      mean(r.val_loss for r in runs), accuracy)
 
 
 class _Heartbeat:
