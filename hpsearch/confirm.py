@@ -62,7 +62,7 @@ from hpsearch.records import (
 )
 from hpsearch.report import trial_state
 from hpsearch.search.run import DriveSettings, confirmation_sampler_and_pruner, drive
-from hpsearch.storage.port import port_for_study
+from hpsearch.storage.port import port_for_study, storage_of
 from hpsearch.storage.urls import mask_url, open_storage
 from hpsearch.studies import load_stored_study, stored_config, study_names
 from hpsearch.training import resolve_device
@@ -314,7 +314,7 @@ def open_confirm_study(parent: optuna.Study, storage_url: str,
 def load_confirmation(parent: optuna.Study, alpha: float = ALPHA) -> Analysis | None:
     """The analysis of `parent`'s confirmation study, or None where it has none (yet)."""
     name = confirm_study_name(parent.study_name)
-    storage = parent._storage  # one connection serves the whole report
+    storage = storage_of(parent)  # one connection serves the whole report
     if name not in study_names(storage):
         return None
     study = optuna.load_study(study_name=name, storage=storage)

@@ -370,7 +370,8 @@ def start_dashboard(storage_url: str, study_name: str | None = None, host: str =
     study_id = None
     names = _hpsearch_study_names(storage)
     if study_name is not None:
-        study_id = load_stored_study(study_name, storage_url)._study_id
+        load_stored_study(study_name, storage_url)  # or the list of the studies it has
+        study_id = storage.get_study_id_from_name(study_name)
         names = [name for name in names if name == study_name]
     server = _bind(host, port)
     try:

@@ -122,7 +122,8 @@ def list_studies(storage_url: str) -> list[StudyRow]:
     storage = open_storage(storage_url)
     rows = []
     for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
-        trials = storage.get_all_trials(frozen._study_id, deepcopy=False)
+        trials = storage.get_all_trials(storage.get_study_id_from_name(frozen.study_name),
+                                        deepcopy=False)
         best = best_of(trials)
         starts = [t.datetime_start for t in trials if t.datetime_start]
         rows.append(StudyRow(

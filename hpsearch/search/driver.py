@@ -128,7 +128,7 @@ class SearchDriver:
             while True:
                 self.interruptions.check()
                 finished = self.refill(target, slot_lock)
-                heartbeat.running([r.trial._trial_id for r in self.running])
+                heartbeat.running([r.trial for r in self.running])
                 if not self.running:
                     # Nothing to write our last ends with: now, for the other workers.
                     self.port.write_deferred()
@@ -237,12 +237,12 @@ class SearchDriver:
                 running.history.append(mean_stats([o.stats for o in runs]))
                 reported.append(running)
         # Every report first: the pruner judges on the same trials.
-        refused = set(self.port.report([(r.trial._trial_id, r.history[-1].epoch,
-                                         r.history[-1].val_loss) for r in reported]))
-        lost = [r for r in reported if r.trial._trial_id in refused]
+        refused = self.port.report([(r.trial, r.history[-1].epoch, r.history[-1].val_loss)
+                                    for r in reported])
+        lost = [r for r in reported if r.trial.number in refused]
         for running in lost:
             _warn_lost(running.trial.number)
-        judged = [r for r in reported if r.trial._trial_id not in refused]
+        judged = [r for r in reported if r.trial.number not in refused]
         prune = dict(zip(judged, self._decide(judged), strict=True))
         ended: list[tuple[_Running, str, str]] = []
         epochs = self.config.training.epochs
@@ -270,7 +270,7 @@ class SearchDriver:
     def _decide(self, judged: list[_Running]) -> list[bool]:
         """The pruner's decision for each judged trial, on the study as it is now."""
         if not self.pruner.remembers:
-            return self.pruner.decide([self.port.trial(r.trial._trial_id) for r in judged])
+            return self.pruner.decide([self.port.trial(r.trial) for r in judged])
         for running in judged:
             last = running.history[-1]
             running.curve = Curve.extended(running.curve, last.epoch, last.val_loss,
@@ -300,7 +300,7 @@ class SearchDriver:
             attrs[ATTR_TEST_LOSS] = test[0]
             if test[1] is not None:
                 attrs[ATTR_TEST_ACCURACY] = test[1]
-        self.port.set_user_attrs(trial._trial_id, attrs)
+        self.port.set_user_attrs(trial, attrs)
         if reason == COMPLETED:
             value = running.history[-1].val_loss
             told = self.port.tell(self.study, trial, value)
@@ -343,7 +343,7 @@ class _Heartbeat:
     def __init__(self, port: StoragePort):
         self.port = port
         self.interval = port.heartbeat_s
-        self._trial_ids: tuple[int, ...] = ()
+        self._trials: tuple[optuna.Trial, ...] = ()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         if self.interval:
@@ -351,16 +351,16 @@ class _Heartbeat:
                                             daemon=True)
             self._thread.start()
 
-    def running(self, trial_ids: list[int]) -> None:
-        self._trial_ids = tuple(trial_ids)  # replaced whole: the thread reads a snapshot
+    def running(self, trials: list[optuna.Trial]) -> None:
+        self._trials = tuple(trials)  # replaced whole: the thread reads a snapshot
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.interval):
-            trial_ids = self._trial_ids
-            if not trial_ids:
+            trials = self._trials
+            if not trials:
                 continue
             try:
-                self.port.beat(trial_ids)
+                self.port.beat(trials)
             except Exception as exc:  # the database is away: the next beat tries again
                 log.debug("heartbeat failed: %s", exc)
 

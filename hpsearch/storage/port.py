@@ -49,9 +49,9 @@ class StoragePort:
             warnings.filterwarnings("ignore", "Heartbeat of storage")
             return [study.ask() for _ in range(count)]
 
-    def trial(self, trial_id: int) -> FrozenTrial:
+    def trial(self, trial: optuna.Trial) -> FrozenTrial:
         """The trial as it is now (a running trial of this process included)."""
-        return self.storage.get_trial(trial_id)
+        return self.storage.get_trial(trial._trial_id)
 
     def best_value(self, study: optuna.Study) -> float | None:
         """The value of the study's best trial, or None before one completed."""
@@ -67,11 +67,16 @@ class StoragePort:
         """The trials' parameters are drawn: they reach the database before training (a dead
         worker's trials are retried with them). The first `queued` were taken from the
         queue and beat from now on."""
-        self.beat([t._trial_id for t in trials[:queued]])
+        self.beat(trials[:queued])
 
-    def report(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
-        """Each (trial id, epoch, value) as an intermediate value; the ids of the trials that
-        refused theirs: another worker failed them (their heartbeat looked stale)."""
+    def report(self, records: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
+        """Each (trial, epoch, value) as an intermediate value; the numbers of the trials
+        that refused theirs: another worker failed them (their heartbeat looked stale)."""
+        refused = set(self._report([(trial._trial_id, epoch, value)
+                                    for trial, epoch, value in records]))
+        return {trial.number for trial, _, _ in records if trial._trial_id in refused}
+
+    def _report(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
         refused = []
         for trial_id, epoch, value in records:
             try:
@@ -80,9 +85,9 @@ class StoragePort:
                 refused.append(trial_id)
         return refused
 
-    def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+    def set_user_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
-            self.storage.set_trial_user_attr(trial_id, key, value)
+            self.storage.set_trial_user_attr(trial._trial_id, key, value)
 
     @contextlib.contextmanager
     def ending(self) -> Iterator[None]:
@@ -107,8 +112,11 @@ class StoragePort:
     def write_deferred(self) -> None:
         """Write the ends that `ending` left for later, now."""
 
-    def beat(self, trial_ids: Sequence[int]) -> None:
+    def beat(self, trials: Sequence[optuna.Trial]) -> None:
         """A heartbeat for each of these running trials."""
+        self._beat([trial._trial_id for trial in trials])
+
+    def _beat(self, trial_ids: Sequence[int]) -> None:
         if self.heartbeat_s is None:
             return
         for trial_id in trial_ids:
@@ -161,7 +169,7 @@ class WriteBehindPort(StoragePort):
         self.storage.flush_trials([t._trial_id for t in trials])
         self.storage.record_heartbeats([t._trial_id for t in trials[:queued]])
 
-    def report(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
+    def _report(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
         return self.storage.set_intermediate_values(records)
 
     @contextlib.contextmanager
@@ -176,7 +184,7 @@ class WriteBehindPort(StoragePort):
     def write_deferred(self) -> None:
         self.storage.write_deferred_ends()
 
-    def beat(self, trial_ids: Sequence[int]) -> None:
+    def _beat(self, trial_ids: Sequence[int]) -> None:
         self.storage.record_heartbeats(list(trial_ids))
 
     def count_states(self, study: optuna.Study) -> dict[TrialState, int]:
@@ -222,7 +230,12 @@ _PORTS: weakref.WeakKeyDictionary[BaseStorage, StoragePort] = weakref.WeakKeyDic
 
 def port_for_study(study: optuna.Study) -> StoragePort:
     """The port of the study's storage."""
-    return port_for(study._storage)
+    return port_for(storage_of(study))
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes (one connection for what else reads it)."""
+    return study._storage
 
 
 def port_for(storage: BaseStorage) -> StoragePort:
