@@ -165,12 +165,13 @@ class StudyConfig:
             document["evaluation"] = plain(self.evaluation)
         return document
 
-    def load_data(self) -> Dataset:
-        """The study's dataset, split and scaled as the study file says."""
+    def load_data(self, folds: int | None = None) -> Dataset:
+        """The study's dataset, split and scaled as the study file says: into the folds of
+        its evaluation, or `folds` (1: one validation split, as `hpsearch train` trains)."""
         d = self.data
         split = {"valid_fraction": d.valid_fraction, "test_fraction": d.test_fraction,
                  "split_seed": d.split_seed, "scale": d.scale,
-                 "folds": self.evaluation.folds}
+                 "folds": self.evaluation.folds if folds is None else folds}
         if d.table is not None:
             return load_table(d.table, **split)
         return load_dataset(d.dataset, d.options, **split)

@@ -5,8 +5,9 @@ test split that the search never saw (`hpsearch confirm`).
 - **Which configurations**: by default the best `top` complete trials overall and the best
   `top` of each scheduler, deduplicated by parameters; or the trials named.
 - **Which seeds**: seed index i trains with `study seed + SEED_OFFSET + i` (initial weights and
-  batch order; the split is the study's). Every configuration gets the same seeds, so that
-  runs can be compared pair by pair; none is the seed a trial of the search trained with.
+  batch order; the split is the study's, and with `[evaluation] folds = k` seed index i trains
+  on fold i mod k, so the runs cover every fold). Every configuration gets the same seeds, so
+  that runs can be compared pair by pair; none is the seed a trial of the search trained with.
 - **Where the runs go**: the Optuna study `<study>:confirm` in the same storage (optuna-dashboard
   shows it). Each run is one trial with the configuration's parameters, its validation loss
   per epoch as intermediate values, and user attrs `config_id`, `source_trial`,
@@ -49,6 +50,7 @@ from hpsearch.records import (
     ATTR_CONFIRM_STUDY,
     ATTR_END_REASON,
     ATTR_FINGERPRINT,
+    ATTR_FOLD,
     ATTR_RUNNER_UPS,
     ATTR_SEARCH_VALUE,
     ATTR_SEED,
@@ -156,11 +158,12 @@ def _search_order(trial: FrozenTrial) -> tuple[bool, float, int]:
 # -- which runs -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunTask:
-    """One run: a configuration trained with one seed."""
+    """One run: a configuration trained with one seed on one fold."""
 
     configuration: Configuration
     seed_index: int
     seed: int
+    fold: int = 0
 
 
 def finished_runs(trials: Sequence[FrozenTrial]) -> set[tuple[str, int]]:
@@ -173,10 +176,12 @@ def finished_runs(trials: Sequence[FrozenTrial]) -> set[tuple[str, int]]:
 
 
 def plan_runs(configurations: Sequence[Configuration], seeds: int, study_seed: int,
-              done: set[tuple[str, int]]) -> list[RunTask]:
+              done: set[tuple[str, int]], folds: int = 1) -> list[RunTask]:
     """The runs still missing, seed by seed (every configuration's first seed, then every
-    second...): an interruption then leaves configurations with about the same seeds."""
-    return [RunTask(c, index, confirm_seed(study_seed, index))
+    second...): an interruption then leaves configurations with about the same seeds. With
+    `folds`, seed index i trains on fold i mod folds: the runs cover every fold, and two
+    configurations' runs of one seed are on the same fold (compared pair by pair)."""
+    return [RunTask(c, index, confirm_seed(study_seed, index), index % folds)
             for index in range(seeds) for c in configurations
             if (c.config_id, confirm_seed(study_seed, index)) not in done]
 
@@ -196,7 +201,8 @@ def queue_runs(study: optuna.Study, config: StudyConfig, tasks: Sequence[RunTask
             continue
         attrs: dict[str, Any] = {ATTR_CONFIG_ID: configuration.config_id,
                                  ATTR_SOURCE_TRIAL: configuration.source_trial,
-                                 ATTR_SEED_INDEX: task.seed_index, ATTR_SEED: task.seed}
+                                 ATTR_SEED_INDEX: task.seed_index, ATTR_SEED: task.seed,
+                                 ATTR_FOLD: task.fold}
         if configuration.search_value is not None:
             attrs[ATTR_SEARCH_VALUE] = configuration.search_value
         study.enqueue_trial(config.space.complete(configuration.params), user_attrs=attrs)
@@ -270,7 +276,7 @@ def run_confirmation(
     runner_ups = len(configurations) - 1 if trials else top - 1
     study = open_confirm_study(parent, storage_url, max(runner_ups, 1))
     tasks = plan_runs(configurations, seeds, config.seed,
-                      finished_runs(study.get_trials(deepcopy=False)))
+                      finished_runs(study.get_trials(deepcopy=False)), data.n_folds)
     if on_start is not None:
         on_start(len(tasks), len(configurations) * seeds - len(tasks))
     started = time.perf_counter()

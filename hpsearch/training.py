@@ -328,6 +328,7 @@ def train_single(
     """Train one configuration of `config`'s space: the given values, the study's fixed
     values, and defaults for the rest (`hpsearch train --set name=value`)."""
     params = config.space.complete(given)
-    run = train_configuration(config, config.load_data(), params,
+    # One run on the study's one validation split, whatever its evaluation's folds.
+    run = train_configuration(config, config.load_data(folds=1), params,
                               config.seed if seed is None else seed, device=device)
     return params, run

@@ -13,9 +13,11 @@ from conftest import SEARCH_ENGINES, SMALL_WINE
 from optuna.trial import TrialState
 
 from hpsearch.config import EvaluationConfig, load_study_config
+from hpsearch.confirm import run_confirmation
 from hpsearch.data import load_dataset
 from hpsearch.errors import ConfigError
 from hpsearch.records import (
+    ATTR_FOLD,
     ATTR_RUN_VAL_ACCURACY,
     ATTR_RUN_VAL_LOSS,
     ATTR_SEED,
@@ -176,3 +178,19 @@ def test_resume_workers_and_retraining_with_runs(cv_study, tmp_path):
     assert len(again.runs) == 6
     assert [r.result.last.val_loss for r in again.runs] == complete.user_attrs[ATTR_RUN_VAL_LOSS]
     assert again.retrained_loss == again.stored_loss == complete.value
+
+
+def test_confirm_covers_every_fold(cv_study, tmp_path):
+    config = load_study_config(str(cv_study))
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    run_search(config, url, 4, engine="cohort")
+    outcome = run_confirmation("small", url, top=1, seeds=4)
+    runs = optuna.load_study(study_name="small:confirm", storage=url).trials
+    assert len(runs) == outcome.ran == 4 * len(outcome.configurations)
+    for run in runs:
+        assert run.state == TrialState.COMPLETE
+        assert run.user_attrs[ATTR_FOLD] == run.user_attrs["seed_index"] % 3
+        assert len(run.intermediate_values) == 12 and "test_loss" in run.user_attrs
+    # Each seed is one fold for every configuration: paired run by run.
+    by_seed = outcome.analysis.runs.groupby("seed")["config_id"].nunique()
+    assert (by_seed == len(outcome.configurations)).all()
