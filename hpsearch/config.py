@@ -179,6 +179,11 @@ class StudyConfig:
     def renamed(self, name: str) -> StudyConfig:
         return StudyConfig(**{**vars(self), "name": name})
 
+    def one_run(self) -> StudyConfig:
+        """The same study with one run per trial (one validation split, one seed): how the
+        benchmarks compare engines and storages, whatever the study file's evaluation."""
+        return StudyConfig(**{**vars(self), "evaluation": EvaluationConfig()})
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):

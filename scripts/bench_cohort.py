@@ -94,7 +94,7 @@ def _fmt(value: float) -> str:
 
 
 def wine(args: argparse.Namespace, folder: Path) -> None:
-    config = load_study_config("wine")
+    config = load_study_config("wine").one_run()
     # Each engine's studies in one SQLite file, as a user's studies share hpsearch.db; a
     # warm-up study, not timed, creates its tables (a new file's cost, 0.1-0.3 s, would be
     # charged to one run, and weigh 7x more on the faster engine) and pays for imports
@@ -155,7 +155,7 @@ def scaling(args: argparse.Namespace) -> None:
 
 def quality(args: argparse.Namespace, folder: Path) -> None:
     for study in ("wine", "breast_cancer", "digits"):
-        base = load_study_config(study)
+        base = load_study_config(study).one_run()
         measure(base, folder, WARM_UP_TRIALS, COHORT, args.cohort_size,
                 database=f"{study}.db")
         rows: dict[str, list[dict[str, float]]] = {}
@@ -176,10 +176,10 @@ def quality(args: argparse.Namespace, folder: Path) -> None:
 
 def one_size(args: argparse.Namespace, folder: Path) -> None:
     """One scaling point, in its own process so that its peak memory is its own."""
-    load_study_config("wine").load_data()  # scikit-learn's import is not the search's time
+    config = load_study_config("wine").one_run()
+    config.load_data()  # scikit-learn's import is not the search's time
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = measure(load_study_config("wine"), folder, args.trials, COHORT, args.one_size,
-                     args.device)
+    result = measure(config, folder, args.trials, COHORT, args.one_size, args.device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"ms/trial": 1000 * result["wall s"] / args.trials,
                       "ms/epoch": result["ms/epoch"], "best val loss": result["best val loss"],

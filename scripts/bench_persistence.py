@@ -44,7 +44,7 @@ WARM_UP_TRIALS = 20
 
 def baseline(storage: str | None, trials: int, seed: int) -> tuple[float, int]:
     """The plain Optuna script: (seconds, epochs trained)."""
-    data = load_study_config("wine").load_data()
+    data = load_study_config("wine").one_run().load_data()
     loss_fn = nn.CrossEntropyLoss()
 
     def objective(trial: optuna.Trial) -> float:
@@ -84,7 +84,7 @@ def baseline(storage: str | None, trials: int, seed: int) -> tuple[float, int]:
 def hpsearch(storage: str, trials: int, seed: int, engine: str) -> tuple[float, int]:
     """`hpsearch optimize --study wine --engine ENGINE` as a library call: (seconds, epochs
     trained)."""
-    config = load_study_config("wine")
+    config = load_study_config("wine").one_run()
     config = replace(config, seed=seed).renamed(f"bench-{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
     outcome = run_search(config, storage, trials, engine=engine)

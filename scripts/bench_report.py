@@ -33,7 +33,7 @@ EPOCHS = 100
 
 def build_study(url: str, name: str, n_trials: int, seed: int = 0) -> None:
     """Draw `n_trials` trials in memory (fast), then copy them into the storage at `url`."""
-    config = load_study_config("wine")
+    config = load_study_config("wine").one_run()
     memory = optuna.create_study(study_name=name,
                                  sampler=optuna.samplers.RandomSampler(seed=seed))
     rng = np.random.default_rng(seed)

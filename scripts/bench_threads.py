@@ -23,7 +23,7 @@ STUDIES = ("wine", "breast_cancer", "digits")
 
 def ms_per_epoch(study: str, threads: int) -> float:
     torch.set_num_threads(threads)
-    config = load_study_config(study)
+    config = load_study_config(study).one_run()
     data = config.load_data()
     params = config.space.complete({"optimizer": "adam", "lr": "0.01", "scheduler": "cosine"})
     started = time.perf_counter()

@@ -42,7 +42,7 @@ DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 def measure(url: str, trials: int, workers: int, engine: str, seed: int,
             pruning: bool) -> dict[str, float]:
-    config = replace(load_study_config("wine"), seed=seed).renamed(
+    config = replace(load_study_config("wine").one_run(), seed=seed).renamed(
         f"bench_{uuid.uuid4().hex[:8]}")
     if not pruning:
         config = replace(config, pruner=replace(config.pruner, kind="none"))
