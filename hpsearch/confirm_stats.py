@@ -23,14 +23,27 @@ honest estimate of how the chosen configuration does on unseen data, never a sel
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.paired_stats import (
+    ALPHA,
+    BETTER,
+    INCONCLUSIVE,
+    TIED,
+    WORSE,
+    holm,
+    mean_interval,
+    outcome,
+    paired_differences,
+    seeds_needed,
+    smallest_p,
+    wilcoxon_p,
+)
 from hpsearch.records import (
     ATTR_CONFIG_ID,
     ATTR_END_REASON,
@@ -46,15 +59,12 @@ from hpsearch.records import (
 )
 from hpsearch.report import counted, format_cell, format_interval, listed
 
-CONFIDENCE = 0.95
-ALPHA = 0.05
 METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 # What each metric can be at all (cross-entropy and MSE are never negative): a t-interval
 # knows nothing of that, so it is clipped to them.
 METRIC_RANGES = {"val_loss": (0.0, math.inf), "val_accuracy": (0.0, 1.0),
                  "test_loss": (0.0, math.inf), "test_accuracy": (0.0, 1.0)}
 QUESTIONS = ("configuration", "schedule")
-BETTER, WORSE, TIED, INCONCLUSIVE = "better", "worse", "tied", "inconclusive"
 
 # Parameters with their own column in the tables; the others are listed as `name=value`.
 _OWN_COLUMNS = ("optimizer", "lr", "scheduler")
@@ -111,28 +121,6 @@ def _run_row(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-# -- intervals --------------------------------------------------------------------------------
-def mean_interval(values: Sequence[float] | np.ndarray | pd.Series,
-                  confidence: float = CONFIDENCE,
-                  within: tuple[float, float] = (-math.inf, math.inf),
-                  ) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its Student-t confidence interval, ignoring NaN,
-    clipped to `within`. The interval is NaN below two values; it is a point where every
-    value is the same."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2 or not np.isfinite(x).all():
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1)
-                 / math.sqrt(len(x)))
-    return mean, max(mean - half, within[0]), min(mean + half, within[1])
-
-
 def configuration_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration, best first: `rank`, `config` (the search trial it came
     from, `#N`), its choices, `seeds` run, `diverged` runs, `<metric>_mean/_low/_high` for
@@ -168,60 +156,6 @@ def configuration_table(runs: pd.DataFrame) -> pd.DataFrame:
                               na_position="last", ignore_index=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     return table[columns]
-
-
-# -- paired tests -----------------------------------------------------------------------------
-def paired_differences(best: pd.Series, other: pd.Series) -> np.ndarray:
-    """best - other on the seeds both ran (Series indexed by seed; a diverged run is +inf:
-    worse than any loss). Two diverged runs are a tie."""
-    both = pd.concat([best, other], axis=1, join="inner").to_numpy(dtype=float)
-    a, b = both[:, 0], both[:, 1]
-    with np.errstate(invalid="ignore"):
-        difference = a - b
-    difference[np.isinf(a) & np.isinf(b)] = 0.0
-    return difference
-
-
-def wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p of paired differences (zeros dropped; 1.0 if all are
-    zero). The test only uses their signs and the ranks of their sizes, so a diverged run's
-    infinite difference is ranked as the largest."""
-    from scipy import stats
-
-    d = differences[differences != 0]
-    if len(d) == 0:
-        return 1.0
-    finite = np.abs(d[np.isfinite(d)])
-    largest = 2 * (finite.max() if len(finite) else 1.0) + 1
-    d = np.where(np.isinf(d), np.sign(d) * largest, d)
-    return float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment: controls the chance of any false "better" across a
-    question's comparisons, and is never weaker than Bonferroni's."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted = [0.0] * len(p_values)
-    running = 0.0
-    for step, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - step) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-def smallest_p(seeds: int) -> float:
-    """The smallest two-sided exact Wilcoxon p that `seeds` differing pairs can give: every
-    difference of one sign, 2 / 2^seeds."""
-    return 2.0 ** (1 - seeds)
-
-
-def seeds_needed(comparisons: int, alpha: float = ALPHA) -> int:
-    """The fewest seeds (with differing results) with which the strongest of `comparisons`
-    Holm-corrected comparisons can reach p < alpha at all."""
-    seeds = 1
-    while comparisons * smallest_p(seeds) >= alpha:
-        seeds += 1
-    return seeds
 
 
 def compare(runs: pd.DataFrame, table: pd.DataFrame, runner_ups: int,
@@ -272,14 +206,8 @@ def _name(question: str, row: pd.Series) -> str:
 
 
 def _outcome(row: pd.Series, needed: int, alpha: float) -> str:
-    differing = row["wins"] + row["losses"]
-    if row["seeds"] > 0 and differing == 0:
-        return TIED
-    if differing < needed:
-        return INCONCLUSIVE
-    if row["p_holm"] < alpha:
-        return BETTER if row["mean_difference"] < 0 else WORSE
-    return TIED
+    return outcome(row["wins"], row["losses"], row["seeds"], row["p_holm"],
+                   row["mean_difference"], needed, alpha)
 
 
 # -- the verdict ------------------------------------------------------------------------------

@@ -26,11 +26,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.optimizers import MOMENTUM, OPTIMIZERS
+from hpsearch.paired_stats import (
+    ALPHA,
+    BETTER,
+    INCONCLUSIVE,
+    TIED,
+    WORSE,
+    holm,
+    mean_interval,
+    outcome,
+    paired_differences,
+    seeds_needed,
+    wilcoxon_p,
+)
 from hpsearch.records import (
     ATTR_END_DETAIL,
     ATTR_END_REASON,
     ATTR_EPOCHS_RUN,
     ATTR_LR_CURVE,
+    ATTR_RUN_VAL_LOSS,
     ATTR_SEED,
     ATTR_TRAIN_LOSS,
     ATTR_VAL_ACCURACY,
@@ -49,6 +63,10 @@ CORE_COLUMNS = (
     "optimizer", "lr", "weight_decay", "momentum", "scheduler",
 )
 TRAILING_COLUMNS = ("seed", "datetime_start", "end_detail")
+# The frame's attrs key of each trial's runs (`[evaluation]`): trial number -> each run's final
+# validation loss, in the order every trial of the study shares. An attr, not a column: a
+# list per cell does not belong in trials.csv.
+RUNS = "run_val_loss"
 
 SUMMARY_BY = ("scheduler", "optimizer", "pair")
 _GROUP_KEYS = {"scheduler": ["scheduler"], "optimizer": ["optimizer"],
@@ -108,7 +126,12 @@ def trials_frame(study: StudyOrTrials) -> pd.DataFrame:
         **{name: _dtype(distributions[name]) for name in params},
         "optimizer": "str", "lr": "float64", "scheduler": "str",
     }
-    return frame.astype(dtypes)
+    frame = frame.astype(dtypes)
+    runs = {t.number: t.user_attrs[ATTR_RUN_VAL_LOSS] for t in trials
+            if ATTR_RUN_VAL_LOSS in t.user_attrs}
+    if runs:
+        frame.attrs[RUNS] = runs
+    return frame
 
 
 def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
@@ -253,7 +276,78 @@ def summary(frame: pd.DataFrame, by: str) -> pd.DataFrame:
     table = table.reset_index().rename_axis(columns=None)
     table = table.sort_values(["best_value", "best_trial", *keys], kind="stable",
                               na_position="last", ignore_index=True)
-    return table[columns].astype({name: _summary_dtype(frame, name) for name in columns})
+    table = table[columns].astype({name: _summary_dtype(frame, name) for name in columns})
+    # At equal budget: a group given more trials has more chances at a low best.
+    budget = int(table.loc[table["complete"] > 0, "complete"].min()) if (
+        table["complete"] > 0).any() else 0
+    values = complete.groupby(keys, sort=False)["value"].apply(list)
+    table["expected_best"] = [
+        expected_best(values.get(tuple(row[keys]) if len(keys) > 1 else row[keys[0]], []),
+                      budget) for _, row in table.iterrows()]
+    paired = group_comparisons(frame, by)
+    if not paired.empty:
+        outcomes = {tuple(row[keys]): (row["outcome"], row["p_holm"])
+                    for _, row in paired.iterrows()}
+        first = tuple(table.iloc[0][keys])
+        table["paired"] = [("best" if tuple(row[keys]) == first else
+                            outcomes.get(tuple(row[keys]), ("", math.nan))[0])
+                           for _, row in table.iterrows()]
+        table["p_holm"] = [outcomes.get(tuple(row[keys]), ("", math.nan))[1]
+                           for _, row in table.iterrows()]
+    return table
+
+
+def expected_best(values: Sequence[float], budget: int) -> float:
+    """The expected lowest of `budget` values drawn at random (without replacement) from
+    `values`: a group's best validation loss had it been given `budget` trials. NaN for a
+    budget it does not have."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if budget < 1 or budget > n:
+        return math.nan
+    # P(the lowest drawn is the i-th lowest) = C(n-1-i, budget-1) / C(n, budget), built up
+    # step by step (the binomials themselves overflow floats for large studies).
+    chance = budget / n
+    expected = 0.0
+    for i in range(n - budget + 1):
+        expected += chance * ordered[i]
+        if n - 1 - i > 0:
+            chance *= (n - i - budget) / (n - 1 - i)
+    return expected
+
+
+def group_comparisons(frame: pd.DataFrame, by: str, alpha: float = ALPHA) -> pd.DataFrame:
+    """The best trial of each group (scheduler, optimizer or pair) against the best trial
+    overall, run by run over the runs every trial of the study shares (their final validation
+    losses): two-sided Wilcoxon signed-rank, Holm-corrected over the groups, outcomes in the
+    words of `hpsearch confirm`. Empty where the trials have no runs to pair (one run each)."""
+    keys = _GROUP_KEYS[check_by(by)]
+    complete = complete_trials(frame)
+    stored = frame.attrs.get(RUNS, {})
+    if complete.empty or not all(number in stored for number in complete["number"]):
+        return pd.DataFrame()
+    runs = {number: pd.Series(stored[number]) for number in complete["number"]}
+    overall = complete.iloc[0]
+    best_of_group = complete.groupby(keys, sort=False).first().reset_index()
+    rows = []
+    for _, group in best_of_group.iterrows():
+        if group["number"] == overall["number"]:
+            continue
+        d = paired_differences(runs[overall["number"]], runs[group["number"]])
+        mean, low, high = mean_interval(d)
+        rows.append({**{k: group[k] for k in keys}, "best_trial": group["number"],
+                     "runs": len(d), "wins": int((d < 0).sum()), "losses": int((d > 0).sum()),
+                     "mean_difference": mean, "difference_low": low, "difference_high": high,
+                     "p_value": wilcoxon_p(d)})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p_value"].tolist())
+    needed = seeds_needed(len(table), alpha)
+    table["outcome"] = [outcome(r["wins"], r["losses"], r["runs"], r["p_holm"],
+                                r["mean_difference"], needed, alpha)
+                        for _, r in table.iterrows()]
+    return table
 
 
 def _summary_dtype(frame: pd.DataFrame, column: str) -> Any:
@@ -336,9 +430,30 @@ def verdict(frame: pd.DataFrame) -> str:
     sentences.append(f"The best trial is #{best['number']}: {best['optimizer']} with "
                      f"{best['scheduler']} at lr {best['lr']:.3g}, validation loss "
                      f"{best['value']:.4g}{accuracy}.")
-    sentences += _group_verdict(summary(frame, "scheduler"), "scheduler", "schedule")
-    sentences += _group_verdict(summary(frame, "optimizer"), "optimizer", "optimizer")
+    for key, noun in (("scheduler", "schedule"), ("optimizer", "optimizer")):
+        table = summary(frame, key)
+        sentences += _group_verdict(table, key, noun)
+        sentences += _paired_verdict(table, key, noun)
     return " ".join(sentences)
+
+
+def _paired_verdict(table: pd.DataFrame, key: str, noun: str) -> list[str]:
+    """What the runs every trial shares say of the best group against the others."""
+    if "paired" not in table or len(table) < 2:
+        return []
+    winner = table.iloc[0]
+    said = {word: table.loc[table["paired"] == word, key].tolist()
+            for word in (BETTER, TIED, INCONCLUSIVE, WORSE)}
+    parts = [f"{phrase} {listed(pd.Series(said[word]))}" for word, phrase in (
+        (BETTER, "better than"), (TIED, "tied with"), (INCONCLUSIVE, "inconclusive against"),
+        (WORSE, "worse than")) if said[word]]
+    if not parts:
+        return []
+    verdict = ("the winner" if not said[TIED] and not said[INCONCLUSIVE] and not said[WORSE]
+               else "not a sole winner")
+    return [f"Paired run by run over the runs every trial shares (Wilcoxon, Holm), "
+            f"{winner[key]}'s best trial (#{winner['best_trial']}) is {'; '.join(parts)}: "
+            f"{verdict}."]
 
 
 def _group_verdict(table: pd.DataFrame, key: str, noun: str) -> list[str]:

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 from conftest import SEARCH_ENGINES, SMALL_WINE
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hpsearch.config import EvaluationConfig, load_study_config
@@ -28,6 +29,7 @@ from hpsearch.records import (
     evaluation_runs,
     run_seed,
 )
+from hpsearch.report import expected_best, summary, trials_frame, verdict
 from hpsearch.search.run import run_search
 from hpsearch.studies import open_study, retrain_trial
 
@@ -194,3 +196,44 @@ def test_confirm_covers_every_fold(cv_study, tmp_path):
     # Each seed is one fold for every configuration: paired run by run.
     by_seed = outcome.analysis.runs.groupby("seed")["config_id"].nunique()
     assert (by_seed == len(outcome.configurations)).all()
+
+
+# -- which schedule wins, run by run ----------------------------------------------------------
+def _trial(number: int, scheduler: str, runs: list[float]) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=statistics.fmean(runs),
+        params={"optimizer": "adam", "lr": 0.01, "scheduler": scheduler},
+        distributions={"optimizer": CategoricalDistribution(["adam"]),
+                       "lr": FloatDistribution(1e-4, 1.0, log=True),
+                       "scheduler": CategoricalDistribution(["a", "b", "c", "d"])},
+        user_attrs={ATTR_RUN_VAL_LOSS: runs})
+    trial.number = number
+    return trial
+
+
+def test_groups_are_compared_run_by_run_with_the_best():
+    trials = [
+        _trial(0, "a", [1.0] * 8),
+        _trial(1, "b", [2.0] * 8),  # worse on every run: 8 of 8 pairs, p = 2/2^8
+        _trial(2, "c", [1.0] * 8),  # the same runs: tied
+        _trial(3, "d", [0.5, 1.5] * 4),  # as good on average, half the runs each way
+        _trial(4, "b", [3.0] * 8),  # b's second trial: not its best
+    ]
+    table = summary(trials_frame(trials), "scheduler").set_index("scheduler")
+    assert table.loc["a", "paired"] == "best" and table.loc["a", "best_trial"] == 0
+    assert table.loc["b", "paired"] == "better"  # the best is better than b's best
+    assert table.loc["b", "p_holm"] == pytest.approx(3 * 2 / 2 ** 8)
+    assert table.loc["c", "paired"] == "tied" and table.loc["c", "p_holm"] == 1.0
+    assert table.loc["d", "paired"] == "tied"
+    # At equal budget (the smallest group's 1 complete trial): each group's mean value.
+    assert table.loc["b", "expected_best"] == pytest.approx(2.5)
+    assert verdict(trials_frame(trials)).count("better than b; tied with c and d") == 1
+    assert expected_best([4.0, 1.0, 3.0, 2.0], 2) == pytest.approx(10 / 6)
+    assert expected_best([1.0, 2.0], 3) != expected_best([1.0, 2.0], 3)  # NaN: no such budget
+
+
+def test_one_run_studies_have_no_paired_column(small_study):
+    url, name = small_study
+    frame = trials_frame(optuna.load_study(study_name=name, storage=url))
+    assert "paired" not in summary(frame, "scheduler")
+    assert "expected_best" in summary(frame, "scheduler")
