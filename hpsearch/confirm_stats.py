@@ -337,3 +337,35 @@ def _evidence(row: pd.Series) -> str:
     return (f"lower on {row['wins']} of {row['seeds']} seeds, mean difference "
             f"{row['mean_difference']:+.3g}, p = {row['p_holm']:.3g}")
 
+
+
+def search_and_confirmation(analysis: Analysis, frame: pd.DataFrame) -> str:
+    """Where the search (its `trials_frame`) and the confirmation agree on the winner and its
+    schedule, and where they disagree, in plain words ("" before either has one)."""
+    complete = frame[frame["state"] == "complete"].sort_values(["value", "number"],
+                                                               kind="stable")
+    table = analysis.table
+    if complete.empty or table.empty:
+        return ""
+    searched = complete.iloc[0]
+    number, schedule = int(searched["number"]), searched["scheduler"]
+    confirmed = table.iloc[0]
+    if int(confirmed["source_trial"]) == number:
+        said = [f"The search's best trial #{number} is the confirmation's best too."]
+    else:
+        row = table[table["source_trial"] == number]
+        where = (f"ranks {int(row.iloc[0]['rank'])} of {len(table)} in the confirmation "
+                 f"(confirmed mean validation loss {row.iloc[0]['val_loss_mean']:.4g})"
+                 if not row.empty else "was not confirmed")
+        compared = analysis.comparisons[
+            (analysis.comparisons["question"] == "configuration")
+            & (analysis.comparisons["other_config"] == f"#{number}")]
+        found = (f"; the confirmation finds the two {compared.iloc[0]['outcome']}"
+                 if not compared.empty and compared.iloc[0]["outcome"] != BETTER else "")
+        said = [f"The search and the confirmation disagree on the winner: the search's best "
+                f"trial #{number} {where}, the confirmation's best is {confirmed['config']} "
+                f"({confirmed['val_loss_mean']:.4g}){found}."]
+    if confirmed["scheduler"] != schedule:
+        said.append(f"The search's best schedule, {schedule}, is not the confirmation's "
+                    f"({confirmed['scheduler']}).")
+    return " ".join(said)

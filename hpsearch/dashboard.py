@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 import hpsearch
 from hpsearch.config import StudyConfig
+from hpsearch.confirm_stats import Analysis, search_and_confirmation
 from hpsearch.errors import ConfigError, StorageError
 from hpsearch.records import ATTR_CONFIG, DIVERGED
 from hpsearch.report import (
@@ -89,7 +90,10 @@ def refresh_dashboard(study: optuna.Study) -> None:
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials)
     previous = optuna_dashboard.get_note(study)
-    body = study_note(study.study_name, config, frame) + kept_notes(previous)
+    from hpsearch.confirm import load_confirmation
+
+    body = study_note(study.study_name, config, frame, load_confirmation(study)) + kept_notes(
+        previous)
     # An unchanged note keeps its version: a person editing it in the browser meanwhile is not
     # told that it changed under them.
     if body != previous:
@@ -112,9 +116,10 @@ def _refresh_each(storage_url: str, names: Iterable[str]) -> None:
         refresh_dashboard(load_stored_study(name, storage_url))
 
 
-def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame) -> str:
+def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame,
+               confirmation: Analysis | None = None) -> str:
     """The hpsearch part of a study's note (markdown), ending with KEEP_LINE; `frame` is the
-    study's `trials_frame`."""
+    study's `trials_frame`; with its `confirmation`, the note leads with its verdict."""
     counts = {state: int((frame["state"] == state).sum()) for state in STATES}
     finished = counts[COMPLETE] + counts[PRUNED] + counts[DIVERGED]
     settings = [
@@ -129,6 +134,7 @@ def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame) -> str
                     f"seed {config.seed}"),
         ("Pruner", _pruner_line(config)),
         ("Objective", "validation loss at the last epoch (minimize)"),
+        ("Evaluation", config.evaluation.describe()),
         ("Trials", f"{finished} finished: " + ", ".join(
             f"{counts[state]} {state}" for state in (COMPLETE, PRUNED, DIVERGED))
          + f" ({counts[FAILED]} failed, {counts[RUNNING]} running)"),
@@ -141,6 +147,9 @@ def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame) -> str
     lines = [f"## hpsearch study `{study_name}`", ""]
     if config.description:
         lines += [config.description, ""]
+    if confirmation is not None:
+        lead = search_and_confirmation(confirmation, frame)
+        lines += ["### Confirmed verdict", "", f"{confirmation.verdict} {lead}".strip(), ""]
     lines += ["| Setting | Value |", "|---|---|"]
     lines += [f"| {key} | {_cell(value)} |" for key, value in settings]
     lines += ["", verdict(frame)]

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch import plots
 from hpsearch.confirm import confirm_study_name, load_confirmation
-from hpsearch.confirm_stats import METRICS, Analysis
+from hpsearch.confirm_stats import METRICS, Analysis, search_and_confirmation
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.records import ATTR_CONFIG, ATTR_FINGERPRINT, ATTR_VERSION
 from hpsearch.report import (
@@ -136,9 +136,11 @@ def renderer(fmt: str) -> Callable[[StudyReport], str]:
 
 
 def _as_text(report: StudyReport) -> str:
-    parts = [f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}", "",
-             f"Leaderboard (top {report.top}, by validation loss)",
-             text_table(report.leaderboard)]
+    parts = [f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}", ""]
+    if report.confirmation is not None:
+        parts += ["Confirmed verdict", wrap(confirmed_lead(report)), ""]
+    parts += [f"Leaderboard (top {report.top}, by validation loss)",
+              text_table(report.leaderboard)]
     for by, table in report.summaries.items():
         parts += ["", f"{TITLES[by]} (by {by})", text_table(table)]
     parts += ["", "Verdict", wrap(report.verdict)]
@@ -166,7 +168,10 @@ def report_markdown(report: StudyReport, plot_files: Mapping[str, str] | None = 
     plots, and `skipped` (title -> why) says which could not be drawn."""
     lines = [f"# Study `{report.study_name}`: which schedule wins", ""]
     lines += [f"- **{key}**: {value}" for key, value in report.about.items()]
-    lines += [f"- **trials**: {_tally(report.trials)}", "", "## Verdict", "", report.verdict, "",
+    lines += [f"- **trials**: {_tally(report.trials)}", ""]
+    if report.confirmation is not None:
+        lines += ["## Confirmed verdict", "", confirmed_lead(report), ""]
+    lines += ["## Verdict", "", report.verdict, "",
               f"## Leaderboard (top {report.top})", "",
               "Complete trials ranked by validation loss (ties by trial number); where fewer "
               "completed, pruned and diverged trials follow, unranked, with the last loss "
@@ -188,6 +193,14 @@ def report_markdown(report: StudyReport, plot_files: Mapping[str, str] | None = 
 
 
 # -- the confirmation -------------------------------------------------------------------------
+def confirmed_lead(report: StudyReport) -> str:
+    """What a report leads with once the study is confirmed: the confirmation's verdict, and
+    where the search and the confirmation disagree."""
+    analysis = report.confirmation
+    return " ".join(part for part in (analysis.verdict,
+                                      search_and_confirmation(analysis, report.trials)) if part)
+
+
 def confirmation_tables(analysis: Analysis, digits: int = 4) -> tuple[pd.DataFrame,
                                                                       pd.DataFrame]:
     """The confirmation's table and comparisons for people: each metric as one

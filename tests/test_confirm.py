@@ -34,6 +34,7 @@ from hpsearch.confirm_stats import (
     smallest_p,
     wilcoxon_p,
 )
+from hpsearch.export import build_report, renderer
 from hpsearch.optimizers import OPTIMIZERS
 from hpsearch.records import ATTR_CONFIRM_OF, ATTR_CONFIRM_STUDY
 from hpsearch.schedulers import SCHEDULERS
@@ -367,3 +368,18 @@ def test_a_study_without_complete_trials_has_nothing_to_confirm(write_study, tmp
     code, output = run("confirm", "--study", "small", "--trial", "1", "--storage", url)
     assert (code, output) == (1, "Error: trial 1 of 'small' is failed: only complete or pruned "
                                  "trials can be confirmed\n")
+
+
+def test_the_report_leads_with_the_confirmed_verdict_and_where_search_and_it_disagree(parent):
+    study = optuna.load_study(study_name="small", storage=parent)
+    add(study, TINY, 0.01)  # #3: the search's best by a lucky value, confirmed far worse
+    run_confirmation("small", parent, seeds=6, trials=[0, 3], engine="reference")
+    text = renderer("table")(build_report("small", parent, 3))
+    lines = text.splitlines()
+    assert lines[2] == "Confirmed verdict"
+    lead = " ".join(lines[3:text.splitlines().index("Leaderboard (top 3, by validation loss)")])
+    assert "The search and the confirmation disagree on the winner: the search's best trial #3 "\
+           "ranks 2 of 2 in the confirmation" in lead
+    assert "the confirmation's best is #0" in lead
+    markdown = renderer("markdown")(build_report("small", parent, 3))
+    assert markdown.index("## Confirmed verdict") < markdown.index("## Verdict")
