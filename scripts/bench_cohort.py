@@ -123,7 +123,7 @@ def wine(args: argparse.Namespace, folder: Path) -> None:
 
 
 def digits(args: argparse.Namespace, folder: Path) -> None:
-    config = with_epochs(load_study_config("digits"), 100)
+    config = with_epochs(load_study_config("digits").one_run(), 100)
     rows: dict[str, list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         runs = [(COHORT, args.digits_trials, args.device)]
