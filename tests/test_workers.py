@@ -5,6 +5,7 @@ resuming, stale trials of earlier runs."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from hpsearch.records import ATTR_WORKER, count_trials
 from hpsearch.search.driver import SearchDriver
 from hpsearch.search.run import run_search
 from hpsearch.search.samplers import worker_seed
-from hpsearch.search.workers import Interruptions
+from hpsearch.search.workers import FileLock, Interruptions
 from hpsearch.storage.urls import open_storage
 from hpsearch.studies import open_study
 
@@ -279,3 +280,33 @@ def test_ctrl_c_as_a_trials_write_commits_waits_for_the_write(write_study, tmp_p
     assert list(trial.intermediate_values) == [1]
     outcome = run_search(config, url, 2, engine="reference")
     assert count_trials(outcome.study.get_trials()).finished == 2
+
+
+def _hold_the_lock(path: str, holding: multiprocessing.synchronize.Event) -> None:
+    """A worker's process that takes the slot lock and keeps it until it is killed."""
+    lock = FileLock(path)
+    lock.acquire()
+    holding.set()
+    time.sleep(600)
+
+
+def test_the_slot_lock_of_a_worker_killed_while_holding_it_is_free_at_once(tmp_path):
+    path = str(tmp_path / "slots.lock")
+    context = multiprocessing.get_context("spawn")
+    holding = context.Event()
+    holder = context.Process(target=_hold_the_lock, args=(path, holding))
+    holder.start()
+    try:
+        assert holding.wait(120)
+        lock = FileLock(path)
+        assert not lock.acquire(blocking=False)  # held by the other process
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(60)
+        assert holder.exitcode == -signal.SIGKILL
+        assert lock.acquire(blocking=False)  # the kernel released it with its holder
+        lock.release()
+        lock.close()
+    finally:
+        if holder.is_alive():
+            holder.kill()
+            holder.join()

@@ -15,11 +15,13 @@ watches: it polls (its progress display reads the database) and waits for the wo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -41,11 +43,46 @@ POLL_S = 0.5
 
 
 class SlotLock(Protocol):
-    """A lock shared by the workers of one machine (a multiprocessing or threading lock)."""
+    """A lock shared by the workers of one machine (a `FileLock`, or a threading lock for
+    one process)."""
 
     def acquire(self) -> bool: ...
 
     def release(self) -> None: ...
+
+
+class FileLock:
+    """A lock among processes that the kernel releases when its holder dies: `flock` on a
+    file. A worker killed while holding it (counting trials, creating them, a whole refill)
+    never stalls the others, as a `multiprocessing.Lock` it held would, forever. Each process
+    opens the file itself (pickling carries only the path); one thread per process uses it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # work(worker index, slot lock, interruptions, *args): a module-level function (it is pickled)
@@ -58,7 +95,9 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
     have returned, calling `on_poll()` every `poll_s` seconds meanwhile. Raises HPSearchError
     if a worker failed, KeyboardInterrupt (after stopping every worker) on Ctrl-C."""
     context = multiprocessing.get_context("spawn")
-    lock = context.Lock()
+    handle, path = tempfile.mkstemp(prefix="hpsearch-slots-", suffix=".lock")
+    os.close(handle)
+    lock = FileLock(path)
     errors = context.SimpleQueue()
     levels = (logging.getLogger().getEffectiveLevel(),
               logging.getLogger("optuna").getEffectiveLevel())
@@ -79,6 +118,9 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
             raise
         finally:
             errors.close()
+            lock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any,
