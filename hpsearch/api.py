@@ -88,14 +88,28 @@ def search(
     """Run (or resume) the search until the study has `trials` finished trials, then refresh
     its dashboard note and figures (`hpsearch optimize`). `engine`: auto (the cohort engine
     where the model stacks), reference or cohort; `cohort_size`: trials the cohort trains at
-    once. The outcome holds the study, its counts and what this call ran."""
+    once. The outcome holds the study, its counts and what this call ran.
+
+    Ctrl-C after the search ended, while the note is refreshed, raises `SearchInterrupted`
+    (a KeyboardInterrupt) carrying the outcome: the search itself is complete."""
     outcome = run_search(config(study, name), resolve_storage_url(storage), trials,
                          on_progress=on_progress, on_start=on_start, workers=workers,
                          device=device, engine=engine, cohort_size=cohort_size)
-    from hpsearch.dashboard import refresh_dashboard
+    try:
+        from hpsearch.dashboard import refresh_dashboard
 
-    refresh_dashboard(outcome.study)
+        refresh_dashboard(outcome.study)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(outcome) from None
     return outcome
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C once the search had ended (while its dashboard note was refreshed)."""
+
+    def __init__(self, outcome: SearchOutcome):
+        super().__init__()
+        self.outcome = outcome
 
 
 def optimize(

@@ -115,6 +115,13 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
         outcome = hp.search(config, trials, storage=url, workers=workers, device=device,
                             engine=engine, cohort_size=cohort_size,
                             on_progress=progress.update, on_start=progress.start)
+    except hp.SearchInterrupted as interrupted:
+        progress.close()
+        _print_outcome(interrupted.outcome, url, config.evaluation)
+        click.echo("Interrupted after the search, while its dashboard note was refreshed: "
+                   f"`hpsearch dashboard --study {config.name} --refresh` rewrites it.",
+                   err=True)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:
         progress.close()
         click.echo(f"Interrupted. Finished trials are stored in {mask_url(url)}; run the same "

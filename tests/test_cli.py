@@ -159,3 +159,26 @@ def test_bad_input_leaves_an_existing_study_intact(small_study, tmp_path, write_
     after = [(t.number, t.state, t.value) for t in optuna.load_study(
         study_name=name, storage=url).trials]
     assert after == before
+
+
+def test_ctrl_c_during_the_final_refresh_still_prints_the_summary_and_exits_130(
+        write_study, tmp_path, monkeypatch):
+    import hpsearch.dashboard
+
+    def interrupted(_study):  # where Ctrl-C lands: the refresh after the last trial
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpsearch.dashboard, "refresh_dashboard", interrupted)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = CliRunner().invoke(cli, ["optimize", "--study", str(write_study()), "--trials",
+                                      "3", "--storage", url, "--quiet"])
+    assert result.exit_code == 130, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"Study 'small' in {url}: 3 of 3 finished trials (ran 3 trials")
+    assert lines[-1] == ("Interrupted after the search, while its dashboard note was "
+                         "refreshed: `hpsearch dashboard --study small --refresh` rewrites it.")
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    again = CliRunner().invoke(cli, ["optimize", "--study", str(write_study()), "--trials",
+                                     "3", "--storage", url, "--quiet"])
+    assert again.exit_code == 130 and "nothing to run" in again.output
+    assert optuna.load_study(study_name="small", storage=url).trials[-1].state.is_finished()
