@@ -3,14 +3,17 @@ a password; and the real PostgreSQL and MariaDB servers with passwords in their 
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import time
 import uuid
 
 import pytest
 from click.testing import CliRunner
+from conftest import _fresh_database
 
 from hpsearch.cli import cli
-from hpsearch.storage.urls import mask_url
+from hpsearch.storage.urls import mask_url, open_storage
 
 SECRET = "s3cr%40t"  # percent-encoded "s3cr@t"
 
@@ -202,3 +205,32 @@ def test_what_a_search_writes_in_bulk_reads_back_as_written(database, request, t
         ours.intermediate_values = optunas.intermediate_values  # NaN != NaN; compared above
         assert ours == optunas
         assert list(ours.params) == list(optunas.params)
+
+
+def _open_at_once(url: str, together: multiprocessing.synchronize.Barrier,
+                  results: multiprocessing.queues.Queue) -> None:
+    """One of several commands started together on an empty database: open its storage."""
+    together.wait()
+    try:
+        open_storage(url)
+        results.put("opened")
+    except Exception as exc:  # the line a user would see
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "mariadb"])
+def test_commands_started_together_on_an_empty_database_all_open_it(kind, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):  # each a new, empty database: the race is at its creation
+        with contextlib.ExitStack() as stack:
+            url = f"sqlite:///{tmp_path / f'{attempt}.db'}" if kind == "sqlite" else \
+                stack.enter_context(contextlib.contextmanager(_fresh_database)(kind))
+            together, results = context.Barrier(3), context.Queue()
+            openers = [context.Process(target=_open_at_once, args=(url, together, results))
+                       for _ in range(3)]
+            for opener in openers:
+                opener.start()
+            outcomes = [results.get(timeout=120) for _ in openers]
+            for opener in openers:
+                opener.join(60)
+            assert outcomes == ["opened"] * 3

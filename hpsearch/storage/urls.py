@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -43,6 +45,8 @@ CONNECT_TIMEOUT_S = 5
 HEARTBEAT_S = 10
 GRACE_BEATS = 3
 MAX_RETRIES = 3
+# Tries at opening a storage whose tables another process is creating at the same moment.
+CREATE_ATTEMPTS = 5
 
 # The driver module a URL names -> the extra that installs a driver, and the URL to use then.
 DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
@@ -91,17 +95,7 @@ def open_storage(url: str, write_behind: bool = True,
             engine_kwargs["connect_args"]["options"] = _postgres_options(parsed)
         engine_kwargs["pool_pre_ping"] = True
     try:
-        with warnings.catch_warnings():
-            # Heartbeats are "experimental" in Optuna since 2.9; hpsearch relies on them.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                grace_period=GRACE_BEATS * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRIES),
-                skip_compatibility_check=True,  # checked below, as Optuna would
-            )
-            _check_schema(rdb)
+        rdb = _created_once(lambda: _rdb_storage(url, engine_kwargs, heartbeat_s))
     except ImportError as exc:
         # Optuna re-raises the driver's ModuleNotFoundError as a generic ImportError.
         missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
@@ -113,6 +107,44 @@ def open_storage(url: str, write_behind: bool = True,
     if parsed.get_backend_name() == "sqlite":
         _relax_sqlite_sync(rdb)
     return WriteBehindStorage(rdb) if write_behind else rdb
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        # Heartbeats are "experimental" in Optuna since 2.9; hpsearch relies on them.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+            grace_period=GRACE_BEATS * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES),
+            skip_compatibility_check=True,  # checked below, as Optuna would
+        )
+        _check_schema(rdb)
+    return rdb
+
+
+def _created_once(open_rdb: Callable[[], optuna.storages.RDBStorage],
+                  attempts: int = CREATE_ATTEMPTS) -> optuna.storages.RDBStorage:
+    """`open_rdb()`, again when another process created the tables (or their version row) at
+    the same moment: commands started together on an empty database race to create them, and
+    the loser's CREATE fails with "already exists". Opened again, the tables are there."""
+    for attempt in range(attempts - 1):
+        try:
+            return open_rdb()
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            if not _created_meanwhile(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return open_rdb()
+
+
+def _created_meanwhile(exc: BaseException) -> bool:
+    """Whether creating the tables failed because another process made them first (SQLite,
+    PostgreSQL and MySQL each say so in their own words)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return ("already exists" in text or "UNIQUE constraint failed" in text
+            or "duplicate" in text.lower())
 
 
 def _check_schema(rdb: optuna.storages.RDBStorage) -> None:
