@@ -310,3 +310,53 @@ def test_the_slot_lock_of_a_worker_killed_while_holding_it_is_free_at_once(tmp_p
         if holder.is_alive():
             holder.kill()
             holder.join()
+
+
+def _exited(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal "
+                    "is Linux's")
+def test_workers_stop_when_their_parent_is_killed(write_study, tmp_path):
+    path = write_study(text=write_study().read_text().replace("epochs = 12", "epochs = 200"))
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path), "--trials", "500",
+         "--storage", url, "--workers", "2", "--engine", "reference", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children: list[int] = []
+    try:
+        def both_workers_train(trials: list) -> bool:
+            running = {t.system_attrs.get(ATTR_WORKER) for t in trials
+                       if t.state == TrialState.RUNNING}
+            return len(running - {None}) == 2
+
+        _wait_for_trials(url, "small", both_workers_train, process)
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as listed:
+            children = [int(pid) for pid in listed.read().split()]
+        workers = {int(w.rsplit(":", 1)[1]) for w in
+                   (t.system_attrs.get(ATTR_WORKER) for t in
+                    optuna.load_study(study_name="small", storage=url).trials) if w}
+        assert workers <= set(children) and len(workers) == 2
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while not all(_exited(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the workers are stopping (their running trials end FAILED)
+        assert all(_exited(pid) for pid in workers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    assert not any(t.state == TrialState.RUNNING for t in trials)  # failed as on Ctrl-C
+    assert any(t.state == TrialState.FAIL for t in trials)

@@ -8,6 +8,8 @@ watches: it polls (its progress display reads the database) and waits for the wo
 - A worker that stops with an error stops the others; the parent raises the error's line.
 - A worker killed by a signal (`kill -9`, the OOM killer) is reported; the others go on, and
   its trial is failed and retried by the heartbeat check (see `hpsearch.storage`).
+- The parent killed (`kill -9` included): on Linux each worker gets SIGTERM from the kernel and
+  stops as on Ctrl-C, its running trials marked failed; no worker goes on unsupervised.
 - Ctrl-C (SIGINT, also SIGTERM) stops every worker the way Ctrl-C stops a single search: the
   running trials are marked failed, finished ones are stored, the study can be resumed.
 """
@@ -15,6 +17,7 @@ watches: it polls (its progress display reads the database) and waits for the wo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import multiprocessing
@@ -103,7 +106,7 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
               logging.getLogger("optuna").getEffectiveLevel())
     processes = [
         context.Process(target=_worker_main, name=f"hpsearch-worker-{index}",
-                        args=(work, index, lock, errors, levels, args))
+                        args=(work, index, lock, errors, levels, args, os.getpid()))
         for index in range(count)
     ]
     interrupted = threading.Event()
@@ -188,10 +191,11 @@ def _stop_signals(interrupted: threading.Event) -> Iterator[Callable[[], None]]:
 
 
 def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
-                 levels: tuple[int, int], args: tuple[Any, ...]) -> None:
+                 levels: tuple[int, int], args: tuple[Any, ...], parent: int) -> None:
     """A worker's process: the parent's log levels, one torch thread, then `work`."""
     interruptions = Interruptions()
     interruptions.install()
+    _stop_with_parent(parent)
     import optuna
     import torch
 
@@ -214,6 +218,21 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
                    f"{where.name})")
         code = 1
     _exit_without_teardown(code)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have this worker stopped as Ctrl-C stops it (its running trials marked failed) when its
+    parent dies, however it dies (`kill -9` included): on Linux the kernel sends SIGTERM then
+    (prctl's parent-death signal). A parent already gone by now: stop at once."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# prctl(2): ask for a signal when the parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 def _exit_without_teardown(code: int) -> None:
