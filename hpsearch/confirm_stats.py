@@ -57,7 +57,7 @@ from hpsearch.records import (
     ATTR_VAL_ACCURACY,
     DIVERGED,
 )
-from hpsearch.report import counted, format_cell, format_interval, listed
+from hpsearch.report import complete_trials, counted, format_cell, format_interval, listed
 
 METRICS = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 # What each metric can be at all (cross-entropy and MSE are never negative): a t-interval
@@ -342,8 +342,7 @@ def _evidence(row: pd.Series) -> str:
 def search_and_confirmation(analysis: Analysis, frame: pd.DataFrame) -> str:
     """Where the search (its `trials_frame`) and the confirmation agree on the winner and its
     schedule, and where they disagree, in plain words ("" before either has one)."""
-    complete = frame[frame["state"] == "complete"].sort_values(["value", "number"],
-                                                               kind="stable")
+    complete = complete_trials(frame)
     table = analysis.table
     if complete.empty or table.empty:
         return ""

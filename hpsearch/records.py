@@ -11,9 +11,12 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:  # config imports the registries (torch); the stored names need neither
+    from hpsearch.config import EvaluationConfig
 
 # -- study user attrs: enough for a report on another machine to know what was run -----------
 ATTR_CONFIG = "hpsearch_config"
@@ -86,7 +89,7 @@ class Run:
     seed_index: int
 
 
-def evaluation_runs(evaluation: Any) -> list[Run]:
+def evaluation_runs(evaluation: EvaluationConfig) -> list[Run]:
     """The runs of every trial of a study (`config.EvaluationConfig`): each fold's seeds."""
     return [Run(fold, seed) for fold in range(evaluation.folds)
             for seed in range(evaluation.seeds)]
@@ -110,10 +113,11 @@ def run_user_attrs(histories: Sequence[Sequence[Any]], epochs: int) -> dict[str,
         return {}
     last = [history[epochs - 1] for history in histories]
     losses = [stats.val_loss for stats in last]
+    spread = statistics.stdev(losses)
     attrs: dict[str, Any] = {
         ATTR_RUN_VAL_LOSS: losses,
-        ATTR_VAL_LOSS_STD: statistics.stdev(losses),
-        ATTR_VAL_LOSS_SEM: statistics.stdev(losses) / math.sqrt(len(losses)),
+        ATTR_VAL_LOSS_STD: spread,
+        ATTR_VAL_LOSS_SEM: spread / math.sqrt(len(losses)),
     }
     if last[0].val_accuracy is not None:
         attrs[ATTR_RUN_VAL_ACCURACY] = [stats.val_accuracy for stats in last]

@@ -278,22 +278,16 @@ def summary(frame: pd.DataFrame, by: str) -> pd.DataFrame:
                               na_position="last", ignore_index=True)
     table = table[columns].astype({name: _summary_dtype(frame, name) for name in columns})
     # At equal budget: a group given more trials has more chances at a low best.
-    budget = int(table.loc[table["complete"] > 0, "complete"].min()) if (
-        table["complete"] > 0).any() else 0
-    values = complete.groupby(keys, sort=False)["value"].apply(list)
-    table["expected_best"] = [
-        expected_best(values.get(tuple(row[keys]) if len(keys) > 1 else row[keys[0]], []),
-                      budget) for _, row in table.iterrows()]
+    ranked = table["complete"] > 0
+    budget = int(table.loc[ranked, "complete"].min()) if ranked.any() else 0
+    expected = complete.groupby(keys, sort=False)["value"].agg(
+        lambda values: expected_best(values.tolist(), budget))
+    table = table.merge(expected.rename("expected_best").reset_index(), on=keys, how="left")
     paired = group_comparisons(frame, by)
     if not paired.empty:
-        outcomes = {tuple(row[keys]): (row["outcome"], row["p_holm"])
-                    for _, row in paired.iterrows()}
-        first = tuple(table.iloc[0][keys])
-        table["paired"] = [("best" if tuple(row[keys]) == first else
-                            outcomes.get(tuple(row[keys]), ("", math.nan))[0])
-                           for _, row in table.iterrows()]
-        table["p_holm"] = [outcomes.get(tuple(row[keys]), ("", math.nan))[1]
-                           for _, row in table.iterrows()]
+        table = table.merge(paired[[*keys, "outcome", "p_holm"]].rename(
+            columns={"outcome": "paired"}), on=keys, how="left")
+        table.loc[0, "paired"] = "best"  # the group the others are compared with
     return table
 
 

@@ -1,5 +1,6 @@
 """The one training loop every trial and `hpsearch train` share. It knows nothing about Optuna:
-the objective watches it through `on_epoch_end`, which may ask it to stop.
+the reference engine steps it an epoch at a time (`EpochRunner.next_epoch`); `hpsearch train`
+runs it to the end, watching it through `on_epoch_end`, which may ask it to stop.
 
 Per epoch: train (scheduler steps per batch where the schedule says so; gradients clipped
 where the trial says so), validate, step the scheduler (on the validation loss for
@@ -142,8 +143,9 @@ def _float64(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EpochRunner:
-    """One run's training, an epoch per `next_epoch()`: the loop `fit` runs, which an engine
-    steps epoch by epoch (so that it can report, prune or interleave runs in between)."""
+    """One run's training, an epoch per `next_epoch()`: `run()` trains it to the end (what
+    `hpsearch train` does); an engine steps it epoch by epoch instead (so that it can report,
+    prune or interleave runs in between)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -163,6 +165,14 @@ class EpochRunner:
     @property
     def done(self) -> bool:
         return self.result.end_reason != COMPLETED or len(self.result.history) >= self.epochs
+
+    def run(self, on_epoch_end: EpochCallback | None = None) -> FitResult:
+        """Train the remaining epochs; `on_epoch_end(stats)` may stop the run early."""
+        while not self.done:
+            stats = self.next_epoch()
+            if stats is not None and on_epoch_end is not None and on_epoch_end(stats):
+                self.result.end_reason = STOPPED
+        return self.result
 
     def next_epoch(self) -> EpochStats | None:
         """Train and validate one more epoch; its stats, or None if the run diverged (then
@@ -198,20 +208,6 @@ def divergence(train_loss: float, val_loss: float, epoch: int, lr: float) -> str
     which, value = ("training", train_loss) if not math.isfinite(train_loss) else \
         ("validation", val_loss)
     return f"{which} loss became {value} at epoch {epoch} (lr {lr:.3g})"
-
-
-def fit(
-    model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loss_fn: nn.Module,
-    data: Dataset, epochs: int, batch_size: int, generator: torch.Generator,
-    on_epoch_end: EpochCallback | None = None, clip_grad_norm: float = 0.0,
-) -> FitResult:
-    runner = EpochRunner(model, optimizer, schedule, loss_fn, data, epochs, batch_size,
-                         generator, clip_grad_norm)
-    while not runner.done:
-        stats = runner.next_epoch()
-        if stats is not None and on_epoch_end is not None and on_epoch_end(stats):
-            runner.result.end_reason = STOPPED
-    return runner.result
 
 
 def loss_function(task: str) -> nn.Module:
@@ -292,10 +288,7 @@ def train_configuration(
     """
     device = resolve_device(device)
     runner = start_run(config, data.to(device), params, seed, device)
-    result = fit(runner.model, runner.optimizer, runner.schedule, runner.loss_fn, runner.data,
-                 runner.epochs, runner.batch_size, runner.generator, on_epoch_end,
-                 runner.clip_grad_norm)
-    return TrainedRun(result, runner.model)
+    return TrainedRun(runner.run(on_epoch_end), runner.model)
 
 
 def check_model(config: StudyConfig, data: Dataset) -> None:

@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig, load_study_config
 from hpsearch.engines import COHORT, DEFAULT_COHORT_SIZE, REFERENCE
-from hpsearch.search import driver as cohort_search
+from hpsearch.search import driver
 from hpsearch.search.run import run_search
 
 WARM_UP_TRIALS = 20
@@ -163,7 +163,7 @@ def quality(args: argparse.Namespace, folder: Path) -> None:
             config = dataclasses.replace(base, seed=seed)
             for size in args.quality_sizes:
                 for refill_at in args.refill_at:
-                    cohort_search.REFILL_AT = refill_at
+                    driver.REFILL_AT = refill_at
                     result = measure(config, folder, args.trials, COHORT, size,
                                      database=f"{study}.db")
                     name = f"cohort {size}" + (f", refilled at 1/{refill_at} free"
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--quality-sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--refill-at", type=int, nargs="+",
-                        default=[cohort_search.REFILL_AT],
+                        default=[driver.REFILL_AT],
                         help="quality: refill a cohort once 1/N of it is free, for each N")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -38,9 +38,9 @@ def test_a_running_cohort_is_refilled_once_a_quarter_of_it_is_free(write_study, 
     """A refill costs about as much for one trial as for several: a running cohort of 8 waits
     for 2 free slots (REFILL_AT = 4), then takes trials for all of them."""
     from hpsearch.engines.cohort import Cohort
-    from hpsearch.search import driver as cohort_search
+    from hpsearch.search import driver
 
-    assert cohort_search.REFILL_AT == 4
+    assert driver.REFILL_AT == 4
     refills = []  # (members before, joining)
     add = Cohort.add
 

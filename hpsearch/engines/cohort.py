@@ -1,10 +1,11 @@
 """The cohort engine's training loop: many trials trained at once as one stacked model.
 
 A `Cohort` trains a changing set of members (trials), each with its own parameters and seed,
-epoch by epoch, exactly as the reference loop (`training.fit`) would train each one alone: the
-same initial weights (each member's model is built by the study's factory under its seed), the
-same batch order (each member's own generator), the same optimizer and schedule arithmetic
-(`batched_optimizers`, `batched_schedulers`, tested against torch.optim member by member).
+epoch by epoch, exactly as the reference loop (`training.EpochRunner`) would train each one
+alone: the same initial weights (each member's model is built by the study's factory under
+its seed), the same batch order (each member's own generator), the same optimizer and schedule
+arithmetic (`batched_optimizers`, `batched_schedulers`, tested against torch.optim member by
+member).
 Like `training`, it knows nothing about Optuna: the search driver (`cohort_search`) adds
 members, runs epochs, and removes the members it ends.
 

@@ -89,8 +89,10 @@ def run_search(
         raise ConfigError("--workers needs a storage the workers share; an in-memory study "
                           "lives in one process")
     data = config.load_data()
-    # Before the study exists: a model that can't train leaves nothing behind.
+    # Before the study exists: a model that can't train, or a device this machine lacks,
+    # leaves nothing behind.
     check_model(config, data)
+    device_type = resolve_device(device).type
     engine, engine_note = choose_engine(engine, config, data)
     if engine == COHORT and cohort_size < 1:
         raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
@@ -105,7 +107,7 @@ def run_search(
     started = time.perf_counter()
     if counts.finished < target:
         settings = DriveSettings(study.study_name, storage_url, target, engine, cohort_size,
-                                 resolve_device(device).type, heartbeat_s)
+                                 device_type, heartbeat_s)
         drive(study, config, data, settings, workers, _ProgressReporter(study, on_progress))
     # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
     port.refresh()

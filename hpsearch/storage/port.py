@@ -72,9 +72,12 @@ class StoragePort:
     def report(self, records: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
         """Each (trial, epoch, value) as an intermediate value; the numbers of the trials
         that refused theirs: another worker failed them (their heartbeat looked stale)."""
-        refused = set(self._report([(trial._trial_id, epoch, value)
-                                    for trial, epoch, value in records]))
-        return {trial.number for trial, _, _ in records if trial._trial_id in refused}
+        refused = self._report([(trial._trial_id, epoch, value)
+                                for trial, epoch, value in records])
+        if not refused:  # every round but the rare one another worker failed a trial in
+            return set()
+        ids = set(refused)
+        return {trial.number for trial, _, _ in records if trial._trial_id in ids}
 
     def _report(self, records: Sequence[tuple[int, int, float]]) -> list[int]:
         refused = []
@@ -149,7 +152,8 @@ class WriteBehindPort(StoragePort):
 
     def __init__(self, storage: WriteBehindStorage):
         super().__init__(storage)
-        # Trial id -> when this process first saw that RUNNING trial without a heartbeat.
+        # Study id -> {id of a RUNNING trial without heartbeat -> when this process first
+        # saw it so}.
         self._beatless: dict[int, dict[int, float]] = {}
 
     @property

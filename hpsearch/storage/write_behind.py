@@ -16,9 +16,9 @@ With Optuna's RDB storage every `trial.report()` is a transaction and every
 - **Writes** to our running trials (params, intermediate values, user and system attrs) update
   the live copy at once and reach the database in one transaction every `flush_s` seconds, and
   with the trial's end (the same transaction): a finished trial is complete in the database,
-  and a running one (the dashboard's curves) is at most `flush_s` behind. `flush_trial` writes a
-  trial's records at once (the objective does it when a trial's parameters are drawn, so that
-  a retry of a dead worker's trial runs the same configuration).
+  and a running one (the dashboard's curves) is at most `flush_s` behind. `flush_trials` writes
+  trials' records at once (the search driver does it when their parameters are drawn, so
+  that a retry of a dead worker's trial runs the same configuration).
 
 A process killed mid-trial loses at most `flush_s` of that trial's records; the trial itself is
 failed by the heartbeat like any other stale trial. It reads and writes the database through
@@ -39,7 +39,6 @@ from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import optuna
 from optuna import distributions
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
@@ -564,13 +563,6 @@ class WriteBehindStorage(_CachedStorage):
         bulk_sql.beat(self._backend.scoped_session, trial_ids)
         for trial_id in trial_ids:
             self._beats[trial_id] = beat_at
-
-
-def flush_trial(trial: optuna.Trial) -> None:
-    """Write what `trial` recorded so far now, if its storage writes behind."""
-    storage = trial.study._storage
-    if isinstance(storage, WriteBehindStorage):
-        storage.flush(trial._trial_id)
 
 
 def _copy_of(trial: FrozenTrial) -> FrozenTrial:
