@@ -14,48 +14,58 @@ command calls these, with these defaults; a notebook or a script calls them too.
 
 Every function takes `storage` like `--storage` (default: $HPSEARCH_STORAGE, else
 sqlite:///hpsearch.db) and `device` like `--device` (default "auto": the GPU if there is one).
-The dashboard, report, export and confirm modules are imported when first used: they bring
-plotly, matplotlib and scipy, which a search does not need.
+Each function imports what it needs when it is called: `import hpsearch.api` brings neither
+torch nor Optuna nor pandas, a search no plotting or statistics, a report no torch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import optuna
-import torch
-
 from hpsearch.config import StudyConfig, load_study_config, parse_study
-from hpsearch.engines import AUTO, DEFAULT_COHORT_SIZE
 from hpsearch.errors import ConfigError
-from hpsearch.params import Value
-from hpsearch.records import TrialCounts
-from hpsearch.report import leaderboard, param_importances, summary, trials_frame, verdict
-from hpsearch.search.run import Progress, SearchOutcome, run_search
-from hpsearch.storage.urls import resolve_storage_url
-from hpsearch.studies import (
-    Retrained,
-    StudyRow,
-    list_studies,
-    load_stored_study,
-    retrain_trial,
-    stored_config,
-)
-from hpsearch.training import TrainedRun, train_single
 
+# The rest is imported by the functions (the module docstring says why).
 if TYPE_CHECKING:
+    import optuna
+    import torch
+
     from hpsearch.confirm import ConfirmOutcome
     from hpsearch.dashboard import DashboardServer
     from hpsearch.export import Exported, StudyReport
+    from hpsearch.params import Value
+    from hpsearch.records import TrialCounts
+    from hpsearch.search.run import Progress, SearchOutcome
+    from hpsearch.studies import Retrained, StudyRow
+    from hpsearch.training import TrainedRun
+
+# The choices of `engine` and `device` and the cohort's default size: the values of
+# `hpsearch.engines` and `hpsearch.training`, spelled here because both import torch, which
+# the command's --help and the reports do not need (tests/test_startup.py checks they agree).
+AUTO, REFERENCE, COHORT = "auto", "reference", "cohort"
+ENGINES = (AUTO, REFERENCE, COHORT)
+DEFAULT_COHORT_SIZE = 32
+DEVICES = (AUTO, "cpu", "cuda", "mps")
+
+# The report helpers, loaded from `hpsearch.report` (pandas) on first use.
+_REPORT_HELPERS = ("leaderboard", "param_importances", "summary", "trials_frame", "verdict")
 
 __all__ = [
-    "StudyLike", "config", "confirm", "dashboard", "export", "leaderboard", "load", "optimize",
-    "param_importances", "refresh_dashboards", "report", "retrain", "search", "stored",
-    "studies", "summary", "train", "trials_frame", "verdict",
+    "StudyLike", "config", "confirm", "dashboard", "export", "load", "optimize",
+    "refresh_dashboards", "report", "retrain", "search", "stored", "studies", "train",
+    *_REPORT_HELPERS,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REPORT_HELPERS:
+        return getattr(import_module("hpsearch.report"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # A study as the API takes it: a StudyConfig, a study name (studies/NAME.toml), a path to a
 # .toml file, or a study document (the TOML file's tables as a dict).
@@ -92,6 +102,9 @@ def search(
 
     Ctrl-C after the search ended, while the note is refreshed, raises `SearchInterrupted`
     (a KeyboardInterrupt) carrying the outcome: the search itself is complete."""
+    from hpsearch.search.run import run_search
+    from hpsearch.storage.urls import resolve_storage_url
+
     outcome = run_search(config(study, name), resolve_storage_url(storage), trials,
                          on_progress=on_progress, on_start=on_start, workers=workers,
                          device=device, engine=engine, cohort_size=cohort_size)
@@ -125,16 +138,24 @@ def optimize(
 def studies(storage: str | None = None) -> list[StudyRow]:
     """The studies a storage holds, with their trial counts and best values
     (`hpsearch studies`)."""
+    from hpsearch.storage.urls import resolve_storage_url
+    from hpsearch.studies import list_studies
+
     return list_studies(resolve_storage_url(storage))
 
 
 def load(name: str, storage: str | None = None) -> optuna.Study:
     """A stored study by name (a StorageError lists the studies the storage has)."""
+    from hpsearch.storage.urls import resolve_storage_url
+    from hpsearch.studies import load_stored_study
+
     return load_stored_study(name, resolve_storage_url(storage))
 
 
 def stored(study: optuna.Study) -> StudyConfig:
     """The config a stored study was created from."""
+    from hpsearch.studies import stored_config
+
     return stored_config(study)
 
 
@@ -145,6 +166,8 @@ def train(
     """Train one configuration: `params` (values or strings), the study's fixed values, the
     defaults for the rest (`hpsearch train --set`). Returns the parameters and the run
     (its per-epoch history and the trained model)."""
+    from hpsearch.training import train_single
+
     return train_single(config(study), dict(params or {}), seed, device=device)
 
 
@@ -153,6 +176,9 @@ def retrain(name: str, trial: int, storage: str | None = None,
     """Train stored trial `trial` again with its parameters and seed (`hpsearch train
     --trial`); its validation loss is compared with the stored one. `device` defaults to
     the one the trial ran on."""
+    from hpsearch.storage.urls import resolve_storage_url
+    from hpsearch.studies import retrain_trial
+
     return retrain_trial(name, resolve_storage_url(storage), trial, device=device)
 
 
@@ -165,6 +191,7 @@ def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None
     (`hpsearch confirm`), on `engine` as `search` does; `.analysis` holds the tables, the
     comparisons and the verdict."""
     from hpsearch.confirm import run_confirmation
+    from hpsearch.storage.urls import resolve_storage_url
 
     return run_confirmation(name, resolve_storage_url(storage), top=top, seeds=seeds,
                             trials=trials, workers=workers, device=device, on_start=on_start,
@@ -176,6 +203,7 @@ def report(name: str, top: int = 10, by: Sequence[str] = (),
     """Which schedule and optimizer win: leaderboard, summaries, verdict (`hpsearch report`);
     render it with `hpsearch.export.renderer("table" | "markdown" | "csv")`."""
     from hpsearch.export import SUMMARY_BY, build_report
+    from hpsearch.storage.urls import resolve_storage_url
 
     return build_report(name, resolve_storage_url(storage), top, tuple(by) or SUMMARY_BY)
 
@@ -184,6 +212,7 @@ def export(name: str, out: str | os.PathLike, top: int = 10,
            storage: str | None = None) -> Exported:
     """Write the study's report as CSV, markdown and PNG files to `out` (`hpsearch export`)."""
     from hpsearch.export import export_report
+    from hpsearch.storage.urls import resolve_storage_url
 
     return export_report(name, resolve_storage_url(storage), out, top)
 
@@ -193,6 +222,7 @@ def dashboard(name: str | None = None, storage: str | None = None, host: str = "
     """optuna-dashboard on the storage, notes and figures refreshed, ready to
     `serve_forever()` (`hpsearch dashboard`)."""
     from hpsearch.dashboard import start_dashboard
+    from hpsearch.storage.urls import resolve_storage_url
 
     return start_dashboard(resolve_storage_url(storage), name, host, port)
 
@@ -201,5 +231,6 @@ def refresh_dashboards(name: str | None = None, storage: str | None = None) -> l
     """Rewrite the dashboard notes and figures of the study `name` (default: every hpsearch
     study in the storage); the names refreshed (`hpsearch dashboard --refresh`)."""
     from hpsearch.dashboard import refresh_studies
+    from hpsearch.storage.urls import resolve_storage_url
 
     return refresh_studies(resolve_storage_url(storage), name)

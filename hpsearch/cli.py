@@ -7,24 +7,26 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import optuna
-import torch
 
 import hpsearch.api as hp
 from hpsearch import __version__
-from hpsearch.config import EvaluationConfig
-from hpsearch.engines import COHORT, DEFAULT_COHORT_SIZE, ENGINES
 from hpsearch.errors import HPSearchError
-from hpsearch.params import Value, parse_assignment
-from hpsearch.records import ATTR_END_DETAIL, ATTR_VAL_ACCURACY, ATTR_VAL_LOSS_STD, TrialCounts
-from hpsearch.search.run import Progress, SearchOutcome
-from hpsearch.storage.urls import STORAGE_ENV, mask_url, resolve_storage_url
-from hpsearch.training import DEVICES, FitResult
 
-STORAGE_HELP = (f"Storage URL (default: ${STORAGE_ENV}, else sqlite:///hpsearch.db), e.g. "
+# Each command imports what it uses when it runs: `hpsearch --help` (and each command's) must
+# not wait for torch, Optuna or pandas, and the reading commands never import torch.
+if TYPE_CHECKING:
+    from hpsearch.config import EvaluationConfig
+    from hpsearch.params import Value
+    from hpsearch.records import TrialCounts
+    from hpsearch.search.run import Progress, SearchOutcome
+    from hpsearch.training import FitResult
+
+# storage.urls.STORAGE_ENV, spelled here: storage.urls imports Optuna (tests/test_startup.py
+# checks they agree).
+STORAGE_HELP = ("Storage URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearch.db), e.g. "
                 "sqlite:///runs/wine.db or postgresql+psycopg://user@host/db.")
 
 
@@ -32,15 +34,24 @@ def _storage_option(function: Callable) -> Callable:
     return click.option("--storage", metavar="URL", help=STORAGE_HELP)(function)
 
 
-def _user_errors(function: Callable) -> Callable:
-    """Turn HPSearchError into a one-line click error, unless --debug asks for the traceback."""
+def _command(function: Callable) -> Callable:
+    """What every command does around its body: Optuna's log level (--verbose; Optuna is
+    imported here, not with the CLI, and sets its own level when imported), and
+    HPSearchError as a one-line click error, unless --debug asks for the traceback."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import optuna
+
+        root = click.get_current_context().find_root().params
+        # Optuna's own warnings are tracebacks of failed trials (Ctrl-C included): hpsearch
+        # reports failures in its summary instead; --verbose shows everything.
+        optuna.logging.set_verbosity(optuna.logging.INFO if root.get("verbose")
+                                     else optuna.logging.ERROR)
         try:
             return function(*args, **kwargs)
         except HPSearchError as exc:
-            if click.get_current_context().find_root().params.get("debug"):
+            if root.get("debug"):
                 raise
             raise click.ClickException(str(exc)) from None
 
@@ -64,9 +75,6 @@ def cli(debug: bool, verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    # Optuna's own warnings are tracebacks of failed trials (Ctrl-C included): hpsearch
-    # reports failures in its summary instead; --verbose shows everything.
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
 
 @cli.command()
@@ -81,15 +89,15 @@ def cli(debug: bool, verbose: bool) -> None:
               help="torch CPU threads (1 is fastest for small models; each worker uses 1).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes on this machine sharing the study (about one per core).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(hp.DEVICES), default="auto", show_default=True,
               help="Where trials train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(hp.ENGINES), default="auto", show_default=True,
               help="How trials train: reference (one at a time, any model), cohort (many at "
                    "once as one stacked model: built-in MLPs), auto (cohort where it can).")
-@click.option("--cohort-size", type=int, default=DEFAULT_COHORT_SIZE, show_default=True,
+@click.option("--cohort-size", type=int, default=hp.DEFAULT_COHORT_SIZE, show_default=True,
               help="Trials the cohort engine trains at once.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors
+@_command
 def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
              workers: int, device: str, engine: str, cohort_size: int, quiet: bool) -> None:
     """Search a study's joint optimizer x schedule space, persisted in the storage.
@@ -107,6 +115,10 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
         hpsearch optimize --study wine --trials 500 --workers 4 \\
             --storage postgresql+psycopg://hp@db.example/hpsearch
     """
+    import torch
+
+    from hpsearch.storage.urls import mask_url, resolve_storage_url
+
     config = hp.config(study, name)
     url = resolve_storage_url(storage)
     torch.set_num_threads(max(1, threads))
@@ -160,13 +172,18 @@ class _ProgressBar:
 
 
 def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfig) -> None:
+    from optuna.trial import TrialState
+
+    from hpsearch.records import ATTR_END_DETAIL, ATTR_VAL_ACCURACY, ATTR_VAL_LOSS_STD
+    from hpsearch.storage.urls import mask_url
+
     c = outcome.counts
     name = outcome.study.study_name
     ran = f"ran {outcome.ran} trials in {outcome.seconds:.1f} s" if outcome.ran else \
         "nothing to run: the target was already reached"
     if outcome.ran and outcome.workers > 1:
         ran += f" with {outcome.workers} workers"
-    if outcome.ran and outcome.engine == COHORT:
+    if outcome.ran and outcome.engine == hp.COHORT:
         ran += f", cohort engine, {outcome.cohort_size} trials at a time"
     click.echo(f"Study {name!r} in {mask_url(url)}: {c.finished} of {outcome.target} finished "
                f"trials ({ran}).")
@@ -177,7 +194,7 @@ def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfi
                    "validation loss")
     if c.failed:
         failed = [t for t in outcome.study.get_trials(deepcopy=False)
-                  if t.state == optuna.trial.TrialState.FAIL]
+                  if t.state == TrialState.FAIL]
         reason = failed[-1].user_attrs.get(
             ATTR_END_DETAIL, failed[-1].system_attrs.get("fail_reason", "no reason recorded"))
         click.echo(f"  last failure (trial #{failed[-1].number}): {reason.splitlines()[-1]}")
@@ -219,10 +236,10 @@ def _print_params(params: Mapping[str, Value]) -> None:
               help="Print every K-th epoch.")
 @_storage_option
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
-@click.option("--device", type=click.Choice(DEVICES), default=None,
+@click.option("--device", type=click.Choice(hp.DEVICES), default=None,
               help="Where to train: auto, cpu, cuda, mps (default: auto; with --trial: the "
                    "device the trial ran on).")
-@_user_errors
+@_command
 def train(study: str, assignments: tuple[str, ...], trial_number: int | None, seed: int | None,
           every: int, storage: str | None, threads: int, device: str | None) -> None:
     """Train ONE configuration with the search's training loop, printing every epoch.
@@ -235,6 +252,10 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
         hpsearch train --study linreg --set scheduler=none
         hpsearch train --study wine --trial 17      # re-train stored trial 17
     """
+    import torch
+
+    from hpsearch.params import parse_assignment
+
     torch.set_num_threads(max(1, threads))
     if trial_number is not None:
         if assignments or seed is not None:
@@ -285,7 +306,7 @@ def _print_history(result: FitResult, every: int) -> None:
 
 @cli.command()
 @_storage_option
-@_user_errors
+@_command
 def studies(storage: str | None) -> None:
     """List the studies in a storage, with trial counts and best values.
 
@@ -294,6 +315,8 @@ def studies(storage: str | None) -> None:
     \b
         hpsearch studies --storage sqlite:///hpsearch.db
     """
+    from hpsearch.storage.urls import mask_url, resolve_storage_url
+
     url = resolve_storage_url(storage)
     rows = hp.studies(url)
     if not rows:
@@ -316,7 +339,7 @@ def studies(storage: str | None) -> None:
 
 @cli.command()
 @click.option("--study", "study", required=True, metavar="NAME|PATH", help="A study file.")
-@_user_errors
+@_command
 def space(study: str) -> None:
     """Show a study's search space: every parameter, its domain and default.
 
@@ -349,7 +372,7 @@ def space(study: str) -> None:
 @click.option("--refresh", "refresh_only", is_flag=True,
               help="Only rewrite the hpsearch notes and figures, then exit (no server): "
                    "updates a dashboard that is already open, e.g. while a search runs.")
-@_user_errors
+@_command
 def dashboard(study: str | None, storage: str | None, host: str, port: int,
               refresh_only: bool) -> None:
     """Serve optuna-dashboard on the storage, with hpsearch's notes and figures.
@@ -365,6 +388,8 @@ def dashboard(study: str | None, storage: str | None, host: str, port: int,
         hpsearch dashboard --study wine --refresh     # update the note during a search
         hpsearch dashboard --host 0.0.0.0 --port 8081 --storage sqlite:///runs/wine.db
     """
+    from hpsearch.storage.urls import mask_url, resolve_storage_url
+
     url = resolve_storage_url(storage)
     if refresh_only:
         names = hp.refresh_dashboards(study, url)
@@ -393,7 +418,7 @@ def dashboard(study: str | None, storage: str | None, host: str, port: int,
 @click.option("--format", "fmt", default="table", show_default=True,
               metavar="table|markdown|csv", help="Aligned text, GitHub markdown, or CSV.")
 @_storage_option
-@_user_errors
+@_command
 def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | None) -> None:
     """Which schedule and optimizer win: leaderboard, per-group summaries and a verdict.
 
@@ -405,7 +430,6 @@ def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | N
         hpsearch report --study wine
         hpsearch report --study wine --top 5 --by scheduler --format markdown
     """
-    # Imported here: matplotlib is not needed by the other commands.
     from hpsearch.export import renderer
 
     render = renderer(fmt)  # an unknown format fails before the study is read
@@ -420,7 +444,7 @@ def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | N
 @click.option("--top", type=int, default=10, show_default=True,
               help="Trials in the leaderboard.")
 @_storage_option
-@_user_errors
+@_command
 def export(study: str, out: str, top: int, storage: str | None) -> None:
     """Write a study's report as CSV, markdown and PNG files, with a report.md linking them.
 
@@ -450,16 +474,16 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
               help="Confirm trial N instead of the best ones (repeatable; complete or pruned).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes training runs side by side (about one per core).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(hp.DEVICES), default="auto", show_default=True,
               help="Where runs train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads without --workers (each worker uses 1).")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(hp.ENGINES), default="auto", show_default=True,
               help="What trains the runs: auto (cohort where the model stacks), reference, "
                    "cohort.")
 @_storage_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_user_errors
+@_command
 def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], workers: int,
             device: str, threads: int, engine: str, storage: str | None, quiet: bool) -> None:
     """Re-train a study's best configurations over several seeds: is the winner real?
@@ -477,11 +501,12 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
         hpsearch confirm --study wine --top 3 --seeds 10
         hpsearch confirm --study wine --trial 137 --trial 52 --seeds 20 --workers 4
     """
-    # Imported here: scipy, pandas and matplotlib are not needed by the other commands.
+    import torch
     from tqdm import tqdm
 
     from hpsearch.confirm import confirm_study_name
     from hpsearch.export import confirmation_text
+    from hpsearch.storage.urls import mask_url, resolve_storage_url
 
     url = resolve_storage_url(storage)
     torch.set_num_threads(max(1, threads))

@@ -39,9 +39,9 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
+from hpsearch.api import AUTO, DEFAULT_COHORT_SIZE, REFERENCE
 from hpsearch.config import StudyConfig
 from hpsearch.confirm_stats import ALPHA, Analysis, analyze, runs_frame
-from hpsearch.engines import AUTO, DEFAULT_COHORT_SIZE, REFERENCE, choose_engine
 from hpsearch.errors import ConfigError
 from hpsearch.params import Value
 from hpsearch.records import (
@@ -63,11 +63,12 @@ from hpsearch.records import (
     count_trials,
 )
 from hpsearch.report import trial_state
-from hpsearch.search.run import DriveSettings, confirmation_sampler_and_pruner, drive
 from hpsearch.storage.port import port_for_study, storage_of
 from hpsearch.storage.urls import mask_url, open_storage
 from hpsearch.studies import load_stored_study, stored_config, study_names
-from hpsearch.training import resolve_device
+
+# The engines and the driver (torch) are imported by the functions that train: the reports
+# read a stored confirmation (`load_confirmation`) without them.
 
 CONFIRM_SUFFIX = ":confirm"
 MIN_SEEDS = 2  # a confidence interval needs two runs
@@ -254,6 +255,10 @@ def run_confirmation(
 
     `on_start(to_run, stored)` is called once the runs are planned; `on_progress(ran)` when
     runs ended (with workers, every half second while they run)."""
+    from hpsearch.engines import choose_engine
+    from hpsearch.search.run import DriveSettings, drive
+    from hpsearch.training import resolve_device
+
     if seeds < MIN_SEEDS:
         raise ConfigError(f"--seeds must be >= {MIN_SEEDS} (a confidence interval needs at "
                           f"least two runs); got {seeds}")
@@ -299,6 +304,8 @@ def run_confirmation(
 def open_confirm_study(parent: optuna.Study, storage_url: str,
                        runner_ups: int) -> optuna.Study:
     """The confirmation study of `parent` in the same storage, created if needed."""
+    from hpsearch.search.run import confirmation_sampler_and_pruner
+
     storage = open_storage(storage_url)
     name = confirm_study_name(parent.study_name)
     exists = name in study_names(storage)

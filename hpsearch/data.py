@@ -12,16 +12,21 @@ file or target column, a target with one class, values that can't be encoded, mi
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import importlib.util
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from hpsearch.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -79,6 +84,8 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """The same data on `device` (itself if it is there already)."""
+        import torch
+
         if self.device == torch.device(device):
             return self
         folds = tuple(fold.to(device) for fold in self.folds)
@@ -88,16 +95,39 @@ class Dataset:
         return replace(first, folds=folds)
 
 
-def _sklearn(loader_name: str, task: str) -> Callable[..., RawData]:
+def _sklearn(loader_name: str, data_file: str, task: str) -> Callable[..., RawData]:
     def load() -> RawData:
-        # Imported here: scikit-learn is slow to import, and most commands (studies, report,
-        # dashboard) never load a dataset.
-        from sklearn import datasets as sk_datasets
+        path = _sklearn_data_file(data_file)
+        if path is None:  # not where this scikit-learn keeps it: its own loader reads it
+            from sklearn import datasets as sk_datasets
 
-        bunch = getattr(sk_datasets, loader_name)()
-        return RawData(np.asarray(bunch.data, float), np.asarray(bunch.target), task)
+            bunch = getattr(sk_datasets, loader_name)()
+            return RawData(np.asarray(bunch.data, float), np.asarray(bunch.target), task)
+        return _read_sklearn_csv(path, task)
 
     return load
+
+
+def _sklearn_data_file(name: str) -> Path | None:
+    """scikit-learn's copy of a bundled dataset, found without importing scikit-learn (which
+    takes longer to import than the search of a small study takes to run)."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_sklearn_csv(path: Path, task: str) -> RawData:
+    """A scikit-learn data file: the features, then the class index, on each line; the plain
+    files start with a line "rows,columns,class names". The same numbers as its loaders."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as text:
+            table = np.loadtxt(text, delimiter=",")
+    else:
+        table = np.loadtxt(path, delimiter=",", skiprows=1)
+    return RawData(table[:, :-1], table[:, -1].astype(int), task)
 
 
 def _linreg(n: int = 1000, p: int = 5, noise: float = 0.2, seed: int = 0) -> RawData:
@@ -116,10 +146,10 @@ def linreg_true_weights(p: int) -> np.ndarray:
 
 
 DATASETS: dict[str, Callable[..., RawData]] = {
-    "wine": _sklearn("load_wine", CLASSIFICATION),
-    "breast_cancer": _sklearn("load_breast_cancer", CLASSIFICATION),
-    "digits": _sklearn("load_digits", CLASSIFICATION),
-    "iris": _sklearn("load_iris", CLASSIFICATION),
+    "wine": _sklearn("load_wine", "wine_data.csv", CLASSIFICATION),
+    "breast_cancer": _sklearn("load_breast_cancer", "breast_cancer.csv", CLASSIFICATION),
+    "digits": _sklearn("load_digits", "digits.csv.gz", CLASSIFICATION),
+    "iris": _sklearn("load_iris", "iris.csv", CLASSIFICATION),
     "linreg": _linreg,
 }
 
@@ -188,18 +218,18 @@ def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray
           scale: bool) -> Dataset:
     """The train, valid and test splits of these rows, encoded and scaled as fit on the train
     rows."""
-    from sklearn.preprocessing import StandardScaler
+    # Imported here, with the data: a study file is read (`hpsearch space`) without torch.
+    import torch
 
     classify = task == CLASSIFICATION
     encoded = encode(train_idx)
     features = encoded.features
     columns = encoded.scaled
     if scale and columns.all():
-        features = StandardScaler().fit(features[train_idx]).transform(features)
+        features = _standardize(features, features[train_idx])
     elif scale and columns.any():
-        scaler = StandardScaler().fit(features[train_idx][:, columns])
         features = features.copy()
-        features[:, columns] = scaler.transform(features[:, columns])
+        features[:, columns] = _standardize(features[:, columns], features[train_idx][:, columns])
     features = features.astype(np.float32)
     classes: tuple[str, ...] = ()
     if classify:
@@ -228,7 +258,19 @@ def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray
 def _k_folds(rest: np.ndarray, target: np.ndarray, folds: int, seed: int, classify: bool,
              where: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
     """`folds` (train, valid) index pairs over `rest`: seeded, stratified for classification;
-    every row of `rest` in exactly one valid part."""
+    every row of `rest` in exactly one valid part (scikit-learn's (Stratified)KFold, shuffled)."""
+    y = target[rest]
+    if len(rest) >= folds and (not classify or (_integral(y) and min(_counts(y)) >= folds)):
+        if classify:
+            fold_of = _stratified_fold_of(y, folds, np.random.RandomState(seed))
+        else:
+            fold_of = np.empty(len(rest), dtype="i")
+            order = np.arange(len(rest))
+            np.random.RandomState(seed).shuffle(order)
+            for k, part in enumerate(np.array_split(order, folds)):
+                fold_of[part] = k
+        return [(rest[fold_of != k], rest[fold_of == k]) for k in range(folds)]
+    # A cut these can't make: scikit-learn's own checks say why (or warn of sparse classes).
     from sklearn.model_selection import KFold, StratifiedKFold
 
     splitter = (StratifiedKFold if classify else KFold)(n_splits=folds, shuffle=True,
@@ -245,16 +287,121 @@ def _split(
     indices: np.ndarray, fraction: float, seed: int, stratify: np.ndarray | None,
     where: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
+    """`indices` cut into (rest, the `fraction` part): scikit-learn's train_test_split."""
     if fraction <= 0:
         return indices, indices[:0]
+    n_test = math.ceil(fraction * len(indices)) if fraction < 1 else 0
+    n_train = len(indices) - n_test
+    if n_test and n_train and stratify is None:
+        order = np.random.RandomState(seed).permutation(len(indices))
+        return indices[order[n_test:]], indices[order[:n_test]]
+    if n_test and n_train and _integral(stratify):
+        counts = _counts(stratify)
+        if min(counts) >= 2 and min(n_train, n_test) >= len(counts):
+            train, test = _stratified_split(stratify, n_train, n_test,
+                                            np.random.RandomState(seed))
+            return indices[train], indices[test]
+    # A split these can't make: scikit-learn's own checks say why.
+    from sklearn.model_selection import train_test_split
+
     try:
         return train_test_split(indices, test_size=fraction, random_state=seed,
                                 stratify=stratify)
     except ValueError as exc:
         raise DataError(f"{where}cannot split {len(indices)} rows with fraction {fraction:g}: "
                         f"{' '.join(str(exc).split())}") from None
+
+
+# -- scikit-learn's splits and scaling in numpy ------------------------------------------------
+# The same arithmetic and the same random draws as scikit-learn 1.x's StandardScaler,
+# train_test_split (ShuffleSplit, StratifiedShuffleSplit) and shuffled (Stratified)KFold, for
+# the inputs they accept, so that a study's splits are the ones it always had
+# (tests/test_startup.py compares them): importing scikit-learn costs more than a small
+# study's search. Other inputs go to scikit-learn, whose errors say what is wrong.
+
+def _integral(y: np.ndarray | None) -> bool:
+    return y is not None and np.issubdtype(y.dtype, np.integer)
+
+
+def _counts(y: np.ndarray) -> np.ndarray:
+    return np.unique(y, return_counts=True)[1]
+
+
+def _standardize(features: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """`features` scaled to the mean and standard deviation of `train` (its columns); a
+    constant column is only centred (StandardScaler().fit(train).transform(features))."""
+    if not (np.isfinite(features).all() and np.isfinite(train).all()):
+        from sklearn.preprocessing import StandardScaler
+
+        return StandardScaler().fit(train).transform(features)
+    n = np.full(train.shape[1], float(len(train)))
+    column_sum = np.sum(train, axis=0)
+    mean = (np.zeros(train.shape[1]) + column_sum) / n
+    deviation = train - column_sum / n
+    correction = np.sum(deviation, axis=0)
+    deviation **= 2
+    variance = (np.sum(deviation, axis=0) - correction**2 / n) / n
+    eps = np.finfo(np.float64).eps
+    constant = variance <= n[0] * eps * variance + (n[0] * mean * eps) ** 2
+    scale = np.sqrt(variance)
+    scale[constant] = 1.0
+    scaled = np.array(features, dtype=np.float64, copy=True)
+    scaled -= mean
+    scaled /= scale
+    return scaled
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int,
+                      rng: np.random.RandomState) -> np.ndarray:
+    """How many of each class a stratified part of `n_draws` rows takes: the floor of its
+    share, then one more for the largest remainders (ties drawn at random)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add_now = min(len(tied), need_to_add)
+            floored[rng.choice(tied, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
+
+
+def _stratified_split(y: np.ndarray, n_train: int, n_test: int,
+                      rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of a stratified (train, test) cut of `y` (StratifiedShuffleSplit's first)."""
+    _, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    class_indices = np.split(np.argsort(y_indices, kind="stable"),
+                             np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i, members in enumerate(class_indices):
+        shuffled = members.take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(shuffled[: n_i[i]])
+        test.extend(shuffled[n_i[i]: n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _stratified_fold_of(y: np.ndarray, folds: int, rng: np.random.RandomState) -> np.ndarray:
+    """Each row's fold in a shuffled stratified k-fold cut of `y` (StratifiedKFold's)."""
+    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
+    _, class_perm = np.unique(first, return_inverse=True)
+    encoded = class_perm[inverse]  # classes numbered in order of first appearance
+    n_classes = len(first)
+    ordered = np.sort(encoded)
+    allocation = np.asarray([np.bincount(ordered[i::folds], minlength=n_classes)
+                             for i in range(folds)])
+    fold_of = np.empty(len(y), dtype="i")
+    for k in range(n_classes):
+        of_class = np.arange(folds).repeat(allocation[:, k])
+        rng.shuffle(of_class)
+        fold_of[encoded == k] = of_class
+    return fold_of
 
 
 # -- CSV and Parquet files ---------------------------------------------------------------------

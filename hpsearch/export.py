@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from hpsearch import plots
 from hpsearch.confirm import confirm_study_name, load_confirmation
 from hpsearch.confirm_stats import METRICS, Analysis, search_and_confirmation
 from hpsearch.errors import ConfigError, HPSearchError
@@ -285,6 +284,9 @@ def export_report(study_name: str, storage_url: str, out: str | Path,
 
 def _write_all(report: StudyReport, trials: list[FrozenTrial],
                folder: Path) -> tuple[list[str], dict[str, str]]:
+    # Imported here: matplotlib draws only the exported files, not `hpsearch report`'s text.
+    from hpsearch import plots
+
     files: list[str] = []
 
     def write(name: str, text: str) -> None:

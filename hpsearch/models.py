@@ -9,19 +9,35 @@ other keys and `searched` the trial's values of the parameters the factory decla
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpsearch.errors import ConfigError
 from hpsearch.params import Param, Value
 from hpsearch.plugins import check_param, resolve_object
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
-}
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported where a model is built, not with the registry: a study file is read (for
+# `hpsearch space`, the reports, the dashboard) without torch.
+
+
+@functools.cache
+def activations() -> dict[str, type[nn.Module]]:
+    """`ACTIVATIONS`: an activation's name -> its torch.nn module class."""
+    from torch import nn
+
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
+            "silu": nn.SiLU}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ACTIVATIONS":  # built on first use, with torch
+        return activations()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def mlp(
@@ -29,9 +45,11 @@ def mlp(
     dropout: float = 0.0,
 ) -> nn.Sequential:
     """A multi-layer perceptron; seed 004's wine model is mlp(13, 3, hidden=[10, 10])."""
-    if activation not in ACTIVATIONS:
+    from torch import nn
+
+    if activation not in activations():
         raise ConfigError(
-            f"model.activation {activation!r} is unknown; known: {', '.join(ACTIVATIONS)}"
+            f"model.activation {activation!r} is unknown; known: {', '.join(activations())}"
         )
     if any(int(width) < 1 for width in hidden):
         raise ConfigError(f"model.hidden must list positive layer widths; got {list(hidden)}")
@@ -40,7 +58,7 @@ def mlp(
     layers: list[nn.Module] = []
     width = n_inputs
     for size in hidden:
-        layers += [nn.Linear(width, int(size)), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, int(size)), activations()[activation]()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = int(size)
@@ -50,6 +68,8 @@ def mlp(
 
 def linear(n_inputs: int, n_outputs: int) -> nn.Sequential:
     """One linear layer: seed 003's linear regression."""
+    from torch import nn
+
     return nn.Sequential(nn.Linear(n_inputs, n_outputs))
 
 
@@ -59,7 +79,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "linear": linear}
 # The attribute `searches` sets on a factory: the parameters it wants drawn for each trial.
 SEARCHED_ATTR = "hpsearch_params"
 
-Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
+Factory = TypeVar("Factory", bound=Callable[..., "nn.Module"])
 
 
 def searches(*params: Param) -> Callable[[Factory], Factory]:
@@ -129,6 +149,8 @@ def build_model(
 ) -> nn.Module:
     """The model: a registered one (`mlp`, `linear`) or a user's factory, with the fixed
     options and the trial's values of the factory's searched parameters."""
+    from torch import nn
+
     factory = model_factory(kind)
     options = dict(options or {})
     if not is_factory_path(kind):
@@ -150,6 +172,8 @@ def head_and_body(model: nn.Module, kind: str) -> tuple[list[nn.Parameter], list
 
     The head is the module in the model's `head` attribute, else, for an nn.Sequential (the
     built-in mlp), its last layer that has parameters."""
+    from torch import nn
+
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module) and isinstance(model, nn.Sequential):
         head = next((layer for layer in reversed(model)

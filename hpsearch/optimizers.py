@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from hpsearch.params import Param, Value
 
 if TYPE_CHECKING:
+    import torch
+
     from hpsearch.engines.batched_optimizers import BatchedOptimizer
 
 MOMENTUM = Param(
@@ -40,13 +40,35 @@ AMSGRAD = Param(
 )
 
 
+class _ClassOrName:
+    """A field holding a class, given as the class or as its import name "module:Class"; a name
+    is imported when the field is first read. The built-ins name torch's optimizers, so that
+    the registry (which `hpsearch space` and the reports read) does not import torch."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, spec: Any, owner: type | None = None) -> Any:
+        if spec is None:  # the dataclass asking for a default: there is none
+            raise AttributeError(self.slot)
+        value = getattr(spec, self.slot)
+        if isinstance(value, str):
+            value = pkgutil.resolve_name(value)
+            object.__setattr__(spec, self.slot, value)
+        return value
+
+    def __set__(self, spec: Any, value: type | str) -> None:
+        object.__setattr__(spec, self.slot, value)
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A torch optimizer as hpsearch searches it.
 
     `torch_class` is called as `torch_class(param_groups, lr=..., weight_decay=..., **options)`
     (without `weight_decay` when `weight_decay` is False: the optimizer has none, and the
-    search then draws no weight decay for it).
+    search then draws no weight decay for it). It may be given as its import name,
+    "module:Class", imported when first used.
 
     `batched` names the optimizer's batched form as "module:Class": a subclass of
     `hpsearch.engines.batched_optimizers.BatchedOptimizer` that steps many members with
@@ -57,7 +79,7 @@ class OptimizerSpec:
     """
 
     name: str
-    torch_class: type[torch.optim.Optimizer]
+    torch_class: type[torch.optim.Optimizer] | str = _ClassOrName()  # read: always the class
     default_lr: float
     help: str = ""
     params: tuple[Param, ...] = ()
@@ -101,7 +123,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
         OptimizerSpec(
-            "sgd", torch.optim.SGD, 0.01, "stochastic gradient descent, with momentum/Nesterov",
+            "sgd", "torch.optim:SGD", 0.01, "stochastic gradient descent, with momentum/Nesterov",
             params=(
                 MOMENTUM,
                 Param(
@@ -116,31 +138,31 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             batched=_BATCHED_SGD,
         ),
         OptimizerSpec(
-            "adam", torch.optim.Adam, 1e-3, "Adam (L2 weight decay)",
+            "adam", "torch.optim:Adam", 1e-3, "Adam (L2 weight decay)",
             params=(BETA1, BETA2, AMSGRAD),
             options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
             batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
-            "adamw", torch.optim.AdamW, 1e-3, "AdamW (decoupled weight decay)",
+            "adamw", "torch.optim:AdamW", 1e-3, "AdamW (decoupled weight decay)",
             params=(BETA1, BETA2, AMSGRAD),
             options=lambda p: {**_betas(p), "amsgrad": p["amsgrad"]},
             batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
-            "nadam", torch.optim.NAdam, 2e-3, "Adam with Nesterov momentum",
+            "nadam", "torch.optim:NAdam", 2e-3, "Adam with Nesterov momentum",
             params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
-            "radam", torch.optim.RAdam, 1e-3, "rectified Adam (built-in variance warm-up)",
+            "radam", "torch.optim:RAdam", 1e-3, "rectified Adam (built-in variance warm-up)",
             params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
-            "adamax", torch.optim.Adamax, 2e-3, "Adam with the infinity norm",
+            "adamax", "torch.optim:Adamax", 2e-3, "Adam with the infinity norm",
             params=(BETA1, BETA2), options=_betas, batched=_BATCHED_ADAM,
         ),
         OptimizerSpec(
-            "rmsprop", torch.optim.RMSprop, 1e-2, "RMSprop, with momentum and centered variant",
+            "rmsprop", "torch.optim:RMSprop", 1e-2, "RMSprop, with momentum and centered variant",
             params=(
                 Param(
                     "rmsprop_alpha", "float", "smoothing constant of the squared gradients",
@@ -159,11 +181,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             batched=_BATCHED_RMSPROP,
         ),
         OptimizerSpec(
-            "adagrad", torch.optim.Adagrad, 1e-2, "Adagrad (per-parameter accumulated scale)",
+            "adagrad", "torch.optim:Adagrad", 1e-2, "Adagrad (per-parameter accumulated scale)",
             batched=_BATCHED_ADAGRAD,
         ),
         OptimizerSpec(
-            "adadelta", torch.optim.Adadelta, 1.0, "Adadelta (windowed Adagrad; lr near 1)",
+            "adadelta", "torch.optim:Adadelta", 1.0, "Adadelta (windowed Adagrad; lr near 1)",
             params=(
                 Param(
                     "adadelta_rho", "float", "decay of the running averages", default=0.9,

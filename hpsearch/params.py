@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
 
 Value = float | int | str | bool
 

@@ -14,15 +14,16 @@ import functools
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
-
-import torch
-from torch.optim import lr_scheduler
 
 from hpsearch.errors import ConfigError
 from hpsearch.params import Param, Value
 
 if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler
+
     from hpsearch.engines.batched_schedulers import TableFn
 
 # The warm-up starts at this fraction of `lr`. Not searched: the warm-up's length matters more.
@@ -53,7 +54,7 @@ class Budget:
     lr: float
 
 
-BuildFn = Callable[[torch.optim.Optimizer, Mapping[str, Value], Budget], Any]
+BuildFn = Callable[["torch.optim.Optimizer", Mapping[str, Value], Budget], Any]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,14 @@ class SchedulerSpec:
     def batched_form(self) -> TableFn | None:
         """The function `batched` names, or None."""
         return None if self.batched is None else pkgutil.resolve_name(self.batched)
+
+
+def torch_schedulers() -> ModuleType:
+    """torch's `lr_scheduler` module, imported when a schedule is built rather than with the
+    registry, which `hpsearch space` and the reports read without torch."""
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler
 
 
 class Schedule:
@@ -139,6 +148,7 @@ def build_schedule(
     main = spec.build(optimizer, params, budget) if spec.build else None
     if warmup == 0:
         return Schedule(main, spec.per_batch, spec.on_val_loss)
+    lr_scheduler = torch_schedulers()
     linear = lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
     if main is None:
         return Schedule(linear)
@@ -196,7 +206,7 @@ def lambda_factor(params: Mapping[str, Value], epochs: int) -> Callable[[int], f
 
 
 def _lambda(optimizer: torch.optim.Optimizer, p: Mapping[str, Value], b: Budget) -> Any:
-    return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda_factor(p, b.epochs))
+    return torch_schedulers().LambdaLR(optimizer, lr_lambda=lambda_factor(p, b.epochs))
 
 
 def _min_lr_ratio(name: str) -> Param:
@@ -217,7 +227,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec("none", "constant learning rate", None, batched=_batched("warmup_table")),
         SchedulerSpec(
             "step", "StepLR: multiply lr by step_gamma every step_size_frac of the epochs",
-            lambda o, p, b: lr_scheduler.StepLR(
+            lambda o, p, b: torch_schedulers().StepLR(
                 o, step_size=fraction_of(b.epochs, float(p["step_size_frac"])),
                 gamma=float(p["step_gamma"]),
             ),
@@ -231,7 +241,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
         SchedulerSpec(
             "multistep", "MultiStepLR: decay at two milestones (fractions of the epochs)",
-            lambda o, p, b: lr_scheduler.MultiStepLR(
+            lambda o, p, b: torch_schedulers().MultiStepLR(
                 o, milestones=multistep_milestones(p, b.epochs),
                 gamma=float(p["multistep_gamma"]),
             ),
@@ -247,7 +257,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
         SchedulerSpec(
             "exponential", "ExponentialLR: multiply lr by exponential_gamma every epoch",
-            lambda o, p, b: lr_scheduler.ExponentialLR(o, gamma=float(p["exponential_gamma"])),
+            lambda o, p, b: torch_schedulers().ExponentialLR(
+                o, gamma=float(p["exponential_gamma"])),
             params=(
                 Param("exponential_gamma", "float", "per-epoch decay factor", default=0.95,
                       low=0.85, high=0.999, bounds=(1e-6, 1.0)),
@@ -256,7 +267,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
         SchedulerSpec(
             "cosine", "CosineAnnealingLR over the epochs, down to cosine_min_lr_ratio * lr",
-            lambda o, p, b: lr_scheduler.CosineAnnealingLR(
+            lambda o, p, b: torch_schedulers().CosineAnnealingLR(
                 o, T_max=b.epochs, eta_min=float(p["cosine_min_lr_ratio"]) * b.lr
             ),
             params=(_min_lr_ratio("cosine"),),
@@ -264,7 +275,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
         SchedulerSpec(
             "plateau", "ReduceLROnPlateau on the validation loss",
-            lambda o, p, b: lr_scheduler.ReduceLROnPlateau(
+            lambda o, p, b: torch_schedulers().ReduceLROnPlateau(
                 o, mode="min", factor=float(p["plateau_factor"]),
                 patience=int(p["plateau_patience"]),
             ),
@@ -299,7 +310,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         ),
         SchedulerSpec(
             "onecycle", "OneCycleLR per batch, peaking at lr (momentum is not cycled)",
-            lambda o, p, b: lr_scheduler.OneCycleLR(
+            lambda o, p, b: torch_schedulers().OneCycleLR(
                 # Each parameter group peaks at its own lr (the head's may be a multiple).
                 o, max_lr=[group["lr"] for group in o.param_groups],
                 total_steps=b.epochs * b.steps_per_epoch,
@@ -329,7 +340,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec(
             "cosine_restarts",
             "CosineAnnealingWarmRestarts: cosine cycles, the first of t0_frac of the epochs",
-            lambda o, p, b: lr_scheduler.CosineAnnealingWarmRestarts(
+            lambda o, p, b: torch_schedulers().CosineAnnealingWarmRestarts(
                 o, T_0=fraction_of(b.epochs, float(p["cosine_restarts_t0_frac"])),
                 T_mult=int(p["cosine_restarts_t_mult"]),
                 eta_min=float(p["cosine_restarts_min_lr_ratio"]) * b.lr,

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.optimizers import BUILTIN_OPTIMIZERS, OPTIMIZERS
 from hpsearch.params import Param, Value
 from hpsearch.schedulers import BUILTIN_SCHEDULERS, SCHEDULERS, WARMUP
+
+if TYPE_CHECKING:
+    import optuna
 
 LR = Param(
     "lr", "float", "learning rate (the peak lr for onecycle)",

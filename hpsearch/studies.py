@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -32,7 +32,9 @@ from hpsearch.records import (
 from hpsearch.search.pruning import build_pruner
 from hpsearch.search.samplers import build_sampler
 from hpsearch.storage.urls import HEARTBEAT_S, mask_url, open_storage
-from hpsearch.training import TrainedRun, train_configuration
+
+if TYPE_CHECKING:
+    from hpsearch.training import TrainedRun
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
@@ -153,6 +155,9 @@ def retrain_trial(study_name: str, storage_url: str, number: int,
     `device` (default: the device the trial ran on; trials that predate devices ran on the CPU).
 
     A pruned trial is trained to the end; its loss is compared at the epoch it was pruned."""
+    # Imported here: listing and loading studies (`hpsearch studies`, the reports) never train.
+    from hpsearch.training import train_configuration
+
     study = load_stored_study(study_name, storage_url)
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
