@@ -139,7 +139,8 @@ def _fresh_database(kind: str) -> Iterator[str]:
             yield url
         finally:
             drop = "WITH (FORCE)" if kind == "postgres" else ""
-            admin.cursor().execute(f"DROP DATABASE {name} {drop}")
+            # IF EXISTS: a test may have dropped it (a database lost mid-search).
+            admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} {drop}")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,13 @@ from hpsearch.search.pruning import build_pruner
 from hpsearch.search.samplers import build_sampler
 from hpsearch.search.workers import Interruptions, SlotLock, run_workers
 from hpsearch.storage.port import port_for_study
-from hpsearch.storage.urls import HEARTBEAT_S, IN_MEMORY, close_storage, open_storage
+from hpsearch.storage.urls import (
+    HEARTBEAT_S,
+    IN_MEMORY,
+    close_storage,
+    open_storage,
+    storage_errors,
+)
 from hpsearch.studies import open_study
 from hpsearch.training import check_model, resolve_device
 
@@ -96,23 +102,24 @@ def run_search(
     engine, engine_note = choose_engine(engine, config, data)
     if engine == COHORT and cohort_size < 1:
         raise ConfigError(f"--cohort-size must be >= 1; got {cohort_size}")
-    study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
-    port = port_for_study(study)
-    port.fail_stale(study)
-    counts = count_trials(study.get_trials(deepcopy=False))
-    if config.sampler.kind == "grid":
-        target = min(target, _enqueue_grid(study, config, target))
-    if on_start is not None:
-        on_start(counts)
-    started = time.perf_counter()
-    if counts.finished < target:
-        settings = DriveSettings(study.study_name, storage_url, target, engine, cohort_size,
-                                 device_type, heartbeat_s)
-        drive(study, config, data, settings, workers, _ProgressReporter(study, on_progress))
-    # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
-    port.refresh()
-    final = count_trials(study.get_trials(deepcopy=False))
-    ran = final.finished + final.failed - counts.finished - counts.failed
+    with storage_errors(storage_url):
+        study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
+        port = port_for_study(study)
+        port.fail_stale(study)
+        counts = count_trials(study.get_trials(deepcopy=False))
+        if config.sampler.kind == "grid":
+            target = min(target, _enqueue_grid(study, config, target))
+        if on_start is not None:
+            on_start(counts)
+        started = time.perf_counter()
+        if counts.finished < target:
+            settings = DriveSettings(study.study_name, storage_url, target, engine, cohort_size,
+                                     device_type, heartbeat_s)
+            drive(study, config, data, settings, workers, _ProgressReporter(study, on_progress))
+        # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
+        port.refresh()
+        final = count_trials(study.get_trials(deepcopy=False))
+        ran = final.finished + final.failed - counts.finished - counts.failed
     return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,
                          engine, engine_note, cohort_size if engine == COHORT else 0)
 
@@ -203,9 +210,10 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
             sampler, pruner = confirmation_sampler_and_pruner()
         else:
             sampler, pruner = build_sampler(config, worker), build_pruner(config)
-        study = optuna.load_study(study_name=settings.study_name, storage=storage,
-                                  sampler=sampler, pruner=pruner)
-        _drive(study, config, data, settings, slot_lock, interruptions)
+        with storage_errors(settings.storage_url):
+            study = optuna.load_study(study_name=settings.study_name, storage=storage,
+                                      sampler=sampler, pruner=pruner)
+            _drive(study, config, data, settings, slot_lock, interruptions)
     finally:
         close_storage(storage)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
-from hpsearch.errors import HPSearchError
+from hpsearch.errors import HPSearchError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,20 @@ def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any
                 log.warning("worker %d (pid %d) was killed by signal %d; the other workers go "
                             "on, and its trial is retried once its heartbeat is stale",
                             index, process.pid, -code)
-            elif code == EXIT_INTERRUPTED:
+            elif code == EXIT_INTERRUPTED and not interrupted.is_set():
+                # Only this worker was signalled (Ctrl-C reaches the parent too, which then
+                # stops them all).
                 log.warning("worker %d (pid %d) was interrupted; the other workers go on",
                             index, process.pid)
+            elif code == EXIT_INTERRUPTED:
+                continue
             else:
-                message = errors.get() if not errors.empty() else f"exit code {code}"
-                raise HPSearchError(f"worker {index} stopped: {message}")
+                if errors.empty():
+                    raise HPSearchError(f"worker {index} stopped: exit code {code}")
+                storage, message = errors.get()
+                # The storage lost is every worker's problem, and said as it is.
+                raise StorageError(message) if storage else \
+                    HPSearchError(f"worker {index} stopped: {message}")
         if interrupted.is_set():
             raise KeyboardInterrupt
         on_poll()
@@ -208,14 +216,14 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except HPSearchError as exc:
-        errors.put(str(exc))
+        errors.put((isinstance(exc, StorageError), str(exc)))
         code = 1
     except Exception as exc:  # a bug: the line for the parent, the traceback for --debug
         log.debug("worker %d failed:\n%s", index, traceback.format_exc())
         where = traceback.extract_tb(exc.__traceback__)[-1]
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        errors.put(f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:{where.lineno}, "
-                   f"{where.name})")
+        errors.put((False, f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:"
+                           f"{where.lineno}, {where.name})"))
         code = 1
     _exit_without_teardown(code)
 

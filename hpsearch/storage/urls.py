@@ -12,12 +12,13 @@ time cannot stall the search).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -246,6 +247,45 @@ def _prepare_sqlite(parsed: URL) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"cannot open storage sqlite:///{path}: {exc}") from None
+
+
+# What a database that went away (dropped, stopped, unreachable, its file deleted) raises
+# anywhere in a search: SQLAlchemy's errors, Optuna's wrapper of them, sqlite3's own.
+DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+                   sqlite3.Error)
+
+
+def database_error(exc: BaseException) -> BaseException | None:
+    """The database's own error behind `exc`, or None if the chain `exc` was raised from (or
+    during) holds none: a bug, not the database. The innermost driver error (what the database
+    said) where there is one; Optuna's wrapper and SQLAlchemy's pool errors say little."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DATABASE_ERRORS):
+            found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    said = [e for e in found if isinstance(e, (sqlalchemy.exc.DBAPIError, sqlite3.Error))
+            and str(getattr(e, "orig", None) or e).strip()]
+    return (said or found or [None])[-1]
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a database failure inside the block (at any point of a search: a query, a worker's
+    write, a progress poll, the summary's reads) into one StorageError that names the storage
+    (password masked) and the database's own first line; any other error passes unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        cause = database_error(exc)
+        if cause is None:
+            raise
+        raise StorageError(f"lost the storage {mask_url(url)}: "
+                           f"{_first_line(cause, make_url(url))}") from exc
 
 
 def _first_line(exc: BaseException, parsed: URL) -> str:
