@@ -69,7 +69,7 @@ ATTR_WORKER = "hpsearch_worker"
 COMPLETED = "completed"
 PRUNED = "pruned"
 DIVERGED = "diverged"
-FAILED = "failed"  # an error in its training; stored as FAIL
+FAILED = "failed"  # an error, an interruption, a dead worker; stored as FAIL
 END_REASONS = (COMPLETED, PRUNED, DIVERGED, FAILED)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -126,6 +126,15 @@ def run_user_attrs(histories: Sequence[Sequence[Any]], epochs: int) -> dict[str,
 
 def pruned_detail(pruner_kind: str, epoch: int) -> str:
     return f"pruned by the {pruner_kind} pruner at epoch {epoch}"
+
+
+# Why a trial failed that no error of its own ended (its end_detail).
+INTERRUPTED_DETAIL = "interrupted (Ctrl-C or SIGTERM) while it trained"
+
+
+def stale_detail(grace_s: float) -> str:
+    return (f"no heartbeat for {grace_s:g} s: its worker died or lost the database; "
+            "queued again")
 
 
 def best_of(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:

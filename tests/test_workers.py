@@ -27,7 +27,16 @@ from hpsearch.cli import cli
 from hpsearch.config import load_study_config
 from hpsearch.engines import COHORT, REFERENCE
 from hpsearch.engines.reference import ReferenceEngine
-from hpsearch.records import ATTR_WORKER, count_trials
+from hpsearch.records import (
+    ATTR_END_DETAIL,
+    ATTR_END_REASON,
+    ATTR_WORKER,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED_DETAIL,
+    count_trials,
+    stale_detail,
+)
 from hpsearch.search.driver import SearchDriver
 from hpsearch.search.run import run_search
 from hpsearch.search.samplers import worker_seed
@@ -126,8 +135,12 @@ def test_the_trial_of_a_killed_worker_is_failed_and_retried(write_study, tmp_pat
     trials = optuna.load_study(study_name="slow", storage=url).trials
     victim = trials[killed["number"]]
     assert victim.state == TrialState.FAIL
+    assert victim.user_attrs[ATTR_END_REASON] == FAILED
+    assert victim.user_attrs[ATTR_END_DETAIL] == stale_detail(3)
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs[ATTR_END_REASON] == COMPLETED  # not its original's end
+    assert ATTR_END_DETAIL not in retries[0].user_attrs
     assert retries[0].params == victim.params
     assert retries[0].system_attrs[ATTR_WORKER] != killed["worker"]
     assert outcome.counts.finished == 6 and outcome.counts.failed == 1
@@ -150,6 +163,8 @@ def test_a_restart_fails_the_stale_trials_of_earlier_runs_first(write_study, tmp
     trials = outcome.study.get_trials()
     assert trials[beating.number].state == TrialState.FAIL
     assert trials[beatless.number].state == TrialState.FAIL
+    assert {trials[n].user_attrs[ATTR_END_DETAIL] for n in (beating.number, beatless.number)} \
+        == {stale_detail(3)}
     retried = {t.system_attrs.get("failed_trial"): t for t in trials}
     assert retried[beating.number].params["lr"] == beating.params["lr"]
     assert retried[beatless.number].state.is_finished()
@@ -225,6 +240,8 @@ def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(write_stud
     assert "Traceback" not in stderr
     trials = optuna.load_study(study_name="small", storage=url).trials
     assert all(t.state != TrialState.RUNNING for t in trials)
+    assert {t.user_attrs.get(ATTR_END_DETAIL) for t in trials if t.state == TrialState.FAIL} \
+        == {INTERRUPTED_DETAIL}
     counts = count_trials(trials)
     if engine == REFERENCE:
         assert 3 * workers <= counts.finished < 60 and counts.failed <= workers

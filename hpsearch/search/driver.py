@@ -61,6 +61,7 @@ from hpsearch.records import (
     DIVERGED,
     FAILED,
     FINISHED_STATES,
+    INTERRUPTED_DETAIL,
     PRUNED,
     ended_user_attrs,
     evaluation_runs,
@@ -140,10 +141,11 @@ class SearchDriver:
                     outcomes = self.engine.run_epoch()
                 if self.end_round(outcomes) and self.on_change is not None:
                     self.on_change()
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C or an error: the running trials end FAILED, so that the next run
             # retries them.
-            self.fail_all()
+            self.fail_all(INTERRUPTED_DETAIL if isinstance(exc, KeyboardInterrupt) else
+                          f"the search stopped: {type(exc).__name__}: {exc}".splitlines()[0])
             raise
         finally:
             heartbeat.stop()
@@ -315,9 +317,12 @@ class SearchDriver:
         if not told:
             _warn_lost(trial.number)
 
-    def fail_all(self) -> None:
+    def fail_all(self, detail: str = INTERRUPTED_DETAIL) -> None:
         for running in self.running:
             with contextlib.suppress(Exception):
+                self.port.set_user_attrs(running.trial, ended_user_attrs(
+                    running.history, running.members[0].seed, FAILED, detail,
+                    self.engine.device.type, self.engine.name))
                 self.port.tell(self.study, running.trial, state=TrialState.FAIL)
         # The ends already decided still count (with the first tell above, or now).
         with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.records import ATTR_END_DETAIL, ATTR_END_REASON, FAILED, stale_detail
 from hpsearch.storage.urls import GRACE_BEATS
 from hpsearch.storage.write_behind import WriteBehindStorage
 
@@ -213,9 +214,14 @@ class WriteBehindPort(StoragePort):
         stale = storage._get_stale_trial_ids(study_id) + [
             trial_id for trial_id, since in seen.items() if now - since >= grace]
         failed = []
+        detail = stale_detail(grace)
         for trial_id in stale:
-            # Another worker may have failed it first: then it is not ours to retry.
+            # Another worker may have failed (or its owner ended) it first: then it is not
+            # ours to retry. Its story is written while it still runs (a finished trial's
+            # attrs are read-only); the retry does not inherit it.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(trial_id, ATTR_END_REASON, FAILED)
+                storage.set_trial_user_attr(trial_id, ATTR_END_DETAIL, detail)
                 if storage.set_trial_state_values(trial_id, TrialState.FAIL):
                     failed.append(storage.get_trial(trial_id))
         retry = storage.get_heartbeat_stale_trial_callback()

@@ -13,6 +13,7 @@ time cannot stall the search).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import sqlite3
@@ -29,6 +30,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 
 from hpsearch.errors import StorageError
+from hpsearch.records import ATTR_END_DETAIL, ATTR_END_REASON
 from hpsearch.storage.write_behind import WriteBehindStorage
 
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
@@ -117,12 +119,22 @@ def _rdb_storage(url: str, engine_kwargs: dict, heartbeat_s: int) -> optuna.stor
         rdb = optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
             grace_period=GRACE_BEATS * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES),
+            heartbeat_stale_trial_callback=_Retry(max_retry=MAX_RETRIES),
             skip_compatibility_check=True,  # checked below, as Optuna would
         )
         _check_schema(rdb)
     return rdb
+
+
+class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a dead worker's trial (its parameters and user attrs, queued again),
+    without the failed trial's end: the retry's own end is written when it ends."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {key: value for key, value in trial.user_attrs.items()
+                            if key not in (ATTR_END_REASON, ATTR_END_DETAIL)}
+        super().__call__(study, trial)
 
 
 def _created_once(open_rdb: Callable[[], optuna.storages.RDBStorage],
