@@ -23,16 +23,21 @@ of them) this script
    steps 1..k without a gap (all epochs for a complete one), no "Traceback" in either output,
    every error line is one `Error: ...` line, and the exit codes (kill-worker: 0, the command
    goes on; kill-parent: -9; sigint and sigterm: 130, "stops cleanly"; the re-run: 0).
+   Python warnings printed (multiprocessing's resource tracker after kill-parent) are
+   counted and listed, not failed.
 
 Everything a case started is killed by process group at its end; the temporary folder (study
 file, SQLite file, outputs) is removed and the `faults_<pid>_*` databases it created on
 PostgreSQL and MariaDB are dropped at the end of the run. At the end it prints a markdown table
 (per engine x storage x fault kind: injected, survived, hangs, lost trials, tracebacks), the
 exit codes and re-run times seen per fault kind, and every failed case with the first lines of
-its outputs; the exit status is 1 if any case failed.
+its outputs; the exit status is 1 if any case failed. `--jobs J` runs J cases at once (each
+case's draws are seeded by `--seed` and its index, whatever J); on a busy 2-core machine a
+case takes about a minute (most of it the three processes of each command importing torch),
+so give `--limit` room when J > 1.
 
     .venv/bin/python scripts/faults.py --faults 8                      # a smoke run
-    .venv/bin/python scripts/faults.py --faults 100 --seed 1
+    .venv/bin/python scripts/faults.py --faults 100 --seed 1 --jobs 3 --limit 240
     .venv/bin/python scripts/faults.py --faults 12 --storages sqlite --engines cohort \\
         --kinds kill-worker sigterm --limit 90
 """
@@ -81,7 +86,9 @@ SERVERS = {  # storage -> (admin URL, URL of a database named {db})
                 "mysql+pymysql://root@127.0.0.1:3306/{db}"),
 }
 GONE_LIMIT_S = 10.0  # a process group's processes must be gone this long after its command
+GONE_WAIT_S = 60.0  # how long we watch them (to tell slow from never), then kill them
 POLL_S = 0.2
+DB_POLL_S = 0.5
 FINISHED = ("COMPLETE", "PRUNED")
 EXCERPT_LINES = 8
 # The process groups of the commands running now, and whether this script is stopping (Ctrl-C).
@@ -195,11 +202,15 @@ def wait_gone(processes: list[Process], limit_s: float) -> float | None:
     return time.monotonic() - start
 
 
-def start(command: list[str], output: Path, cwd: Path) -> subprocess.Popen[bytes]:
+def start(command: list[str], output: Path, cwd: Path,
+          source: Path | None) -> subprocess.Popen[bytes]:
     if STOPPING.is_set():
         raise KeyboardInterrupt
+    env = dict(os.environ)
+    if source:  # ahead of the editable install's finder, in the workers too
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     with output.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
     LIVE.add(process.pid)
     return process
@@ -287,7 +298,7 @@ def inject(process: subprocess.Popen[bytes], case: Case, result: CaseResult,
         while sum(trial_states(engine, case.url, case.name).values()) == 0:
             if process.poll() is not None or time.monotonic() - started > limit_s:
                 return []
-            time.sleep(POLL_S)
+            time.sleep(DB_POLL_S)
     finally:
         engine.dispose()
     first_trial = time.monotonic()
@@ -357,28 +368,30 @@ def check_output(label: str, text: str, result: CaseResult) -> None:
 
 
 def run_case(case: Case, rng: random.Random, folder: Path, study: Path, epochs: int,
-             window_s: float, limit_s: float) -> CaseResult:
+             window_s: float, limit_s: float, source: Path | None) -> CaseResult:
     result = CaseResult(case)
     command = [str(HPSEARCH), "optimize", "--study", str(study), "--name", case.name,
                "--trials", str(case.trials), "--workers", "2", "--engine", case.engine,
                "--storage", case.url]
     outputs = {label: folder / f"{case.name}.{label}.log" for label in ("fault", "rerun")}
     started = time.monotonic()
-    first = start(command, outputs["fault"], folder)
+    first = start(command, outputs["fault"], folder, source)
     try:
         victims = inject(first, case, result, rng, window_s, limit_s, started)
         result.fault_exit, result.fault_s = wait_end(first, started, limit_s)
         # after kill-parent the workers must die with it; after any end, nothing may stay
-        result.gone_s = wait_gone(victims + group_members(first.pid), GONE_LIMIT_S)
-        if result.gone_s is None:
+        left = list(dict.fromkeys(victims + group_members(first.pid)))
+        result.gone_s = wait_gone(left, GONE_WAIT_S)
+        if result.gone_s is None or result.gone_s > GONE_LIMIT_S:
+            after = "still" if result.gone_s is None else f"{result.gone_s:.0f} s"
             result.problems.append(f"fault run: processes alive {GONE_LIMIT_S:.0f} s after the "
-                                   f"command ended: {group_members(first.pid)}")
+                                   f"command ended ({after}): {left}")
     finally:
         finish(first)
     if not result.injected:
         return result
     started = time.monotonic()
-    second = start(command, outputs["rerun"], folder)
+    second = start(command, outputs["rerun"], folder, source)
     try:
         result.rerun_exit, result.rerun_s = wait_end(second, started, limit_s)
         if wait_gone(group_members(second.pid), GONE_LIMIT_S) is None:
@@ -415,7 +428,7 @@ def one_run_study(name: str, folder: Path) -> tuple[Path, int]:
 
 
 def run_attempts(case: Case, seed: int, folder: Path, study: Path, epochs: int,
-                 limit_s: float) -> list[CaseResult]:
+                 limit_s: float, source: Path | None) -> list[CaseResult]:
     """The case, again (at most 3 times) while its command ended before the fault."""
     rng = random.Random(f"{seed}-{case.index}")  # the same draws whatever --jobs
     results = []
@@ -423,10 +436,20 @@ def run_attempts(case: Case, seed: int, folder: Path, study: Path, epochs: int,
         if attempt:
             case.name += "r"
         results.append(run_case(case, rng, folder, study, epochs, WINDOW_S[case.engine],
-                                limit_s))
+                                limit_s, source))
         if results[-1].injected:
             break
     return results
+
+
+def snapshot(rev: str, folder: Path) -> Path:
+    """The hpsearch package as committed at `rev`, extracted under `folder`."""
+    source = folder / "source"
+    source.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "hpsearch"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return source
 
 
 def plan(args: argparse.Namespace, urls: dict[str, str], rng: random.Random) -> list[Case]:
@@ -507,6 +530,9 @@ def main() -> int:
                         help="seconds a command may run before it counts as a hang")
     parser.add_argument("--study", default="wine", help="a study in studies/ (run one-run)")
     parser.add_argument("--jobs", type=int, default=1, help="cases run at the same time")
+    parser.add_argument("--at", metavar="REV",
+                        help="run hpsearch as committed at REV (git archive into the temporary "
+                             "folder), not the working tree, which others may be editing")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-faults-"))
@@ -514,10 +540,11 @@ def main() -> int:
     began = time.monotonic()
     try:
         study, epochs = one_run_study(args.study, folder)
+        source = snapshot(args.at, folder) if args.at else None
         with storages(args.storages, folder) as urls, ThreadPoolExecutor(args.jobs) as pool:
             cases = plan(args, urls, random.Random(args.seed))
             futures = [pool.submit(run_attempts, case, args.seed, folder, study, epochs,
-                                   args.limit) for case in cases]
+                                   args.limit, source) for case in cases]
             try:
                 for future in as_completed(futures):
                     for result in future.result():
@@ -538,4 +565,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the report of the cases done was printed
+        sys.exit(130)
