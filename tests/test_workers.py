@@ -377,3 +377,26 @@ def test_workers_stop_when_their_parent_is_killed(write_study, tmp_path):
     trials = optuna.load_study(study_name="small", storage=url).trials
     assert not any(t.state == TrialState.RUNNING for t in trials)  # failed as on Ctrl-C
     assert any(t.state == TrialState.FAIL for t in trials)
+
+
+def test_two_commands_sharing_a_study_each_count_only_their_own_trials(write_study, tmp_path):
+    """Started together on one study, each command's summary says what it ran: together,
+    the target (whichever got how many)."""
+    import re
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    path = write_study()
+    run_search(load_study_config(str(path)), url, 1, engine="reference")  # the study exists
+    command = [sys.executable, "-m", "hpsearch", "optimize", "--study", str(path), "--trials",
+               "12", "--storage", url, "--engine", "reference"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    ran = []
+    for output in outputs:
+        found = re.search(r"12 of 12 finished trials \(ran (\d+) trials", output)
+        ran.append(int(found.group(1)) if found else 0)
+        assert found or "nothing to run" in output, output
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    assert sum(ran) == len(trials) - 1 == 11

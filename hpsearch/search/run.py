@@ -23,7 +23,13 @@ from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.data import Dataset
 from hpsearch.engines import AUTO, COHORT, DEFAULT_COHORT_SIZE, build_engine, choose_engine
 from hpsearch.errors import ConfigError
-from hpsearch.records import FINISHED_STATES, TrialCounts, best_of, count_trials
+from hpsearch.records import (
+    ATTR_WORKER,
+    FINISHED_STATES,
+    TrialCounts,
+    best_of,
+    count_trials,
+)
 from hpsearch.search.driver import SearchDriver
 from hpsearch.search.pruning import build_pruner
 from hpsearch.search.samplers import build_sampler
@@ -39,8 +45,14 @@ from hpsearch.storage.urls import (
 from hpsearch.studies import open_study
 from hpsearch.training import check_model, resolve_device
 
-# Which process ran a trial ("host:pid"), to tell whose trial went stale.
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+def worker_id(pid: int) -> str:
+    """Which process ran a trial (its `ATTR_WORKER`), to tell whose trial went stale and what
+    a command ran: "host:pid"."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+WORKER_ID = worker_id(os.getpid())
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -106,20 +118,29 @@ def run_search(
         study = open_study(config, storage_url, data.fingerprint, heartbeat_s)
         port = port_for_study(study)
         port.fail_stale(study)
-        counts = count_trials(study.get_trials(deepcopy=False))
+        before = study.get_trials(deepcopy=False)
+        counts = count_trials(before)
+        # The trials this call may run: new ones, and the ones queued before it started.
+        first = len(before)
+        queued = {t.number for t in before if t.state == TrialState.WAITING}
         if config.sampler.kind == "grid":
             target = min(target, _enqueue_grid(study, config, target))
         if on_start is not None:
             on_start(counts)
         started = time.perf_counter()
+        ran_by: set[str] = set()
         if counts.finished < target:
-            settings = DriveSettings(study.study_name, storage_url, target, engine, cohort_size,
-                                     device_type, heartbeat_s)
-            drive(study, config, data, settings, workers, _ProgressReporter(study, on_progress))
+            settings = DriveSettings(study.study_name, storage_url, target, engine,
+                                     cohort_size, device_type, heartbeat_s)
+            ran_by = drive(study, config, data, settings, workers,
+                           _ProgressReporter(study, on_progress))
         # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
         port.refresh()
-        final = count_trials(study.get_trials(deepcopy=False))
-        ran = final.finished + final.failed - counts.finished - counts.failed
+        trials = study.get_trials(deepcopy=False)
+        final = count_trials(trials)
+        # This command's own trials: another command sharing the study runs its own.
+        ran = sum(t.state.is_finished() and t.system_attrs.get(ATTR_WORKER) in ran_by
+                  and (t.number >= first or t.number in queued) for t in trials)
     return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,
                          engine, engine_note, cohort_size if engine == COHORT else 0)
 
@@ -140,15 +161,17 @@ class DriveSettings:
 
 
 def drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: DriveSettings,
-          workers: int = 1, on_change: Callable[[], None] | None = None) -> None:
+          workers: int = 1, on_change: Callable[[], None] | None = None) -> set[str]:
     """Run the driver on `study` until it has `settings.target` finished trials: in this
     process (Ctrl-C and SIGTERM stop it cleanly), or in `workers` worker processes, each with
     a storage connection, sampler and engine of its own. `on_change` is called when this
-    process ended trials, or with workers every poll while they run."""
+    process ended trials, or with workers every poll while they run. Returns the worker ids
+    (`ATTR_WORKER`) of the processes that ran trials: what this call ran, where other commands
+    share the study."""
     if workers > 1:
-        run_workers(_work, workers, (config.as_dict(), data, settings),
-                    on_poll=on_change or (lambda: None))
-        return
+        pids = run_workers(_work, workers, (config.as_dict(), data, settings),
+                           on_poll=on_change or (lambda: None))
+        return {worker_id(pid) for pid in pids}
     interruptions = Interruptions()
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     interruptions.install()
@@ -158,6 +181,7 @@ def drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: Dri
         if threading.current_thread() is threading.main_thread():
             for number, handler in previous.items():
                 signal.signal(number, handler)
+    return {WORKER_ID}
 
 
 def _drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: DriveSettings,

@@ -93,10 +93,11 @@ Work = Callable[..., None]
 
 
 def run_workers(work: Work, count: int, args: tuple[Any, ...],
-                on_poll: Callable[[], None], poll_s: float = 0.5) -> None:
+                on_poll: Callable[[], None], poll_s: float = 0.5) -> list[int]:
     """Run `work(index, lock, interruptions, *args)` in `count` spawned processes until all
-    have returned, calling `on_poll()` every `poll_s` seconds meanwhile. Raises HPSearchError
-    if a worker failed, KeyboardInterrupt (after stopping every worker) on Ctrl-C."""
+    have returned, calling `on_poll()` every `poll_s` seconds meanwhile; returns their PIDs.
+    Raises HPSearchError if a worker failed, KeyboardInterrupt (after stopping every worker)
+    on Ctrl-C."""
     context = multiprocessing.get_context("spawn")
     handle, path = tempfile.mkstemp(prefix="hpsearch-slots-", suffix=".lock")
     os.close(handle)
@@ -124,6 +125,7 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
             lock.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+    return [process.pid for process in processes]
 
 
 def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any,
