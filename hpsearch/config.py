@@ -10,6 +10,7 @@ again wherever they are installed.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -24,7 +25,8 @@ from hpsearch.plugins import load_plugins
 from hpsearch.space import BATCH_SIZE, SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "patient", "paired",
+           "none")
 
 # Where `--study NAME` looks, in order: ./studies, $HPSEARCH_STUDIES, the studies beside the
 # package (a source checkout).
@@ -103,6 +105,8 @@ class PrunerConfig:
     percentile: float = setting(25.0, low=0.0, high=100.0, low_open=True)
     # Patient pruner: epochs without improvement.
     patience: int = setting(10, low=0, integer=True)
+    # Paired pruner: prune a trial whose runs lose to the best trial's same runs at p below.
+    p_threshold: float = setting(0.1, low=0.0, high=1.0, low_open=True)
     # Successive halving / Hyperband: how much each rung cuts, and the smallest budget.
     reduction_factor: int = setting(3, low=2, integer=True)
     min_epochs: int = setting(1, low=1, integer=True)
@@ -368,6 +372,13 @@ def parse_study(
     evaluation_table = _Table(top.get("evaluation", dict, {}), f"{where} [evaluation]")
     evaluation = EvaluationConfig(**_settings(evaluation_table, EvaluationConfig))
     evaluation_table.done()
+    # The smallest one-sided p that n pairs can give is 2^-n (every pair worse).
+    if pruner.kind == "paired" and 0.5 ** evaluation.runs >= pruner.p_threshold:
+        raise ConfigError(
+            f"{where} [pruner]: the paired pruner compares a trial's runs with the best "
+            f"trial's, and {evaluation.describe()} can never reach p < {pruner.p_threshold:g}; "
+            f"set [evaluation] folds x seeds to "
+            f"{math.floor(math.log2(1 / pruner.p_threshold)) + 1} runs or more")
     top.done()
     return StudyConfig(
         name=name, description=description, seed=seed, data=data, model=model,

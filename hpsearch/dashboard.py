@@ -80,6 +80,7 @@ PRUNER_SETTINGS = {
     "patient": ("patience", "startup_trials", "warmup_epochs"),
     "successive_halving": ("min_epochs", "reduction_factor"),
     "hyperband": ("min_epochs", "reduction_factor"),
+    "paired": ("p_threshold", "startup_trials", "warmup_epochs"),
     "none": (),
 }
 

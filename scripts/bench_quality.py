@@ -33,14 +33,18 @@ CONFIRM_SEEDS = 10
 CONFIRM_TOP = 3
 
 
-def variant(study: str, seed: int, folds: int | None, seeds: int | None) -> hp.StudyConfig:
-    """The built-in study with another seed, and its own evaluation, or the given one."""
+def variant(study: str, seed: int, folds: int | None, seeds: int | None,
+            pruner: str | None = None) -> hp.StudyConfig:
+    """The built-in study with another seed, and its own evaluation, or the given one; its
+    own pruner, or the given kind."""
     document = hp.config(study).as_dict()
     document["seed"] = seed
     if folds is not None:
         document["evaluation"] = {"folds": folds, "seeds": seeds}
+    if pruner is not None:
+        document.setdefault("pruner", {})["kind"] = pruner
     runs = hp.config(document).evaluation
-    document["name"] = f"{study}_s{seed}_{runs.folds}x{runs.seeds}"
+    document["name"] = f"{study}_s{seed}_{runs.folds}x{runs.seeds}_{pruner or 'own'}"
     return hp.config(document)
 
 
@@ -77,15 +81,22 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--evaluation", nargs=2, type=int, metavar=("FOLDS", "SEEDS"),
                         help="instead of each study's own [evaluation]")
+    parser.add_argument("--pruner", metavar="KIND",
+                        help="compare the evaluated search with this pruner against the same "
+                             "evaluation with the study's own pruner (instead of one run)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     folds, seeds = args.evaluation or (None, None)
     rows = []
+    baseline_label = "study's pruner" if args.pruner else "one run"
     with tempfile.TemporaryDirectory() as folder:
         for study in args.studies:
             for seed in args.seeds:
-                for label, config in (("evaluated", variant(study, seed, folds, seeds)),
-                                      ("one run", variant(study, seed, 1, 1))):
+                baseline = (variant(study, seed, folds, seeds) if args.pruner
+                            else variant(study, seed, 1, 1))
+                for label, config in (
+                        ("evaluated", variant(study, seed, folds, seeds, args.pruner)),
+                        (baseline_label, baseline)):
                     result = measure(config, args.trials, Path(folder))
                     rows.append((study, seed, label, result))
                     print(f"# {study} seed {seed} {label} ({result['runs']} runs): "
@@ -100,7 +111,7 @@ def main() -> None:
           "| member-epochs |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for study in args.studies:
-        for label in ("evaluated", "one run"):
+        for label in ("evaluated", baseline_label):
             mine = [r for s, _, lab, r in rows if s == study and lab == label]
             median = {key: statistics.median(r[key] for r in mine)
                       for key in ("regret", "rho", "seconds", "member_epochs")}
@@ -110,9 +121,9 @@ def main() -> None:
                   f"| {median['member_epochs']:.0f} |")
         times = {lab: statistics.median(r["seconds"] for s, _, la, r in rows
                                         if s == study and la == lab)
-                 for lab in ("evaluated", "one run")}
-        print(f"| {study} | evaluated / one run, wall time | | | | | "
-              f"{times['evaluated'] / times['one run']:.2f}x | |")
+                 for lab in ("evaluated", baseline_label)}
+        print(f"| {study} | evaluated / {baseline_label}, wall time | | | | | "
+              f"{times['evaluated'] / times[baseline_label]:.2f}x | |")
 
 
 if __name__ == "__main__":

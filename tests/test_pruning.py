@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -12,7 +13,7 @@ from optuna.pruners._percentile import _get_percentile_intermediate_result_over_
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.search.pruning import Curve, RoundPruner, _StepValues
+from hpsearch.search.pruning import Curve, PairedPruning, RoundPruner, _StepValues
 
 # Members whose every value is NaN are part of the cases (the pruner prunes them).
 pytestmark = [pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning"),
@@ -131,3 +132,90 @@ def test_the_kept_percentiles_are_optunas_bit_for_bit(direction: StudyDirection)
                 assert got == expected or (math.isnan(got) and math.isnan(expected))
                 checked += not math.isnan(expected)
     assert checked > 1000
+
+
+# -- the paired pruner ------------------------------------------------------------------------
+@pytest.mark.parametrize("pairs", [1, 2, 5, 6, 10, 14])
+def test_the_paired_p_is_the_exact_one_sided_signed_rank_test(pairs: int):
+    from scipy import stats
+
+    rng = np.random.default_rng(pairs)
+    paired = PairedPruning(warmup=0, p_threshold=0.1)
+    for _ in range(20):
+        differences = rng.normal(0.2, 1.0, pairs)  # no ties, no zeros
+        expected = stats.wilcoxon(differences, alternative="greater", method="exact").pvalue
+        assert paired.p_worse(differences) == pytest.approx(expected, abs=1e-12)
+    # Zeros are dropped and tied sizes share their average rank: every sign pattern of the
+    # ranks 1.5, 1.5, 3 whose signed sum reaches -1.5 + 1.5 + 3 = 3 (3 of the 8).
+    assert paired.p_worse(np.array([0.0, -0.5, 0.5, 0.9])) == pytest.approx(3 / 8)
+    assert paired.p_worse(np.zeros(4)) == 1.0
+
+
+def test_the_normal_approximation_beyond_the_exact_pairs():
+    from scipy import stats
+
+    differences = np.random.default_rng(0).normal(0.3, 1.0, 30)
+    expected = stats.wilcoxon(differences, alternative="greater", method="approx",
+                              correction=False).pvalue
+    assert PairedPruning(0, 0.1).p_worse(differences) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_paired_pruner_prunes_a_trial_that_loses_run_by_run_from_its_warmup():
+    paired = PairedPruning(warmup=3, p_threshold=0.1)
+    curves = [[1.0 - 0.1 * epoch + 0.01 * run for epoch in range(5)] for run in range(6)]
+    losing = [curve[3] + 0.05 for curve in curves]  # every run worse at epoch 4
+    assert not paired.prunes(4, losing)  # no incumbent yet
+    paired.completed(0.6, curves)
+    assert paired.prunes(4, losing)  # 6 of 6 worse: p = 1/64
+    assert not paired.prunes(2, [curve[1] + 0.05 for curve in curves])  # in its warmup
+    mixed = [curve[3] + (0.05 if run % 2 else -0.05) for run, curve in enumerate(curves)]
+    assert not paired.prunes(4, mixed)
+    # A better trial completes: it is the incumbent now; a worse one never replaces it.
+    better = [[value - 1.0 for value in curve] for curve in curves]
+    paired.completed(-0.4, better)
+    paired.completed(5.0, curves)
+    assert paired.incumbent == (-0.4, better)
+    assert paired.prunes(4, [curve[3] - 0.5 for curve in curves])
+
+
+def test_the_paired_pruner_needs_runs_enough_to_reach_its_threshold(write_study):
+    from conftest import SMALL_WINE
+
+    from hpsearch.config import load_study_config
+    from hpsearch.errors import ConfigError
+
+    text = SMALL_WINE.format(search="").replace('kind = "median"', 'kind = "paired"')
+    with pytest.raises(ConfigError, match=r"the paired pruner .* 1 run per trial .* can "
+                                          r"never reach p < 0\.1; set \[evaluation\] folds x "
+                                          r"seeds to 4 runs or more"):
+        load_study_config(str(write_study(text=text)))
+    runs = text + "\n[evaluation]\nfolds = 2\nseeds = 2\n"
+    assert load_study_config(str(write_study(text=runs))).pruner.kind == "paired"
+
+
+@pytest.mark.parametrize("engine", ["reference", "cohort"])
+def test_a_paired_search_prunes_trials_with_all_their_runs(write_study, tmp_path, engine):
+    from conftest import SMALL_WINE
+
+    from hpsearch.config import load_study_config
+    from hpsearch.records import ATTR_END_DETAIL, ATTR_RUN_VAL_LOSS
+    from hpsearch.search.run import run_search
+
+    text = SMALL_WINE.format(search="").replace('kind = "median"', 'kind = "paired"') + \
+        "\n[evaluation]\nfolds = 2\nseeds = 2\n"
+    config = load_study_config(str(write_study(text=text)))
+    url = f"sqlite:///{tmp_path / 'paired.db'}"
+    outcome = run_search(config, url, 12, engine=engine, cohort_size=4)
+    assert outcome.counts.finished == 12 and outcome.counts.failed == 0
+    trials = optuna.load_study(study_name="small", storage=url).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "the paired pruner pruned nothing"
+    for trial in pruned:
+        last = max(trial.intermediate_values)
+        assert trial.user_attrs[ATTR_END_DETAIL] == f"pruned by the paired pruner at epoch {last}"
+        assert last >= 3 and sorted(trial.intermediate_values) == list(range(1, last + 1))
+        assert len(trial.user_attrs[ATTR_RUN_VAL_LOSS]) == 4
+    # Nothing before the startup trials completed.
+    first_pruned = min(t.number for t in pruned)
+    assert sum(t.state == TrialState.COMPLETE for t in trials[:first_pruned]) >= 3 or \
+        engine == "cohort"

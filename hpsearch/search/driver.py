@@ -70,7 +70,7 @@ from hpsearch.records import (
     run_user_attrs,
 )
 from hpsearch.search.lazy_tpe import LazyTPESampler
-from hpsearch.search.pruning import Curve, RoundPruner, startup_trials
+from hpsearch.search.pruning import Curve, PairedPruning, RoundPruner, startup_trials
 from hpsearch.search.workers import POLL_S, Interruptions, SlotLock
 from hpsearch.storage.port import StoragePort, port_for_study
 from hpsearch.training import EpochStats
@@ -116,7 +116,10 @@ class SearchDriver:
         self.running: list[_Running] = []  # in the order they joined
         self.runs = evaluation_runs(config.evaluation)
         self.recount_at = 0.0  # no study count before this (monotonic) time
-        self.startup = startup_trials(config.pruner) if self.pruner.prunes else 0
+        self.paired = (PairedPruning(config.pruner.warmup_epochs, config.pruner.p_threshold)
+                       if config.pruner.kind == "paired" and not queued_only else None)
+        self.startup = (startup_trials(config.pruner)
+                        if self.pruner.prunes or self.paired else 0)
         # Run only the study's queued trials (a confirmation's runs), never sample new ones.
         self.queued_only = queued_only
         # Measure each completed trial on the held-out test split (a confirmation's runs).
@@ -271,6 +274,12 @@ class SearchDriver:
 
     def _decide(self, judged: list[_Running]) -> list[bool]:
         """The pruner's decision for each judged trial, on the study as it is now."""
+        if self.paired is not None:
+            if self.startup:  # the startup trials are not all complete yet
+                return [False] * len(judged)
+            return [self.paired.prunes(r.history[-1].epoch,
+                                       [m.history[-1].val_loss for m in r.members])
+                    for r in judged]
         if not self.pruner.remembers:
             return self.pruner.decide([self.port.trial(r.trial) for r in judged])
         for running in judged:
@@ -305,6 +314,9 @@ class SearchDriver:
         self.port.set_user_attrs(trial, attrs)
         if reason == COMPLETED:
             value = running.history[-1].val_loss
+            if self.paired is not None:
+                self.paired.completed(value, [[s.val_loss for s in m.history]
+                                              for m in running.members])
             told = self.port.tell(self.study, trial, value)
             trial_log.info("Trial %d finished with value: %s and parameters: %s.",
                            trial.number, value, trial.params)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import optuna
 from optuna.pruners import MedianPruner, NopPruner, PercentilePruner
 from optuna.pruners._percentile import _get_best_intermediate_result_over_steps
@@ -31,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import PrunerConfig, StudyConfig
 
 # Pruners that prune nothing until `startup_trials` trials completed.
-PRUNERS_WITH_STARTUP = ("median", "percentile", "patient")
+PRUNERS_WITH_STARTUP = ("median", "percentile", "patient", "paired")
 
 
 def build_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -52,6 +53,7 @@ def build_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
             reduction_factor=p.reduction_factor,
         ),
         "patient": lambda: optuna.pruners.PatientPruner(median, patience=p.patience),
+        "paired": optuna.pruners.NopPruner,  # the driver decides (PairedPruning)
         "none": optuna.pruners.NopPruner,
     }
     return pruners[p.kind]()
@@ -206,3 +208,62 @@ def _percentile_of_sorted(values: list[float], percent: float) -> float:
     if gamma >= 0.5:
         return high - difference * (1 - gamma)
     return low + difference * gamma
+
+
+
+class PairedPruning:
+    """The paired pruner: a trial whose runs are worse, run by run, than the incumbent's same
+    runs at the same epoch is pruned. Every trial of a study trains the same (fold, seed) runs,
+    so a trial and the incumbent (the best trial this process completed) are compared pair by
+    pair, as Optuna's `WilcoxonPruner` compares instances: from `warmup` epochs on, the
+    one-sided signed-rank test of the differences (does the trial lose?) with p below
+    `p_threshold` prunes. A pair-wise test sees a trial that is a little worse on every fold
+    and seed, which a percentile of means blurs with the folds' own differences.
+
+    The p is exact (every sign flip of the ranks) up to `EXACT_UP_TO` differing pairs, the
+    normal approximation beyond. Each process keeps its own incumbent: workers, and a resumed
+    search until its first trial completes, judge against what they have seen."""
+
+    EXACT_UP_TO = 14
+
+    def __init__(self, warmup: int, p_threshold: float) -> None:
+        self.warmup = warmup
+        self.p_threshold = p_threshold
+        # The incumbent: its value and each run's validation loss, epoch by epoch.
+        self.incumbent: tuple[float, list[list[float]]] | None = None
+        self._flips: dict[int, np.ndarray] = {}  # pairs -> every sign pattern, a row each
+
+    def completed(self, value: float, run_curves: list[list[float]]) -> None:
+        """A trial completed with `value` (the mean of its runs' final losses)."""
+        if self.incumbent is None or value < self.incumbent[0]:
+            self.incumbent = (value, run_curves)
+
+    def prunes(self, epoch: int, run_losses: Sequence[float]) -> bool:
+        """Whether a trial whose runs reached `run_losses` at `epoch` is pruned."""
+        if self.incumbent is None or epoch < self.warmup:
+            return False
+        best = np.array([curve[epoch - 1] for curve in self.incumbent[1]])
+        return self.p_worse(np.asarray(run_losses) - best) < self.p_threshold
+
+    def p_worse(self, differences: np.ndarray) -> float:
+        """One-sided signed-rank p that the trial's losses are higher (zeros dropped)."""
+        d = differences[differences != 0]
+        if len(d) == 0:
+            return 1.0
+        ranks = _average_ranks(np.abs(d))
+        observed = float(ranks[d > 0].sum() - ranks[d < 0].sum())
+        if len(d) > self.EXACT_UP_TO:
+            return 0.5 * math.erfc(observed / math.sqrt(2 * float((ranks ** 2).sum())))
+        flips = self._flips.get(len(d))
+        if flips is None:
+            grid = np.indices((2,) * len(d)).reshape(len(d), -1).T
+            flips = self._flips[len(d)] = 2.0 * grid - 1
+        # A tolerance for float sums of half-integer ranks.
+        return float(np.mean(flips @ ranks >= observed - 1e-9))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average (as scipy's `rankdata`)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]
