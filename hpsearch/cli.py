@@ -36,24 +36,38 @@ def _storage_option(function: Callable) -> Callable:
 
 def _command(function: Callable) -> Callable:
     """What every command does around its body: Optuna's log level (--verbose; Optuna is
-    imported here, not with the CLI, and sets its own level when imported), and
-    HPSearchError as a one-line click error, unless --debug asks for the traceback."""
+    imported here, not with the CLI, and sets its own level when imported); the database
+    lost at any point of a command with --storage as one StorageError; HPSearchError as a
+    one-line click error, unless --debug asks for the traceback; and Ctrl-C at a moment the
+    command does not handle itself (its imports, the summary) as one line and exit 130, as
+    where it does."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import optuna
-
         root = click.get_current_context().find_root().params
-        # Optuna's own warnings are tracebacks of failed trials (Ctrl-C included): hpsearch
-        # reports failures in its summary instead; --verbose shows everything.
-        optuna.logging.set_verbosity(optuna.logging.INFO if root.get("verbose")
-                                     else optuna.logging.ERROR)
         try:
-            return function(*args, **kwargs)
+            import optuna
+
+            from hpsearch.storage.urls import resolve_storage_url, storage_errors
+
+            # Optuna's own warnings are tracebacks of failed trials (Ctrl-C included):
+            # hpsearch reports failures in its summary instead; --verbose shows everything.
+            optuna.logging.set_verbosity(optuna.logging.INFO if root.get("verbose")
+                                         else optuna.logging.ERROR)
+            if "storage" not in kwargs:
+                return function(*args, **kwargs)
+            with storage_errors(resolve_storage_url(kwargs["storage"])):
+                return function(*args, **kwargs)
         except HPSearchError as exc:
             if root.get("debug"):
                 raise
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            if root.get("debug"):
+                raise
+            click.echo("Interrupted. What was stored is kept; run the same command again to "
+                       "continue.", err=True)
+            raise SystemExit(130) from None
 
     return wrapper
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import optuna
@@ -182,3 +183,44 @@ def test_ctrl_c_during_the_final_refresh_still_prints_the_summary_and_exits_130(
                                      "3", "--storage", url, "--quiet"])
     assert again.exit_code == 130 and "nothing to run" in again.output
     assert optuna.load_study(study_name="small", storage=url).trials[-1].state.is_finished()
+
+
+def test_ctrl_c_while_the_summary_prints_is_one_line_and_130(write_study, tmp_path,
+                                                             monkeypatch):
+    """Ctrl-C at a moment no command handles itself (here: the summary after the search)."""
+    import hpsearch.cli
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpsearch.cli, "_print_outcome", interrupted)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = CliRunner().invoke(cli, ["optimize", "--study", str(write_study()), "--trials",
+                                      "2", "--storage", url, "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == [
+        "Interrupted. What was stored is kept; run the same command again to continue."]
+    assert len(optuna.load_study(study_name="small", storage=url).trials) == 2
+
+
+def test_a_database_lost_while_a_report_reads_it_is_one_line(write_study, monkeypatch):
+    from conftest import _fresh_database
+    from test_databases import _drop
+
+    import hpsearch.export
+
+    with contextlib.contextmanager(_fresh_database)("postgres") as url:
+        made = run("optimize", "--study", str(write_study()), "--trials", "3", "--storage", url,
+                   "--quiet")
+        assert made.exit_code == 0, made.output
+        trials_frame = hpsearch.export.trials_frame
+
+        def lost_first(*args, **kwargs):  # the database dropped once the trials were read
+            _drop("postgres", url)
+            return trials_frame(*args, **kwargs)
+
+        monkeypatch.setattr(hpsearch.export, "trials_frame", lost_first)
+        result = run("report", "--study", "small", "--storage", url)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: lost the storage {url}: "), result.output
+    assert len(result.output.strip().splitlines()) == 1
