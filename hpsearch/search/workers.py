@@ -205,15 +205,18 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
     """A worker's process: the parent's log levels, one torch thread, then `work`."""
     interruptions = Interruptions()
     interruptions.install()
-    _stop_with_parent(parent)
-    import optuna
-    import torch
-
-    torch.set_num_threads(1)
-    logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(levels[1])
     code = 0
     try:
+        # Nothing to fail yet: a stop signal (or the parent's death) during the imports ends
+        # the worker at once, and an import that fails is the parent's one line.
+        with interruptions.interruptible():
+            _stop_with_parent(parent)
+            import optuna
+            import torch
+
+        torch.set_num_threads(1)
+        logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
+        optuna.logging.set_verbosity(levels[1])
         work(index, lock, interruptions, *args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
