@@ -4,6 +4,7 @@ become one `Error: ...` line and exit 1 (a traceback only with --debug)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -54,9 +55,9 @@ def _command(function: Callable) -> Callable:
             # hpsearch reports failures in its summary instead; --verbose shows everything.
             optuna.logging.set_verbosity(optuna.logging.INFO if root.get("verbose")
                                          else optuna.logging.ERROR)
-            if "storage" not in kwargs:
-                return function(*args, **kwargs)
-            with storage_errors(resolve_storage_url(kwargs["storage"])):
+            guard = storage_errors(resolve_storage_url(kwargs["storage"])) \
+                if "storage" in kwargs else contextlib.nullcontext()
+            with guard:
                 return function(*args, **kwargs)
         except HPSearchError as exc:
             if root.get("debug"):

@@ -143,13 +143,12 @@ def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any
                 log.warning("worker %d (pid %d) was killed by signal %d; the other workers go "
                             "on, and its trial is retried once its heartbeat is stale",
                             index, process.pid, -code)
-            elif code == EXIT_INTERRUPTED and not interrupted.is_set():
-                # Only this worker was signalled (Ctrl-C reaches the parent too, which then
-                # stops them all).
-                log.warning("worker %d (pid %d) was interrupted; the other workers go on",
-                            index, process.pid)
             elif code == EXIT_INTERRUPTED:
-                continue
+                # Ctrl-C reaches the parent too, which then stops them all; otherwise only
+                # this worker was signalled.
+                if not interrupted.is_set():
+                    log.warning("worker %d (pid %d) was interrupted; the other workers go on",
+                                index, process.pid)
             else:
                 if errors.empty():
                     raise HPSearchError(f"worker {index} stopped: exit code {code}")

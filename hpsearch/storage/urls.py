@@ -293,7 +293,7 @@ def storage_errors(url: str) -> Iterator[None]:
     except StorageError:
         raise
     except Exception as exc:
-        cause = database_error(exc)
+        cause = None if url == IN_MEMORY else database_error(exc)  # memory: no database
         if cause is None:
             raise
         raise StorageError(f"lost the storage {mask_url(url)}: "
