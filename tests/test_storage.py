@@ -7,7 +7,13 @@ import sqlite3
 import pytest
 
 from hpsearch.errors import StorageError
-from hpsearch.storage.urls import DEFAULT_STORAGE, mask_url, open_storage, resolve_storage_url
+from hpsearch.storage.urls import (
+    DEFAULT_STORAGE,
+    mask_url,
+    open_storage,
+    reopen_storage,
+    resolve_storage_url,
+)
 
 
 def test_resolution_order(monkeypatch):
@@ -35,6 +41,17 @@ def test_sqlite_files_are_switched_to_wal(tmp_path):
     open_storage(f"sqlite:///{path}")
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_worker_that_cannot_reopen_its_searchs_storage_says_it_was_lost(tmp_path):
+    """The parent opened it before starting the worker: gone now is lost, whichever moment the
+    worker reaches it (a database dropped just before a worker starts reads as one dropped
+    mid-run)."""
+    url = f"sqlite:///{tmp_path / 'gone' / 'x.db'}"
+    with pytest.raises(StorageError) as raised:
+        reopen_storage(url)
+    assert str(raised.value) == \
+        f"lost the storage {url}: folder {tmp_path / 'gone'} does not exist"
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path):

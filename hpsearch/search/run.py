@@ -39,7 +39,7 @@ from hpsearch.storage.urls import (
     HEARTBEAT_S,
     IN_MEMORY,
     close_storage,
-    open_storage,
+    reopen_storage,
     storage_errors,
 )
 from hpsearch.studies import open_study
@@ -228,7 +228,7 @@ def _work(worker: int, slot_lock: SlotLock, interruptions: Interruptions,
     each worker the import of scikit-learn), a storage of its own, its own sampler seed, the
     driver."""
     config = stored_study_config(document)
-    storage = open_storage(settings.storage_url, heartbeat_s=settings.heartbeat_s)
+    storage = reopen_storage(settings.storage_url, heartbeat_s=settings.heartbeat_s)
     try:
         if settings.confirmation:
             sampler, pruner = confirmation_sampler_and_pruner()

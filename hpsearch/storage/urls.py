@@ -112,6 +112,17 @@ def open_storage(url: str, write_behind: bool = True,
     return WriteBehindStorage(rdb) if write_behind else rdb
 
 
+def reopen_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """`open_storage` for a worker joining a search: the parent opened this storage and created
+    the study before starting it, so a storage it cannot open was lost meanwhile (dropped,
+    deleted, the server gone) and is said so, in the words of a loss mid-run."""
+    try:
+        return open_storage(url, heartbeat_s=heartbeat_s)
+    except StorageError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise StorageError(f"lost the storage {mask_url(url)}: {reason}") from None
+
+
 def _rdb_storage(url: str, engine_kwargs: dict, heartbeat_s: int) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         # Heartbeats are "experimental" in Optuna since 2.9; hpsearch relies on them.
