@@ -68,6 +68,15 @@ TRAILING_COLUMNS = ("seed", "datetime_start", "end_detail")
 # list per cell does not belong in trials.csv.
 RUNS = "run_val_loss"
 
+
+class RunLosses(dict):
+    """The value of a frame's `RUNS` attr. pandas deep-copies a frame's attrs into every frame
+    derived from it (each filter, sort and groupby of a report); these losses are only read,
+    so every derived frame shares the one mapping instead of copying it each time."""
+
+    def __deepcopy__(self, memo: dict) -> RunLosses:
+        return self
+
 SUMMARY_BY = ("scheduler", "optimizer", "pair")
 _GROUP_KEYS = {"scheduler": ["scheduler"], "optimizer": ["optimizer"],
                "pair": ["optimizer", "scheduler"]}
@@ -130,7 +139,7 @@ def trials_frame(study: StudyOrTrials) -> pd.DataFrame:
     runs = {t.number: t.user_attrs[ATTR_RUN_VAL_LOSS] for t in trials
             if ATTR_RUN_VAL_LOSS in t.user_attrs}
     if runs:
-        frame.attrs[RUNS] = runs
+        frame.attrs[RUNS] = RunLosses(runs)
     return frame
 
 
