@@ -40,7 +40,7 @@ from hpsearch.records import (
 from hpsearch.search.driver import SearchDriver
 from hpsearch.search.run import run_search
 from hpsearch.search.samplers import worker_seed
-from hpsearch.search.workers import FileLock, Interruptions
+from hpsearch.search.workers import FileLock, Interruptions, run_workers
 from hpsearch.storage.urls import open_storage
 from hpsearch.studies import open_study
 
@@ -327,6 +327,27 @@ def test_the_slot_lock_of_a_worker_killed_while_holding_it_is_free_at_once(tmp_p
         if holder.is_alive():
             holder.kill()
             holder.join()
+
+
+def _never_called(*_: object) -> None:
+    raise AssertionError("the worker was to be stopped during its imports")
+
+
+def test_a_worker_stopped_during_its_start_up_imports_ends_at_once(tmp_path, monkeypatch):
+    """SIGTERM while the worker imports what its engine needs (`imports`): it ends as a stopped
+    worker, with no traceback, instead of finishing the import first."""
+    mark = tmp_path / "importing"
+    monkeypatch.setenv("HPSEARCH_TEST_IMPORT_MARK", str(mark))
+    stopped = []
+
+    def stop_it_once_importing() -> None:
+        if mark.exists() and mark.read_text() and not stopped:
+            stopped.append(int(mark.read_text()))
+            os.kill(stopped[0], signal.SIGTERM)
+
+    pids = run_workers(_never_called, 1, (), on_poll=stop_it_once_importing, poll_s=0.05,
+                       imports=("slow_import_for_workers",))
+    assert stopped == pids
 
 
 def _exited(pid: int) -> bool:

@@ -21,7 +21,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig, stored_study_config
 from hpsearch.data import Dataset
-from hpsearch.engines import AUTO, COHORT, DEFAULT_COHORT_SIZE, build_engine, choose_engine
+from hpsearch.engines import (
+    AUTO,
+    COHORT,
+    DEFAULT_COHORT_SIZE,
+    REFERENCE,
+    build_engine,
+    choose_engine,
+)
 from hpsearch.errors import ConfigError
 from hpsearch.records import (
     ATTR_WORKER,
@@ -160,6 +167,11 @@ class DriveSettings:
     confirmation: bool = False
 
 
+# What an engine's first epoch would import otherwise: torch.optim's first optimizer imports
+# torch._dynamo, a long import during which a stop signal could not end the worker.
+WORKER_IMPORTS = {REFERENCE: ("torch._dynamo",)}
+
+
 def drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: DriveSettings,
           workers: int = 1, on_change: Callable[[], None] | None = None) -> set[str]:
     """Run the driver on `study` until it has `settings.target` finished trials: in this
@@ -170,7 +182,8 @@ def drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: Dri
     share the study."""
     if workers > 1:
         pids = run_workers(_work, workers, (config.as_dict(), data, settings),
-                           on_poll=on_change or (lambda: None))
+                           on_poll=on_change or (lambda: None),
+                           imports=WORKER_IMPORTS.get(settings.engine, ()))
         return {worker_id(pid) for pid in pids}
     interruptions = Interruptions()
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}

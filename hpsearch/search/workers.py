@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import logging
 import multiprocessing
 import os
@@ -93,11 +94,13 @@ Work = Callable[..., None]
 
 
 def run_workers(work: Work, count: int, args: tuple[Any, ...],
-                on_poll: Callable[[], None], poll_s: float = 0.5) -> list[int]:
+                on_poll: Callable[[], None], poll_s: float = 0.5,
+                imports: tuple[str, ...] = ()) -> list[int]:
     """Run `work(index, lock, interruptions, *args)` in `count` spawned processes until all
     have returned, calling `on_poll()` every `poll_s` seconds meanwhile; returns their PIDs.
-    Raises HPSearchError if a worker failed, KeyboardInterrupt (after stopping every worker)
-    on Ctrl-C."""
+    Each worker first imports optuna, torch and the modules `imports` names, while a stop
+    signal still ends it at once. Raises HPSearchError if a worker failed, KeyboardInterrupt
+    (after stopping every worker) on Ctrl-C."""
     context = multiprocessing.get_context("spawn")
     handle, path = tempfile.mkstemp(prefix="hpsearch-slots-", suffix=".lock")
     os.close(handle)
@@ -107,7 +110,7 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
               logging.getLogger("optuna").getEffectiveLevel())
     processes = [
         context.Process(target=_worker_main, name=f"hpsearch-worker-{index}",
-                        args=(work, index, lock, errors, levels, args, os.getpid()))
+                        args=(work, index, lock, errors, levels, args, os.getpid(), imports))
         for index in range(count)
     ]
     interrupted = threading.Event()
@@ -200,7 +203,8 @@ def _stop_signals(interrupted: threading.Event) -> Iterator[Callable[[], None]]:
 
 
 def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
-                 levels: tuple[int, int], args: tuple[Any, ...], parent: int) -> None:
+                 levels: tuple[int, int], args: tuple[Any, ...], parent: int,
+                 imports: tuple[str, ...]) -> None:
     """A worker's process: the parent's log levels, one torch thread, then `work`."""
     interruptions = Interruptions()
     interruptions.install()
@@ -213,6 +217,8 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
             import optuna
             import torch
 
+            for module in imports:
+                importlib.import_module(module)
         torch.set_num_threads(1)
         logging.basicConfig(level=levels[0], format="%(levelname)s %(name)s: %(message)s")
         optuna.logging.set_verbosity(levels[1])
