@@ -418,9 +418,11 @@ def run_case(case: Case, rng: random.Random, folder: Path, study: Path, epochs: 
 
 def one_run_study(name: str, folder: Path) -> tuple[Path, int]:
     """A copy of studies/NAME.toml without its [evaluation] table (one run per trial, about
-    ten times faster for wine), and its number of epochs."""
+    ten times faster for wine), pruned by the median pruner where it uses the paired one (which
+    needs several runs a trial), and its number of epochs."""
     text = (ROOT / "studies" / f"{name}.toml").read_text()
     text = re.split(r"^\[evaluation\]", text, flags=re.MULTILINE)[0]
+    text = re.sub(r'^kind = "paired"', 'kind = "median"', text, flags=re.MULTILINE)
     epochs = int(re.search(r"^epochs\s*=\s*(\d+)", text, flags=re.MULTILINE).group(1))
     path = folder / f"{name}.toml"
     path.write_text(text)
