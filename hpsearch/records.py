@@ -148,13 +148,26 @@ def best_order(trial: FrozenTrial) -> tuple[float, int]:
     return trial.value, trial.number
 
 
+# The stored lr curve is read, never trained from (`hpsearch train` prints the lrs it trains
+# with): 4 significant digits draw it as exactly as a plot can show, and keep it to about a
+# third of the characters of full floats, in a record that optuna-dashboard loads for every
+# trial of a study. Most 100-epoch curves then fit the 1,024 characters that the dashboard
+# shows of an attr.
+LR_CURVE_DIGITS = 4
+
+
+def stored_lrs(lrs: Iterable[float]) -> list[float]:
+    """A trial's lr per epoch as its `lr_curve` stores it."""
+    return [float(f"{lr:.{LR_CURVE_DIGITS}g}") for lr in lrs]
+
+
 def ended_user_attrs(history: Sequence[Any], seed: int, reason: str, detail: str = "",
                      device: str | None = None, engine: str | None = None) -> dict[str, Any]:
     """The user attrs of a trial that ended: its story. `history` holds the epochs it
     trained (`training.EpochStats`)."""
     attrs: dict[str, Any] = {
         ATTR_SEED: seed,
-        ATTR_LR_CURVE: [stats.lr for stats in history],
+        ATTR_LR_CURVE: stored_lrs(stats.lr for stats in history),
         ATTR_EPOCHS_RUN: len(history),
         ATTR_END_REASON: reason,
     }

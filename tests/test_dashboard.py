@@ -33,8 +33,9 @@ from hpsearch.dashboard import (
     refresh_studies,
     start_dashboard,
 )
+from hpsearch.plots import plot_lr_curves
 from hpsearch.records import ATTR_LR_CURVE, count_trials
-from hpsearch.report import markdown_table, summary, trials_frame
+from hpsearch.report import curves_frame, markdown_table, summary, trials_frame
 from hpsearch.storage.urls import open_storage
 from hpsearch.studies import load_stored_study
 
@@ -124,10 +125,43 @@ def test_dashboard_json_has_the_study_its_trials_note_and_figures(study_copy, se
     assert sum(len(box["y"]) for box in boxes) == counts.complete
     assert {box["name"] for box in boxes} == set(frame.loc[frame["state"] == "complete",
                                                            "scheduler"])
-    # Trial user attrs reach the trial view as they are stored.
-    attrs = {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}
-    assert json.loads(attrs[ATTR_LR_CURVE]) == pytest.approx(trials[0].user_attrs[ATTR_LR_CURVE])
-    assert attrs["end_reason"] == trials[0].user_attrs["end_reason"]
+    # Trial user attrs reach the trial view as they are stored, each lr curve whole.
+    for shown, trial in zip(detail["trials"], trials, strict=True):
+        attrs = {a["key"]: a["value"] for a in shown["user_attrs"]}
+        assert json.loads(attrs[ATTR_LR_CURVE]) == trial.user_attrs[ATTR_LR_CURVE]
+        assert attrs["end_reason"] == trial.user_attrs["end_reason"]
+
+
+def test_a_study_stored_with_full_precision_lr_curves_still_reports_and_plots(
+        study_copy, serve, tmp_path):
+    """Studies whose lr curves hold full floats (written before curves kept 4 significant
+    digits) are read as they are: the figures, the curves frame, the PNG plot."""
+    url, name = study_copy
+    study = load_stored_study(name, url)
+    trials = study.get_trials()
+    best = summary(trials_frame(trials), by="scheduler").dropna(subset=["best_trial"])
+    numbers = [int(n) for n in best["best_trial"]]
+    full = {n: [trials[n].params["lr"] * 0.9 ** e
+                for e in range(trials[n].user_attrs["epochs_run"])] for n in numbers}
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        for number, curve in full.items():
+            db.execute("UPDATE trial_user_attributes SET value_json = ? "
+                       "WHERE key = ? AND trial_id = ?",
+                       (json.dumps(curve), ATTR_LR_CURVE, trials[number]._trial_id))
+    study = load_stored_study(name, url)
+    curves = curves_frame(study, numbers)
+    for number, curve in full.items():
+        assert curves.loc[curves["number"] == number, "lr"].tolist() == curve
+    plotted = plot_lr_curves(trials_frame(study), curves, tmp_path / "lr.png")
+    assert [list(line.get_ydata()) for line in plotted.axes[0].lines] == [
+        full[n] for n in numbers]
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+    server = serve(start_dashboard(url, name, port=0))  # which refreshes the figures
+    detail = get_json(server, f"/api/studies/{server.study_id}")
+    figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+    lines = figures[FIGURE_LR_CURVES]["data"]
+    assert [list(line["y"]) for line in lines] == [full[n] for n in numbers]
 
 
 def test_refresh_keeps_what_a_person_wrote_and_an_unchanged_note(study_copy):

@@ -16,7 +16,7 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.optimizers import OPTIMIZERS
-from hpsearch.records import count_trials
+from hpsearch.records import ATTR_LR_CURVE, count_trials, stored_lrs
 from hpsearch.report import (
     CORE_COLUMNS,
     SUMMARY_BY,
@@ -32,7 +32,7 @@ from hpsearch.report import (
     verdict,
 )
 from hpsearch.schedulers import SCHEDULERS
-from hpsearch.studies import load_stored_study
+from hpsearch.studies import load_stored_study, retrain_trial
 
 DISTRIBUTIONS = {
     "optimizer": CategoricalDistribution(list(OPTIMIZERS)),
@@ -125,6 +125,15 @@ def test_curves_frame_is_per_epoch_loss_and_lr(real):
     assert curves["epoch"].tolist() == list(range(1, best.user_attrs["epochs_run"] + 1))
     assert curves["val_loss"].tolist() == [best.intermediate_values[e] for e in curves["epoch"]]
     assert curves["lr"].tolist() == best.user_attrs["lr_curve"]
+
+
+def test_a_stored_lr_curve_is_the_lrs_it_trained_with_to_4_significant_digits(small_study):
+    url, name = small_study
+    best = load_stored_study(name, url).best_trial
+    trained = [stats.lr for stats in retrain_trial(name, url, best.number).run.result.history]
+    stored = best.user_attrs[ATTR_LR_CURVE]
+    assert stored == [float(f"{lr:.4g}") for lr in trained] == stored_lrs(trained)
+    assert stored != trained  # the searched lr has more digits than the curve keeps
 
 
 # -- summaries --------------------------------------------------------------------------------
