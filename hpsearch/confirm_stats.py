@@ -12,9 +12,10 @@ every run is a trial of the confirmation study. From those trials:
 - `compare`: the best configuration against each runner-up, and the best schedule family (the
   best configuration of each scheduler) against each other family; each a two-sided Wilcoxon
   signed-rank test on the validation losses paired by seed, Holm-corrected within its question.
-- `confirmation_verdict`: a paragraph: "winner", "tied with X", or "inconclusive — more seeds
-  needed" (with n seeds whose results differ, the smallest exact two-sided p is 2/2^n: 5
-  seeds can never reach p < 0.05, and each extra comparison asks for more).
+- `confirmation_verdict`: a paragraph: "winner", "tied with X" (identical on every seed),
+  "inconclusive against X" (not significant), or "inconclusive — more seeds needed" (with n
+  seeds whose results differ, the smallest exact two-sided p is 2/2^n: 5 seeds can never
+  reach p < 0.05, and each extra comparison asks for more).
 
 Decisions are made on the validation loss, as the search's were: the test split stays an
 honest estimate of how the chosen configuration does on unseen data, never a selection tool.
@@ -163,9 +164,10 @@ def compare(runs: pd.DataFrame, table: pd.DataFrame, runner_ups: int,
     """Paired comparisons of the best configuration (rank 1 of `table`) against the next
     `runner_ups`, and of its schedule family against every other family, each family being
     its scheduler's best configuration. Outcome per comparison: `better` (Holm-adjusted
-    p < alpha, best lower on average), `worse` (significant the other way), `tied` (not
-    significant with enough seeds, or identical on every seed) or `inconclusive` (too few
-    seeds with differing results for any p to reach alpha after the correction)."""
+    p < alpha, best lower on average), `worse` (significant the other way), `tied` (identical
+    on every seed) or `inconclusive` (not significant: too few seeds with differing results for
+    any p to reach alpha after the correction, or differences the seeds cannot tell from
+    chance)."""
     if table.empty:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COMPARISON_COLUMNS.items()})
     losses = runs.assign(loss=runs["val_loss"].where(~runs["diverged"], math.inf)).pivot(
@@ -305,8 +307,10 @@ def _question_verdict(rows: pd.DataFrame, question: str, best: pd.Series,
         return f"{subject}: no other {what} was confirmed, so there is nothing to compare."
     said = {outcome: rows[rows["outcome"] == outcome]
             for outcome in (BETTER, TIED, WORSE, INCONCLUSIVE)}
-    if not said[INCONCLUSIVE].empty:
-        m, needed = len(rows), seeds_needed(len(rows), alpha)
+    m, needed = len(rows), seeds_needed(len(rows), alpha)
+    undecided = said[INCONCLUSIVE]
+    too_few = undecided[undecided["wins"] + undecided["losses"] < needed]
+    if not too_few.empty:
         fewer = needed - 1
         times = f", times {m} comparisons, {m * smallest_p(fewer):.3g}" if m > 1 else ""
         label = (f"inconclusive — more seeds needed: no difference can be significant at "
@@ -315,6 +319,9 @@ def _question_verdict(rows: pd.DataFrame, question: str, best: pd.Series,
                  f"{smallest_p(fewer):.3g}{times}); run at least {needed} seeds")
     elif not said[WORSE].empty:
         label = f"not the winner — {listed(said[WORSE]['other'])} did better on the paired seeds"
+    elif not undecided.empty:
+        label = (f"inconclusive against {listed(undecided['other'])} — the paired seeds "
+                 f"cannot tell them apart at {alpha:.0%}; more seeds may")
     elif not said[TIED].empty:
         label = f"tied with {listed(said[TIED]['other'])}"
     else:
@@ -328,7 +335,7 @@ def _question_verdict(rows: pd.DataFrame, question: str, best: pd.Series,
 
 
 _HEADINGS = {BETTER: "It beats", TIED: "Tied with", WORSE: "It loses to",
-             INCONCLUSIVE: "Undecided against"}
+             INCONCLUSIVE: "Inconclusive against"}
 
 
 def _evidence(row: pd.Series) -> str:

@@ -3,9 +3,10 @@ t-interval, paired differences of two configurations' runs, the two-sided Wilcox
 signed-rank test, Holm's correction, and what an outcome is called.
 
 Outcomes, in the same words wherever they are reported: `better` / `worse` (Holm-adjusted
-p < alpha, lower or higher on average), `tied` (identical on every pair, or not significant
-with enough pairs that differ), `inconclusive` (too few pairs that differ for any p to reach
-alpha after the correction: more runs needed).
+p < alpha, lower or higher on average), `tied` (identical on every pair), `inconclusive` (not
+significant: a difference the runs cannot tell from chance, whether too few pairs differ for
+any p to reach alpha after the correction or their differences go both ways). Only identical
+results are called tied: "not significant" is not evidence of "as good".
 """
 
 from __future__ import annotations
@@ -101,11 +102,8 @@ def outcome(wins: int, losses: int, pairs: int, p_holm: float, mean_difference: 
             needed: int, alpha: float = ALPHA) -> str:
     """What a comparison of `pairs` paired runs found (`wins`/`losses`: pairs where the best
     was lower/higher; `needed`: `seeds_needed` for its question)."""
-    differing = wins + losses
-    if pairs > 0 and differing == 0:
+    if pairs > 0 and wins + losses == 0:
         return TIED
-    if differing < needed:
-        return INCONCLUSIVE
-    if p_holm < alpha:
+    if wins + losses >= needed and p_holm < alpha:
         return BETTER if mean_difference < 0 else WORSE
-    return TIED
+    return INCONCLUSIVE

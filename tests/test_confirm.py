@@ -292,7 +292,26 @@ def test_a_configuration_that_diverged_ranks_last_whatever_its_mean():
     assert analysis.table["config_id"].tolist() == ["steady", "wild"]
     assert analysis.table["diverged"].tolist() == [0, 1]
     assert analysis.comparisons.iloc[0]["wins"] == 1  # the diverged seed; 5 losses
-    assert analysis.comparisons.iloc[0]["outcome"] == "tied"
+    assert analysis.comparisons.iloc[0]["outcome"] == "inconclusive"  # not significant
+
+
+def test_a_difference_the_seeds_cannot_tell_from_chance_is_inconclusive_never_tied():
+    """Enough seeds for significance, differences both ways: the table and the verdict both
+    say inconclusive (a tie is only identical results)."""
+    rows = []
+    for seed in range(8):
+        rows.append({"config_id": "a", "seed": seed, "val_loss": 0.5, "diverged": False})
+        rows.append({"config_id": "b", "seed": seed, "diverged": False,
+                     "val_loss": 0.5 + (0.01 if seed % 2 else -0.0099)})
+    runs = pd.DataFrame(rows).assign(
+        source_trial=lambda f: (f["config_id"] == "b").astype(int), optimizer="adam",
+        scheduler="none", lr=0.01, other_params="", search_value=0.3, val_accuracy=math.nan,
+        test_loss=0.4, test_accuracy=math.nan)
+    analysis = analyze(runs, runner_ups=1)
+    assert analysis.comparisons["outcome"].tolist() == ["inconclusive"]
+    assert "Best configuration #0: inconclusive against #1 (adam, none) — the paired seeds " \
+           "cannot tell them apart at 5%; more seeds may." in analysis.verdict
+    assert "tied" not in analysis.verdict.lower()
 
 
 def test_runs_frame_reads_only_confirmation_runs(parent):
