@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import optuna
 import pytest
 
 from hpsearch.errors import StorageError
@@ -76,3 +77,24 @@ def test_a_database_of_an_older_optuna_schema_is_refused_with_optunas_advice(tmp
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
             ("v3.0.0.d",)]
+
+
+def test_a_read_only_opening_reads_without_writing_and_never_creates_a_file(tmp_path):
+    path = tmp_path / "r.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{path}").optimize(
+        lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    before = path.read_bytes()
+    path.chmod(0o444)  # a file the user may not write
+    storage = open_storage(f"sqlite:///{path}", write_behind=False, read_only=True)
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.trials) == 2
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        study.set_user_attr("written", True)  # refused by SQLite itself
+    assert path.read_bytes() == before
+    typo = tmp_path / "typo.db"
+    with pytest.raises(StorageError) as raised:
+        open_storage(f"sqlite:///{typo}", read_only=True)
+    assert str(raised.value) == f"cannot open storage sqlite:///{typo}: no such file"
+    assert not typo.exists()
+    with pytest.raises(StorageError, match="is a folder, not a database file"):
+        open_storage(f"sqlite:///{tmp_path}", read_only=True)

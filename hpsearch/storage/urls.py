@@ -77,19 +77,27 @@ def mask_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def open_storage(url: str, write_behind: bool = True,
-                 heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
+def open_storage(url: str, write_behind: bool = True, heartbeat_s: int = HEARTBEAT_S,
+                 read_only: bool = False) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the Optuna storage at `url`, or raise one StorageError.
 
     Searches get a `WriteBehindStorage` (their running trials kept in memory, written in
     batches); `write_behind=False` gives the plain RDB storage, for readers such as the
     dashboard that should see every commit at once. Both record heartbeats every
-    `heartbeat_s` seconds while `study.optimize` runs a trial (see the module's docstring)."""
+    `heartbeat_s` seconds while `study.optimize` runs a trial (see the module's docstring).
+
+    `read_only` is for the commands that only read (listings, reports): a SQLite file is
+    opened read-only (so a file the user may not write can be read) and must exist, so that a
+    mistyped path is an error instead of a new empty database left behind. Other databases
+    are opened as usual: opening them creates no file."""
     if url == IN_MEMORY:
         return optuna.storages.InMemoryStorage()
     parsed = _parse(url)
     engine_kwargs: dict = {}
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and read_only:
+        url = _read_only_sqlite(parsed)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif parsed.get_backend_name() == "sqlite":
         _prepare_sqlite(parsed)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     elif parsed.get_backend_name() in ("postgresql", "mysql", "mariadb"):
@@ -107,7 +115,7 @@ def open_storage(url: str, write_behind: bool = True,
             RuntimeError, ValueError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: "
                            f"{_first_line(exc, parsed)}") from None
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and not read_only:
         _relax_sqlite_sync(rdb)
     return WriteBehindStorage(rdb) if write_behind else rdb
 
@@ -251,6 +259,16 @@ def _postgres_options(parsed: URL) -> str:
     given = parsed.query.get("options", "")
     given = given if isinstance(given, str) else " ".join(given)
     return f"{given} -c synchronous_commit=off".strip()
+
+
+def _read_only_sqlite(parsed: URL) -> str:
+    """The URL that opens the SQLite file of `parsed` read-only (SQLite's own `mode=ro`: no
+    statement can write, whatever the file's permissions), checked to exist."""
+    path = Path(parsed.database or "")
+    if not parsed.database or parsed.database == ":memory:" or not path.is_file():
+        what = "is a folder, not a database file" if path.is_dir() else "no such file"
+        raise StorageError(f"cannot open storage sqlite:///{path}: {what}")
+    return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
 
 
 def _prepare_sqlite(parsed: URL) -> None:
