@@ -5,6 +5,7 @@ confirmed (`hpsearch confirm`), the confirmation's intervals, comparisons and ve
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,15 @@ from hpsearch.studies import load_stored_study
 
 DEFAULT_TOP = 10
 FORMATS = ("table", "markdown", "csv")
+# The text report fits a terminal this wide (`wide=True`: every column on one line).
+TEXT_WIDTH = 120
+# Counts the text report leaves out where they are zero in every row (the tally says so).
+ZERO_COUNTS = ("diverged", "failed", "running")
+# The leaderboard's columns that are lists of parameters: on their own lines in the text.
+PARAM_COLUMNS = ("scheduler_params", "optimizer_params")
+# What the columns of a table split to fit the width repeat at the start of each part.
+KEYS = {"leaderboard": ["rank", "number"], "scheduler": ["scheduler"],
+        "optimizer": ["optimizer"], "pair": ["optimizer", "scheduler"]}
 TITLES = {"scheduler": "Which schedule wins", "optimizer": "Which optimizer wins",
           "pair": "Which optimizer × scheduler pair wins"}
 # The file each summary is exported to (`<name>.csv` and `<name>.md`).
@@ -77,6 +87,9 @@ class StudyReport:
     top: int
     about: dict[str, Any] = field(default_factory=dict)  # what was run, from the study's attrs
     confirmation: Analysis | None = None  # `hpsearch confirm`'s runs, where there are any
+    # fANOVA importance per parameter (`param_importances`), or why there is none.
+    importances: pd.Series | None = None
+    no_importances: str = ""
 
 
 def build_report(study_name: str, storage_url: str, top: int = DEFAULT_TOP,
@@ -100,11 +113,16 @@ def _read_report(study_name: str, storage_url: str, top: int,
                           for state in ("pruned", "diverged", "failed", "running"))
         raise HPSearchError(f"study {study_name!r} has no complete trial yet ({len(frame)} "
                             f"trials: {tally}); nothing to rank")
+    try:
+        importances, no_importances = param_importances(trials), ""
+    except HPSearchError as exc:
+        importances, no_importances = None, str(exc)
     report = StudyReport(
         study_name=study_name, storage=mask_url(storage_url), trials=frame,
         leaderboard=leaderboard(frame, top), summaries={name: summary(frame, name) for name in by},
         verdict=verdict(frame), top=top, about=_about(study.user_attrs),
-        confirmation=load_confirmation(study),
+        confirmation=load_confirmation(study), importances=importances,
+        no_importances=no_importances,
     )
     return report, trials
 
@@ -126,26 +144,75 @@ def _about(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- rendering for the terminal ---------------------------------------------------------------
-def renderer(fmt: str) -> Callable[[StudyReport], str]:
-    """The function that renders a report as `fmt` (table, markdown or csv)."""
-    renderers = {"table": _as_text, "markdown": report_markdown, "csv": _as_csv}
+def renderer(fmt: str, wide: bool = False) -> Callable[[StudyReport], str]:
+    """The function that renders a report as `fmt` (table, markdown or csv). A table fits
+    `TEXT_WIDTH` columns unless `wide`."""
+    renderers = {"table": lambda report: _as_text(report, wide), "markdown": report_markdown,
+                 "csv": _as_csv}
     if fmt not in renderers:
         raise ConfigError(f"format {fmt!r} is unknown; known: {', '.join(FORMATS)}")
     return renderers[fmt]
 
 
-def _as_text(report: StudyReport) -> str:
-    parts = [f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}", ""]
+def _as_text(report: StudyReport, wide: bool = False) -> str:
+    fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
+    parts = [wrap(f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}"),
+             ""]
     if report.confirmation is not None:
         parts += ["Confirmed verdict", wrap(confirmed_lead(report)), ""]
-    parts += [f"Leaderboard (top {report.top}, by validation loss)",
-              text_table(report.leaderboard)]
+    board = report.leaderboard
+    parts += [f"Leaderboard (top {report.top}, by validation loss)"]
+    if wide:
+        parts += [text_table(board)]
+    else:
+        parts += [fit(board.drop(columns=list(PARAM_COLUMNS)), KEYS["leaderboard"]), "",
+                  "Their schedule's and optimizer's own parameters", _param_lines(board)]
     for by, table in report.summaries.items():
-        parts += ["", f"{TITLES[by]} (by {by})", text_table(table)]
+        parts += ["", f"{TITLES[by]} (by {by})", fit(table, KEYS[by])]
+    parts += ["", "Parameter importances (fANOVA, over the complete trials)"]
+    parts += [_importance_lines(report.importances) if report.importances is not None
+              else wrap(f"None: {report.no_importances}.")]
     parts += ["", "Verdict", wrap(report.verdict)]
     if report.confirmation is not None:
-        parts += ["", confirmation_text(report.confirmation, report.study_name)]
+        parts += ["", confirmation_text(report.confirmation, report.study_name, wide)]
     return "\n".join(parts)
+
+
+def _fitted_table(table: pd.DataFrame, keys: Sequence[str], width: int = TEXT_WIDTH) -> str:
+    """`text_table` within `width` columns: the counts that are zero in every row left out,
+    then, where it is still wider, its columns split into parts one below the other, each
+    starting with the `keys` columns, so that every row can still be read across."""
+    table = table.drop(columns=[c for c in ZERO_COUNTS
+                                if c in table and (table[c].fillna(0) == 0).all()])
+    keys = [c for c in keys if c in table]
+
+    def fits(columns: list[str]) -> bool:
+        return max(map(len, text_table(table[columns]).splitlines())) <= width
+
+    parts: list[list[str]] = [list(keys)]
+    for column in (c for c in table.columns if c not in keys):
+        if len(parts[-1]) > len(keys) and not fits([*parts[-1], column]):
+            parts.append(list(keys))
+        parts[-1].append(column)
+    return "\n\n".join(text_table(table[columns]) for columns in parts)
+
+
+def _param_lines(board: pd.DataFrame, width: int = TEXT_WIDTH) -> str:
+    """One entry per leaderboard trial: `#N` and its branch parameters, wrapped."""
+    lines = []
+    for _, row in board.iterrows():
+        given = [str(row[c]) for c in PARAM_COLUMNS if c in row and str(row[c]) not in ("", "-")]
+        lines.append(textwrap.fill(f"#{row['number']}: " + ("; ".join(given) or "none"),
+                                   width=width, subsequent_indent="    ",
+                                   break_on_hyphens=False))
+    return "\n".join(lines)
+
+
+def _importance_lines(importances: pd.Series) -> str:
+    """Each parameter's share of the explained variance, largest first, with a bar."""
+    name_width = max(map(len, importances.index))
+    return "\n".join(f"{name.ljust(name_width)}  {share:6.1%}  {'#' * round(share * 40)}"
+                     for name, share in importances.items())
 
 
 def _as_csv(report: StudyReport) -> str:
@@ -154,6 +221,8 @@ def _as_csv(report: StudyReport) -> str:
     parts = [f"# leaderboard (top {report.top})", report.leaderboard.to_csv(index=False)]
     for by, table in report.summaries.items():
         parts += [f"# by {by}", table.to_csv(index=False)]
+    if report.importances is not None:
+        parts += ["# importances", report.importances.to_csv()]
     if report.confirmation is not None:
         parts += ["# confirmation", report.confirmation.table.to_csv(index=False),
                   "# confirmation comparisons",
@@ -180,6 +249,11 @@ def report_markdown(report: StudyReport, plot_files: Mapping[str, str] | None = 
                   "Counts by state; best and median validation loss of the complete trials; "
                   "the best trial's number, its other choices and lr.", "",
                   markdown_table(table)]
+    lines += ["", "## Parameter importances", ""]
+    lines += (["fANOVA importance of each parameter every complete trial has (shares of the "
+               "explained variance of the validation loss).", "",
+               markdown_table(report.importances.rename("importance").reset_index())]
+              if report.importances is not None else [f"None: {report.no_importances}."])
     if report.confirmation is not None:
         lines += ["", confirmation_markdown(report.confirmation, report.study_name).rstrip("\n")]
     if plot_files or skipped:
@@ -224,15 +298,17 @@ def _interval(row: pd.Series, metric: str, digits: int, mean: str | None = None)
                            row[f"{metric}_high"], digits)
 
 
-def confirmation_text(analysis: Analysis, study_name: str) -> str:
+def confirmation_text(analysis: Analysis, study_name: str, wide: bool = False) -> str:
     """The confirmation of `study_name` for a terminal: tables and verdict."""
     table, comparisons = confirmation_tables(analysis)
+    fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
     parts = [f"Confirmation (study {confirm_study_name(study_name)!r}): mean [95% interval] "
              "over seeds; test = the held-out split; search_value = what the search saw",
-             text_table(table)]
+             fit(table, ["rank", "config"])]
     if not comparisons.empty:
         parts += ["", "Paired comparisons (validation loss on the same seeds; Wilcoxon "
-                      "signed-rank, Holm-corrected per question)", text_table(comparisons)]
+                      "signed-rank, Holm-corrected per question)",
+                  fit(comparisons, ["question", "other"])]
     parts += ["", "Confirmation verdict", wrap(analysis.verdict)]
     return "\n".join(parts)
 
@@ -323,10 +399,9 @@ def _write_all(report: StudyReport, trials: list[FrozenTrial],
             "lr_vs_loss.png", lambda p: plots.plot_lr_vs_loss(frame, p)),
     }
     skipped: dict[str, str] = {}
-    try:
-        importances = param_importances(trials)
-    except HPSearchError as exc:
-        skipped["Parameter importances"] = str(exc)
+    importances = report.importances
+    if importances is None:
+        skipped["Parameter importances"] = report.no_importances
     else:
         write("importances.csv", importances.to_csv())
         drawings["Parameter importances"] = (

@@ -172,6 +172,11 @@ def test_report_prints_leaderboard_summaries_and_verdict(small_study, real_study
                   "Which optimizer × scheduler pair wins (by pair)", "Verdict"):
         assert title in lines
     assert f"The best trial is #{study.best_trial.number}:" in " ".join(lines)
+    assert max(map(len, lines)) <= 120  # a terminal's width, whatever the study holds
+    params = lines[lines.index("Their schedule's and optimizer's own parameters") + 1]
+    assert params.startswith(f"#{study.best_trial.number}: ")
+    shares = lines[lines.index("Parameter importances (fANOVA, over the complete trials)") + 1:]
+    assert shares[0].split()[0] in study.best_trial.params
 
 
 def test_report_as_markdown_and_as_csv(small_study, real_study):
@@ -182,13 +187,17 @@ def test_report_as_markdown_and_as_csv(small_study, real_study):
     assert code == 0, output
     assert "## Which optimizer wins" in output and "## Which schedule wins" not in output
     tables = re.findall(r"(?:^\|.*\|\n)+", output, flags=re.M)
-    assert len(tables) == 2  # leaderboard and the optimizer table
+    assert len(tables) == 3  # leaderboard, the optimizer table, the importances
+    assert "## Parameter importances" in output
     code, output = run("report", "--study", name, "--storage", url, "--by", "scheduler",
                        "--format", "csv", "--top", "4")
     assert code == 0, output
-    board, by_scheduler = output.strip().split("\n\n")
+    board, by_scheduler, importances = output.strip().split("\n\n")
     assert board.startswith("# leaderboard (top 4)\n")
     assert by_scheduler.startswith("# by scheduler\n")
+    assert importances.startswith("# importances\n")
+    assert pd.read_csv(io.StringIO(importances), comment="#")["fANOVA"].sum() == \
+        pytest.approx(1.0)
     assert len(pd.read_csv(io.StringIO(board), comment="#")) == 4
     table = pd.read_csv(io.StringIO(by_scheduler), comment="#")
     assert table["trials"].sum() == len(frame)
