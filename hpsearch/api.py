@@ -9,6 +9,8 @@ command calls these, with these defaults; a notebook or a script calls them too.
     hp.summary(frame, "scheduler")                          # or "optimizer", "pair"
     print(hp.verdict(frame))
     params, run = hp.train("wine", {"optimizer": "adam", "lr": 0.01})
+    run.save("wine.pt")                                     # a model file (hpsearch.model_file)
+    hp.load_model("wine.pt").predict("new_rows.csv")        # predictions (pandas)
     study = hp.load("wine")                                 # a stored study, later
     print(hp.confirm("wine", top=3, seeds=10).analysis.verdict)  # re-train over seeds
 
@@ -55,7 +57,7 @@ DEVICES = (AUTO, "cpu", "cuda", "mps")
 _REPORT_HELPERS = ("leaderboard", "param_importances", "summary", "trials_frame", "verdict")
 
 __all__ = [
-    "StudyLike", "config", "confirm", "dashboard", "export", "load", "optimize",
+    "StudyLike", "config", "confirm", "dashboard", "export", "load", "load_model", "optimize",
     "refresh_dashboards", "report", "retrain", "search", "stored", "studies", "train",
     *_REPORT_HELPERS,
 ]
@@ -161,25 +163,38 @@ def stored(study: optuna.Study) -> StudyConfig:
 
 def train(
     study: StudyLike, params: Mapping[str, Any] | None = None, *, seed: int | None = None,
-    device: str | torch.device = "auto",
+    device: str | torch.device = "auto", refit: bool = False,
 ) -> tuple[dict[str, Value], TrainedRun]:
     """Train one configuration: `params` (values or strings), the study's fixed values, the
-    defaults for the rest (`hpsearch train --set`). Returns the parameters and the run
-    (its per-epoch history and the trained model)."""
+    defaults for the rest (`hpsearch train --set`). Returns the parameters and the run: its
+    per-epoch history, the trained model, `run.predict(rows)` and `run.save(path)` (the
+    model file `hpsearch train --save` writes). `refit`: train on the training and
+    validation rows together."""
     from hpsearch.training import train_single
 
-    return train_single(config(study), dict(params or {}), seed, device=device)
+    return train_single(config(study), dict(params or {}), seed, device=device, refit=refit)
 
 
 def retrain(name: str, trial: int, storage: str | None = None,
-            device: str | None = None) -> Retrained:
+            device: str | None = None, refit: bool = False) -> Retrained:
     """Train stored trial `trial` again with its parameters and seed (`hpsearch train
     --trial`); its validation loss is compared with the stored one. `device` defaults to
-    the one the trial ran on."""
+    the one the trial ran on. `refit`: one run on the training and validation rows
+    together, for the epochs the trial ran. `.run` is the run to save (`.run.save(path)`):
+    the refit, or the trial's first run."""
     from hpsearch.storage.urls import resolve_storage_url
     from hpsearch.studies import retrain_trial
 
-    return retrain_trial(name, resolve_storage_url(storage), trial, device=device)
+    return retrain_trial(name, resolve_storage_url(storage), trial, device=device, refit=refit)
+
+
+def load_model(path: str | os.PathLike) -> TrainedRun:
+    """The run a model file holds (`hpsearch train --save`, `run.save`): `.predict(rows)`
+    gives a DataFrame of predictions for a DataFrame or a CSV/TSV/Parquet file of rows
+    (`hpsearch predict`); `.config`, `.params`, `.preprocessing` say what it is."""
+    from hpsearch.model_file import load_model as load
+
+    return load(path)
 
 
 def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from hpsearch.params import Value
     from hpsearch.records import TrialCounts
     from hpsearch.search.run import Progress, SearchOutcome
-    from hpsearch.training import FitResult
+    from hpsearch.training import FitResult, TrainedRun
 
 # storage.urls.STORAGE_ENV, spelled here: storage.urls imports Optuna (tests/test_startup.py
 # checks they agree).
@@ -254,18 +254,27 @@ def _print_params(params: Mapping[str, Value]) -> None:
 @click.option("--device", type=click.Choice(hp.DEVICES), default=None,
               help="Where to train: auto, cpu, cuda, mps (default: auto; with --trial: the "
                    "device the trial ran on).")
+@click.option("--save", "save_path", metavar="PATH",
+              help="Write the trained model, its study config, parameters and preprocessing "
+                   "to this model file (for `hpsearch predict`); with --trial of several "
+                   "runs, the first run's model.")
+@click.option("--refit", is_flag=True,
+              help="Train on the training and validation rows together (a final model): for "
+                   "the epochs the trial ran (with --trial), else the study's epochs.")
 @_command
 def train(study: str, assignments: tuple[str, ...], trial_number: int | None, seed: int | None,
-          every: int, storage: str | None, threads: int, device: str | None) -> None:
+          every: int, storage: str | None, threads: int, device: str | None,
+          save_path: str | None, refit: bool) -> None:
     """Train ONE configuration with the search's training loop, printing every epoch.
 
-    Example (seed 004's wine run, and seed 003's linear regression):
+    Example (seed 004's wine run, seed 003's linear regression, a model to keep):
 
     \b
         hpsearch train --study wine --set optimizer=adam --set lr=0.1 \\
             --set scheduler=plateau --every 10
         hpsearch train --study linreg --set scheduler=none
         hpsearch train --study wine --trial 17      # re-train stored trial 17
+        hpsearch train --study wine --trial 17 --refit --save wine.pt
     """
     import torch
 
@@ -276,31 +285,70 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
         if assignments or seed is not None:
             raise HPSearchError("--trial re-trains a stored trial as it was: it takes no --set "
                                 "or --seed")
-        again = hp.retrain(study, trial_number, storage=storage, device=device)
+        again = hp.retrain(study, trial_number, storage=storage, device=device, refit=refit)
         state = again.trial.state.name.lower()
-        runs = (f"seed {again.trial.user_attrs.get('seed')}" if len(again.runs) <= 1 else
-                f"{len(again.runs)} runs; the first run's epochs below, the comparison of "
-                "their mean after them")
+        if refit:
+            runs = f"refit: seed {again.run.seed}, {len(again.run.result.history)} epochs"
+        elif len(again.runs) <= 1:
+            runs = f"seed {again.trial.user_attrs.get('seed')}"
+        else:
+            runs = (f"{len(again.runs)} runs; the first run's epochs below, the comparison of "
+                    "their mean after them")
         click.echo(f"Re-training trial #{again.trial.number} of {study!r} ({state}, {runs}).")
+        _print_refit(again.run)
         _print_params(again.params)
         _print_history(again.run.result, every)
+        _print_rmse(again.run)
         if again.stored_loss is not None and again.retrained_loss is not None:
             difference = again.retrained_loss - again.stored_loss
             same = "identical" if difference == 0 else f"differs by {difference:.3g}"
             click.echo(f"Epoch {again.epoch}: stored validation loss {again.stored_loss:.6g}, "
                        f"re-trained {again.retrained_loss:.6g} ({same}).")
+        _save(again.run, save_path, len(again.runs))
         return
     config = hp.config(study)
     given = dict(parse_assignment(text) for text in assignments)
-    params, run = hp.train(config, given, seed=seed, device=device or "auto")
+    params, run = hp.train(config, given, seed=seed, device=device or "auto", refit=refit)
     click.echo(f"Training {config.name} ({config.data.dataset}, {config.training.epochs} "
                f"epochs, seed {config.seed if seed is None else seed}):")
+    _print_refit(run)
     _print_params(params)
     _print_history(run.result, every)
+    _print_rmse(run)
     if isinstance(run.model, torch.nn.Sequential) and len(run.model) == 1:
         layer = run.model[0]
         click.echo(f"Weights: {[round(w, 4) for w in layer.weight.detach()[0].tolist()]}")
         click.echo(f"Bias:    {layer.bias.detach()[0].item():.4f}")
+    _save(run, save_path, 1)
+
+
+def _print_refit(run: TrainedRun) -> None:
+    if run.refit:
+        click.echo(f"Refit on the training and validation rows together ({run.train_rows} "
+                   "rows): val_loss below is the loss on those same rows.")
+
+
+def _print_rmse(run: TrainedRun) -> None:
+    """A standardized regression target's last validation loss as an RMSE in its units."""
+    from hpsearch.data import REGRESSION
+
+    last = run.result.last
+    if last is None or run.preprocessing.task != REGRESSION or not run.config.data.scale_target:
+        return
+    rmse = run.preprocessing.rmse(last.val_loss)
+    rows = "training and validation rows" if run.refit else "validation split"
+    click.echo(f"RMSE on the {rows}, in the target's units: {rmse:.6g} (the losses above are "
+               "of the standardized target)")
+
+
+def _save(run: TrainedRun, path: str | None, runs: int) -> None:
+    if path is None:
+        return
+    saved = run.save(path)
+    which = f"the first of {runs} runs (fold {run.fold}, seed {run.seed}): " if runs > 1 else ""
+    refit = ", refit on training + validation" if run.refit else ""
+    click.echo(f"Saved the model ({which}{run.train_rows} training rows{refit}) to {saved}; "
+               f"`hpsearch predict --model {saved} --data ROWS.csv` predicts with it.")
 
 
 def _print_history(result: FitResult, every: int) -> None:
@@ -317,6 +365,39 @@ def _print_history(result: FitResult, every: int) -> None:
         click.echo(line)
     if result.end_reason != "completed":
         click.echo(f"Stopped: {result.detail or result.end_reason}")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, metavar="PATH",
+              help="A model file written by `hpsearch train --save`.")
+@click.option("--data", "data_path", required=True, metavar="PATH",
+              help="Rows to predict: a .csv, .tsv or .parquet file with the model's input "
+                   "columns (other columns, the target's too, are ignored).")
+@click.option("--out", metavar="PATH",
+              help="Write the predictions to this CSV file (default: CSV on stdout).")
+@_command
+def predict(model_path: str, data_path: str, out: str | None) -> None:
+    """Predict new rows with a saved model, preprocessed as its training rows were.
+
+    Missing values are filled as in training, an unseen category encodes as all zeros. Writes
+    one CSV row per input row: for classification the predicted label (`prediction`) and
+    each class's probability (`probability_<label>`), for regression the prediction in the
+    target's units. A built-in dataset's columns are scikit-learn's feature names (those of
+    `sklearn.datasets.load_wine(as_frame=True).frame`). Example:
+
+    \b
+        hpsearch train --study churn --set optimizer=adam --set lr=0.01 --save churn.pt
+        hpsearch predict --model churn.pt --data new_customers.csv --out predictions.csv
+    """
+    predictions = hp.load_model(model_path).predict(data_path)
+    if out is None:
+        click.echo(predictions.to_csv(index=False), nl=False)
+        return
+    try:
+        predictions.to_csv(out, index=False)
+    except OSError as exc:
+        raise HPSearchError(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(f"Wrote {len(predictions)} predictions to {out}.")
 
 
 @cli.command()

@@ -61,10 +61,15 @@ class DataConfig:
     split_seed: int = setting(0, low=0, integer=True)
     scale: bool = setting(True, kind=bool)
     table: TableSource | None = None  # a CSV/Parquet file instead of a registered dataset
+    # Standardize a regression target on the training split (the loss is then in its units
+    # of standard deviation). A study file's default is `scale`; a stored config without the
+    # key (`stored_study_config`) trained on the raw target, and keeps it.
+    scale_target: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         split = {"valid_fraction": self.valid_fraction, "test_fraction": self.test_fraction,
-                 "split_seed": self.split_seed, "scale": self.scale}
+                 "split_seed": self.split_seed, "scale": self.scale,
+                 "scale_target": self.scale_target}
         if self.table is None:
             return {"dataset": self.dataset, "options": _plain(self.options), **split}
         table = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.table).items()
@@ -169,13 +174,14 @@ class StudyConfig:
             document["evaluation"] = plain(self.evaluation)
         return document
 
-    def load_data(self, folds: int | None = None) -> Dataset:
+    def load_data(self, folds: int | None = None, refit: bool = False) -> Dataset:
         """The study's dataset, split and scaled as the study file says: into the folds of
-        its evaluation, or `folds` (1: one validation split, as `hpsearch train` trains)."""
+        its evaluation, or `folds` (1: one validation split, as `hpsearch train` trains).
+        `refit`: one training split of every row not held out for test (a final model)."""
         d = self.data
         split = {"valid_fraction": d.valid_fraction, "test_fraction": d.test_fraction,
-                 "split_seed": d.split_seed, "scale": d.scale,
-                 "folds": self.evaluation.folds if folds is None else folds}
+                 "split_seed": d.split_seed, "scale": d.scale, "scale_target": d.scale_target,
+                 "folds": self.evaluation.folds if folds is None else folds, "refit": refit}
         if d.table is not None:
             return load_table(d.table, **split)
         return load_dataset(d.dataset, d.options, **split)
@@ -294,17 +300,20 @@ class _Table:
 
 
 def stored_study_config(document: Mapping[str, Any]) -> StudyConfig:
-    """A config as `StudyConfig.as_dict()` stored it (in a study, or sent to a worker)."""
+    """A config as `StudyConfig.as_dict()` stored it (in a study, a model file, or sent to a
+    worker)."""
     name = str(document["name"])
-    return parse_study(document, default_name=name, source=f"study {name!r}")
+    return parse_study(document, default_name=name, source=f"study {name!r}", stored=True)
 
 
 def parse_study(
     document: Mapping[str, Any], default_name: str, source: str = "",
-    base_dir: Path | None = None,
+    base_dir: Path | None = None, stored: bool = False,
 ) -> StudyConfig:
     """Validate a study document (a parsed TOML file) into a StudyConfig. A relative data
-    path is relative to `base_dir` (the study file's folder; default: the current folder)."""
+    path is relative to `base_dir` (the study file's folder; default: the current folder).
+    `stored`: the document is a stored config, whose missing keys mean what they meant when
+    it was stored."""
     where = source or "study"
     top = _Table(document, where)
     name = top.get("name", str, default_name)
@@ -317,7 +326,7 @@ def parse_study(
     load_plugins(plugins, f"{where} [plugins]: ")
 
     data_table = _Table(top.get("data", dict, None) or _missing(where, "data"), f"{where} [data]")
-    data = _data_config(data_table, base_dir)
+    data = _data_config(data_table, base_dir, stored)
     data_table.done()
     if data.valid_fraction + data.test_fraction >= 0.95:
         raise ConfigError(f"{where} [data]: valid_fraction + test_fraction must leave rows to "
@@ -387,7 +396,7 @@ def parse_study(
     )
 
 
-def _data_config(table: _Table, base_dir: Path | None) -> DataConfig:
+def _data_config(table: _Table, base_dir: Path | None, stored: bool) -> DataConfig:
     """[data]: a registered dataset (`dataset`), or a CSV/Parquet file (`path`, `target`)."""
     if "path" in table.raw and "dataset" in table.raw:
         raise ConfigError(f"{table.where}: give dataset (a registered one) or path (a CSV or "
@@ -418,12 +427,12 @@ def _data_config(table: _Table, base_dir: Path | None) -> DataConfig:
             max_categories=table.number("max_categories", 50, 2, integer=True),
             separator=separator,
         )
-    return DataConfig(
-        dataset=source.label if source else table.choice("dataset", DATASETS, None),
-        options=table.get("options", dict, {}) if source is None else {},
-        **_settings(table, DataConfig),
-        table=source,
-    )
+    dataset = source.label if source else table.choice("dataset", DATASETS, None)
+    options = table.get("options", dict, {}) if source is None else {}
+    settings = _settings(table, DataConfig)
+    scale_target = table.get("scale_target", bool, False if stored else settings["scale"])
+    return DataConfig(dataset=dataset, options=options, **settings, table=source,
+                      scale_target=scale_target)
 
 
 def _settings(table: _Table, section: type) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 study shares.
 
 The split is seeded and (for classification) stratified; everything learned from the data
-(feature scaling, imputed values, the categories of text columns) is fit on the training split
-only, so validation and test stay unseen. The test split is never used by the search.
+(feature scaling, imputed values, the categories of text columns, the target's scaling) is fit
+on the training split only, so validation and test stay unseen. The test split is never used by
+the search. What was fit is kept as a `Preprocessing` (plain data), which encodes new rows the
+same way (`hpsearch predict`).
 
 A file is checked before anything trains, and each problem is one line naming it: a missing
 file or target column, a target with one class, values that can't be encoded, missing values
@@ -37,6 +39,7 @@ class RawData:
     features: np.ndarray
     target: np.ndarray
     task: str
+    names: tuple[str, ...] = ()  # the features' names: the columns new rows to predict have
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,21 @@ class Dataset:
     n_features: int
     n_outputs: int
     fingerprint: str  # identifies the exact splits: stored with the study
-    feature_names: tuple[str, ...] = ()  # a file's columns as encoded (`color=red`, ...)
-    classes: tuple[str, ...] = ()  # classification: the label of each output, in order
+    preprocessing: Preprocessing  # what the splits went through, fit on the train split
     # k-fold cross-validation: every fold's splits (train: the other folds, valid: this one,
     # test: the held-out rows, each scaled as fit on its train part); fold 0 is this dataset's
     # own. Empty: one validation split.
     folds: tuple[Dataset, ...] = ()
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The model's inputs by name: columns as encoded (`color=red`, ...)."""
+        return self.preprocessing.feature_names
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Classification: the label of each output, in order."""
+        return tuple(str(label) for label in self.preprocessing.labels)
 
     @property
     def device(self) -> torch.device:
@@ -95,15 +107,99 @@ class Dataset:
         return replace(first, folds=folds)
 
 
-def _sklearn(loader_name: str, data_file: str, task: str) -> Callable[..., RawData]:
+@dataclass(frozen=True)
+class InputColumn:
+    """How one input column becomes model inputs, as fit on a training split: a number (its
+    missing values take `fill`), or one-hot over `categories` (a value not among them encodes
+    as all zeros; a missing one takes `fill`). `fill` None: a missing value is an error."""
+
+    name: str
+    kind: str  # NUMERIC | CATEGORICAL
+    fill: float | str | None = None
+    categories: tuple[str, ...] = ()
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        if self.kind == NUMERIC:
+            return (self.name,)
+        return tuple(f"{self.name}={c}" for c in self.categories)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything a run's data went through, fit on its training split: each input column's
+    encoding, each feature's standardization, and the target's: the class labels, or the
+    regression target's mean and scale (the model predicts `(y - target_mean) /
+    target_scale`). Plain data, so that a model file can keep it (`as_dict`, `from_dict`)."""
+
+    task: str
+    columns: tuple[InputColumn, ...]
+    mean: tuple[float, ...]  # per feature: 0 where it is not standardized
+    scale: tuple[float, ...]  # per feature: 1 where it is not standardized
+    labels: tuple[str | int, ...] = ()  # classification: each output's label, as in the data
+    target_mean: float = 0.0  # regression
+    target_scale: float = 1.0
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(name for column in self.columns for name in column.feature_names)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.mean)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.labels) if self.task == CLASSIFICATION else 1
+
+    def rmse(self, mse: float) -> float:
+        """A mean squared error of the scaled target (a regression's loss) as the root mean
+        squared error in the target's own units."""
+        return math.sqrt(mse) * self.target_scale
+
+    def transform(self, frame: Any, where: str = "") -> np.ndarray:
+        """The model's inputs (float32) for the rows of `frame` (a pandas DataFrame with the
+        input columns; others are ignored), encoded and scaled as the training rows were."""
+        missing = [c.name for c in self.columns if c.name not in frame.columns]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(f"{where}no column {missing[0]!r}{more}; the model's input columns "
+                            f"are {_names(c.name for c in self.columns)}")
+        features = _encode_columns(frame, self.columns, where)
+        return _standardized(features, np.array(self.mean), np.array(self.scale)).astype(
+            np.float32)
+
+    def targets(self, outputs: np.ndarray) -> np.ndarray:
+        """Regression: the model's outputs (one column) in the target's own units."""
+        return outputs[:, 0].astype(np.float64) * self.target_scale + self.target_mean
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "columns": [vars(c) | {"categories": list(c.categories)}
+                                               for c in self.columns],
+                "mean": list(self.mean), "scale": list(self.scale),
+                "labels": list(self.labels), "target_mean": self.target_mean,
+                "target_scale": self.target_scale}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Preprocessing:
+        columns = tuple(InputColumn(**{**c, "categories": tuple(c["categories"])})
+                        for c in document["columns"])
+        return cls(document["task"], columns, tuple(document["mean"]),
+                   tuple(document["scale"]), tuple(document["labels"]),
+                   document["target_mean"], document["target_scale"])
+
+
+def _sklearn(loader_name: str, data_file: str, task: str,
+             names: Sequence[str]) -> Callable[..., RawData]:
     def load() -> RawData:
         path = _sklearn_data_file(data_file)
         if path is None:  # not where this scikit-learn keeps it: its own loader reads it
             from sklearn import datasets as sk_datasets
 
             bunch = getattr(sk_datasets, loader_name)()
-            return RawData(np.asarray(bunch.data, float), np.asarray(bunch.target), task)
-        return _read_sklearn_csv(path, task)
+            return RawData(np.asarray(bunch.data, float), np.asarray(bunch.target), task,
+                           tuple(names))
+        return replace(_read_sklearn_csv(path, task), names=tuple(names))
 
     return load
 
@@ -138,18 +234,34 @@ def _linreg(n: int = 1000, p: int = 5, noise: float = 0.2, seed: int = 0) -> Raw
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((n, p))
     target = features @ linreg_true_weights(p) + noise * rng.standard_normal(n)
-    return RawData(features, target, REGRESSION)
+    return RawData(features, target, REGRESSION, tuple(f"x{i}" for i in range(p)))
 
 
 def linreg_true_weights(p: int) -> np.ndarray:
     return np.array([i / 0.5 for i in range(p)])
 
 
+# scikit-learn's feature names (its loaders' `feature_names`, the columns of
+# `load_wine(as_frame=True).frame`), spelled here because the data files lack them and
+# importing scikit-learn takes longer than a small search (tests/test_data.py compares them).
+_WINE_NAMES = ("alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium",
+               "total_phenols", "flavanoids", "nonflavanoid_phenols", "proanthocyanins",
+               "color_intensity", "hue", "od280/od315_of_diluted_wines", "proline")
+_CANCER_MEASURES = ("radius", "texture", "perimeter", "area", "smoothness", "compactness",
+                    "concavity", "concave points", "symmetry", "fractal dimension")
+_CANCER_NAMES = (*(f"mean {m}" for m in _CANCER_MEASURES),
+                 *(f"{m} error" for m in _CANCER_MEASURES),
+                 *(f"worst {m}" for m in _CANCER_MEASURES))
+_DIGITS_NAMES = tuple(f"pixel_{row}_{column}" for row in range(8) for column in range(8))
+_IRIS_NAMES = ("sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+               "petal width (cm)")
+
 DATASETS: dict[str, Callable[..., RawData]] = {
-    "wine": _sklearn("load_wine", "wine_data.csv", CLASSIFICATION),
-    "breast_cancer": _sklearn("load_breast_cancer", "breast_cancer.csv", CLASSIFICATION),
-    "digits": _sklearn("load_digits", "digits.csv.gz", CLASSIFICATION),
-    "iris": _sklearn("load_iris", "iris.csv", CLASSIFICATION),
+    "wine": _sklearn("load_wine", "wine_data.csv", CLASSIFICATION, _WINE_NAMES),
+    "breast_cancer": _sklearn("load_breast_cancer", "breast_cancer.csv", CLASSIFICATION,
+                              _CANCER_NAMES),
+    "digits": _sklearn("load_digits", "digits.csv.gz", CLASSIFICATION, _DIGITS_NAMES),
+    "iris": _sklearn("load_iris", "iris.csv", CLASSIFICATION, _IRIS_NAMES),
     "linreg": _linreg,
 }
 
@@ -157,9 +269,11 @@ DATASETS: dict[str, Callable[..., RawData]] = {
 def load_dataset(
     name: str, options: Mapping[str, Any] | None = None, *, valid_fraction: float = 0.2,
     test_fraction: float = 0.2, split_seed: int = 0, scale: bool = True, folds: int = 1,
+    scale_target: bool = False, refit: bool = False,
 ) -> Dataset:
     """Load `name`, split it train/valid/test (or into `folds` folds beside the test rows) and
-    scale features on each training part."""
+    scale features (and, with `scale_target`, a regression target) on each training part.
+    `refit`: train on every row not held out for test (see `_assemble`)."""
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; known: {', '.join(DATASETS)}")
     try:
@@ -167,44 +281,56 @@ def load_dataset(
     except TypeError as exc:
         raise DataError(f"dataset {name!r}: bad options {dict(options or {})}: {exc}") from None
     features = raw.features.astype(np.float64)
+    names = raw.names or tuple(f"x{i}" for i in range(features.shape[1]))
+    columns = tuple(InputColumn(str(n), NUMERIC) for n in names)
 
     def encode(_train_idx: np.ndarray) -> _Encoded:
-        return _Encoded(features, np.ones(features.shape[1], bool), ())
+        return _Encoded(features, columns)
 
     return _assemble(name, raw.task, raw.target, encode, valid_fraction=valid_fraction,
                      test_fraction=test_fraction, split_seed=split_seed, scale=scale,
-                     folds=folds)
+                     folds=folds, scale_target=scale_target, refit=refit)
 
 
 @dataclass(frozen=True)
 class _Encoded:
-    """Features as numbers, which columns to scale (not the one-hot ones), their names."""
+    """Features as numbers (float64, every row) and the input columns they encode."""
 
-    features: np.ndarray  # float64, every row
-    scaled: np.ndarray  # bool per column
-    names: tuple[str, ...]
+    features: np.ndarray
+    columns: tuple[InputColumn, ...]
+
+    @property
+    def scaled(self) -> np.ndarray:
+        """Which features are standardized (bool per feature): the numbers, not the one-hot
+        ones."""
+        return np.array([c.kind == NUMERIC for c in self.columns
+                         for _ in c.feature_names], bool)
 
 
 def _assemble(
     name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded], *,
     valid_fraction: float, test_fraction: float, split_seed: int, scale: bool,
-    where: str = "", folds: int = 1,
+    where: str = "", folds: int = 1, scale_target: bool = False, refit: bool = False,
 ) -> Dataset:
     """Split (seeded, stratified for classification): the test rows first, then the rest into
     train and valid, or into `folds` folds (each fold the valid part once, the others its
     train part); encode and scale, fit on each training part; tensors, and a fingerprint of
-    the exact splits."""
+    the exact splits. `refit`: train on all the rest (a final model); its valid split is then
+    the same rows (a schedule that steps on the validation loss steps on theirs)."""
     classify = task == CLASSIFICATION
     indices = np.arange(len(target))
     stratify = target if classify else None
     rest, test_idx = _split(indices, test_fraction, split_seed, stratify, where)
+    scaling = {"scale": scale, "scale_target": scale_target and not classify}
+    if refit:
+        return _fold(name, task, target, encode, rest, rest, test_idx, **scaling)
     if folds == 1:
         rest_stratify = target[rest] if classify else None
         train_idx, valid_idx = _split(
             rest, valid_fraction / (1.0 - test_fraction), split_seed, rest_stratify, where
         )
-        return _fold(name, task, target, encode, train_idx, valid_idx, test_idx, scale)
-    parts = [_fold(name, task, target, encode, train_idx, valid_idx, test_idx, scale)
+        return _fold(name, task, target, encode, train_idx, valid_idx, test_idx, **scaling)
+    parts = [_fold(name, task, target, encode, train_idx, valid_idx, test_idx, **scaling)
              for train_idx, valid_idx in _k_folds(rest, target, folds, split_seed, classify,
                                                   where)]
     digest = hashlib.sha256()
@@ -215,31 +341,40 @@ def _assemble(
 
 def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded],
           train_idx: np.ndarray, valid_idx: np.ndarray, test_idx: np.ndarray,
-          scale: bool) -> Dataset:
+          scale: bool, scale_target: bool = False) -> Dataset:
     """The train, valid and test splits of these rows, encoded and scaled as fit on the train
-    rows."""
+    rows (a regression target too, with `scale_target`)."""
     # Imported here, with the data: a study file is read (`hpsearch space`) without torch.
     import torch
 
     classify = task == CLASSIFICATION
     encoded = encode(train_idx)
     features = encoded.features
-    columns = encoded.scaled
-    if scale and columns.all():
-        features = _standardize(features, features[train_idx])
-    elif scale and columns.any():
-        features = features.copy()
-        features[:, columns] = _standardize(features[:, columns], features[train_idx][:, columns])
+    mean = np.zeros(features.shape[1])
+    spread = np.ones(features.shape[1])
+    columns = encoded.scaled if scale else np.zeros(features.shape[1], bool)
+    if columns.any():
+        mean[columns], spread[columns] = _scaler(features[:, columns],
+                                                 features[train_idx][:, columns])
+        features = _standardized(features, mean, spread)
     features = features.astype(np.float32)
-    classes: tuple[str, ...] = ()
+    labels: tuple[str | int, ...] = ()
+    target_mean, target_scale = 0.0, 1.0
     if classify:
-        labels, target = np.unique(target, return_inverse=True)
+        values, target = np.unique(target, return_inverse=True)
         target = target.astype(np.int64)
-        n_outputs = len(labels)
-        classes = tuple(str(label) for label in labels)
+        n_outputs = len(values)
+        labels = tuple(values.tolist())
     else:
+        if scale_target:
+            column = target.astype(np.float64)[:, None]
+            (target_mean,), (target_scale,) = _scaler(column, column[train_idx])
+            target = _standardized(column, target_mean, target_scale)
         target = target.astype(np.float32).reshape(-1, 1)
         n_outputs = 1
+    preprocessing = Preprocessing(task, encoded.columns, tuple(mean.tolist()),
+                                  tuple(spread.tolist()), labels, float(target_mean),
+                                  float(target_scale))
 
     def split(idx: np.ndarray) -> Split:
         return Split(torch.from_numpy(features[idx]), torch.from_numpy(target[idx]))
@@ -251,7 +386,7 @@ def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray
     return Dataset(
         name=name, task=task, train=split(train_idx), valid=split(valid_idx),
         test=split(test_idx), n_features=features.shape[1], n_outputs=n_outputs,
-        fingerprint=digest.hexdigest()[:16], feature_names=encoded.names, classes=classes,
+        fingerprint=digest.hexdigest()[:16], preprocessing=preprocessing,
     )
 
 
@@ -327,13 +462,15 @@ def _counts(y: np.ndarray) -> np.ndarray:
     return np.unique(y, return_counts=True)[1]
 
 
-def _standardize(features: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """`features` scaled to the mean and standard deviation of `train` (its columns); a
-    constant column is only centred (StandardScaler().fit(train).transform(features))."""
+def _scaler(features: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation of `train`'s columns, the scale 1 for a constant
+    column (StandardScaler().fit(train)'s mean_ and scale_), to standardize `features`."""
     if not (np.isfinite(features).all() and np.isfinite(train).all()):
         from sklearn.preprocessing import StandardScaler
 
-        return StandardScaler().fit(train).transform(features)
+        scaler = StandardScaler().fit(train)
+        scaler.transform(features)  # what is wrong with these values: its error says
+        return scaler.mean_, scaler.scale_
     n = np.full(train.shape[1], float(len(train)))
     column_sum = np.sum(train, axis=0)
     mean = (np.zeros(train.shape[1]) + column_sum) / n
@@ -345,6 +482,11 @@ def _standardize(features: np.ndarray, train: np.ndarray) -> np.ndarray:
     constant = variance <= n[0] * eps * variance + (n[0] * mean * eps) ** 2
     scale = np.sqrt(variance)
     scale[constant] = 1.0
+    return mean, scale
+
+
+def _standardized(features: np.ndarray, mean: Any, scale: Any) -> np.ndarray:
+    """`features` centred on `mean` and divided by `scale` (StandardScaler's transform)."""
     scaled = np.array(features, dtype=np.float64, copy=True)
     scaled -= mean
     scaled /= scale
@@ -434,10 +576,12 @@ class TableSource:
 
 def load_table(
     source: TableSource, *, valid_fraction: float = 0.2, test_fraction: float = 0.2,
-    split_seed: int = 0, scale: bool = True, folds: int = 1,
+    split_seed: int = 0, scale: bool = True, folds: int = 1, scale_target: bool = False,
+    refit: bool = False,
 ) -> Dataset:
     """Load a CSV or Parquet file: the target and the task; numeric features scaled and text
-    columns one-hot encoded (fit on the training split); a seeded, stratified split."""
+    columns one-hot encoded (fit on the training split); a seeded, stratified split. The
+    other options are `load_dataset`'s."""
     where = f"{source.path}: "
     frame = read_table(source)
     if source.target not in frame.columns:
@@ -462,15 +606,18 @@ def load_table(
         _check_classes(target, source, where, splits=2 if test_fraction > 0 else 1)
 
     def encode(train_idx: np.ndarray) -> _Encoded:
-        return _encode(frame, kinds, train_idx, source, where)
+        columns = _fit_columns(frame, kinds, train_idx, source, where)
+        return _Encoded(_encode_columns(frame, columns, where), columns)
 
     return _assemble(source.label, task, target, encode, valid_fraction=valid_fraction,
                      test_fraction=test_fraction, split_seed=split_seed, scale=scale,
-                     where=where, folds=folds)
+                     where=where, folds=folds, scale_target=scale_target, refit=refit)
 
 
-def read_table(source: TableSource) -> Any:
-    """The file as a pandas DataFrame (pandas is imported here: most commands never need it)."""
+def read_table(source: TableSource, text_columns: Sequence[str] = ()) -> Any:
+    """The file as a pandas DataFrame (pandas is imported here: most commands never need it).
+    `text_columns` are read as text whatever they hold (a CSV of new rows whose category
+    column happens to hold only numbers)."""
     import pandas as pd
 
     path = Path(source.path)
@@ -486,7 +633,7 @@ def read_table(source: TableSource) -> Any:
     try:
         if is_parquet:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=separator)
+        return pd.read_csv(path, sep=separator, dtype=dict.fromkeys(text_columns, str))
     except ImportError as exc:
         raise DataError(f"{source.path}: reading Parquet needs pyarrow: pip install "
                         f"'hpsearch[parquet]' ({' '.join(str(exc).split())})") from None
@@ -603,49 +750,71 @@ def _check_missing(frame: Any, columns: Sequence[str], source: TableSource, wher
                         "training split (text columns take the most frequent), or fix the file")
 
 
-def _encode(frame: Any, kinds: Mapping[str, str], train_idx: np.ndarray, source: TableSource,
-            where: str) -> _Encoded:
-    """Numbers as they are and text one-hot over the training split's categories (unseen ones
-    encode as all zeros); missing values imputed from the training split."""
-    import pandas as pd
-
-    blocks: list[np.ndarray] = []
-    scaled: list[bool] = []
-    names: list[str] = []
+def _fit_columns(frame: Any, kinds: Mapping[str, str], train_idx: np.ndarray,
+                 source: TableSource, where: str) -> tuple[InputColumn, ...]:
+    """Each feature column's encoding, fit on the training split: text one-hot over the
+    training split's categories; with `impute`, the value a missing one takes."""
+    columns = []
     for name, kind in kinds.items():
-        column = frame[name]
-        if kind == NUMERIC:
-            if not pd.api.types.is_numeric_dtype(column):
-                column = pd.to_numeric(column.astype(object), errors="coerce")
-            column = column.astype(np.float64)
-        else:
-            column = column.astype(object).where(column.notna(), None).map(
-                lambda v: v if v is None else str(v))
-        train = column.iloc[train_idx]
-        if column.isna().any():
+        train = _typed(frame[name], kind).iloc[train_idx]
+        fill = None
+        if source.impute is not None:
             if train.isna().all():
                 raise DataError(f"{where}column {name!r} has no values in the training split "
                                 "to impute from")
-            column = column.fillna(_fill_value(train, kind, source.impute))
-            train = column.iloc[train_idx]
-        if kind == NUMERIC:
+            fill = _fill_value(train, kind, source.impute)
+        categories = tuple(sorted(set(train.dropna()))) if kind == CATEGORICAL else ()
+        columns.append(InputColumn(str(name), kind, fill, categories))
+    return tuple(columns)
+
+
+def _encode_columns(frame: Any, columns: Sequence[InputColumn], where: str) -> np.ndarray:
+    """The rows of `frame` as features (float64): numbers as they are, text one-hot (an
+    unseen category as all zeros), missing values filled as each column says."""
+    blocks: list[np.ndarray] = []
+    for spec in columns:
+        raw = frame[spec.name]
+        column = _typed(raw, spec.kind)
+        missing = column.isna()
+        if spec.kind == NUMERIC and (missing & raw.notna()).any():
+            # Only rows to predict get here: a study's file was checked as it was read.
+            bad = raw[missing & raw.notna()]
+            raise DataError(f"{where}column {spec.name!r} is numeric but {len(bad)} value"
+                            f"{'s are' if len(bad) > 1 else ' is'} not a number (e.g. "
+                            f"{bad.iloc[0]!r})")
+        if missing.any():
+            if spec.fill is None:
+                raise DataError(f"{where}column {spec.name!r} has {int(missing.sum())} missing "
+                                "values, and the study fills none (its [data] sets no impute)")
+            column = column.fillna(spec.fill)
+        if spec.kind == NUMERIC:
             blocks.append(column.to_numpy(dtype=np.float64)[:, None])
-            scaled.append(True)
-            names.append(str(name))
             continue
-        categories = sorted(set(train))
         values = column.to_numpy(dtype=object)
-        blocks.append(np.stack([values == c for c in categories], axis=1).astype(np.float64))
-        scaled += [False] * len(categories)
-        names += [f"{name}={c}" for c in categories]
-    return _Encoded(np.concatenate(blocks, axis=1), np.array(scaled, bool), tuple(names))
+        blocks.append(np.stack([values == c for c in spec.categories], axis=1)
+                      .astype(np.float64))
+    return np.concatenate(blocks, axis=1)
+
+
+def _typed(column: Any, kind: str) -> Any:
+    """A column as its kind encodes it: float64 (a non-number is missing), or text (None
+    where missing)."""
+    import pandas as pd
+
+    if kind == NUMERIC:
+        if not pd.api.types.is_numeric_dtype(column):
+            column = pd.to_numeric(column.astype(object), errors="coerce")
+        return column.astype(np.float64)
+    return column.astype(object).where(column.notna(), None).map(
+        lambda v: v if v is None else str(v))
 
 
 def _fill_value(train: Any, kind: str, impute: str | None) -> Any:
     if kind == CATEGORICAL or impute == "most_frequent":
         # Ties go to the smallest value, so the choice is reproducible.
         counts = train.dropna().value_counts()
-        return min(counts.index[counts == counts.max()])
+        value = min(counts.index[counts == counts.max()])
+        return str(value) if kind == CATEGORICAL else float(value)
     return float(train.mean() if impute == "mean" else train.median())
 
 

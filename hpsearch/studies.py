@@ -5,7 +5,7 @@ them, re-train a stored trial."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from hpsearch.params import Value
 from hpsearch.records import (
     ATTR_CONFIG,
     ATTR_DEVICE,
+    ATTR_EPOCHS_RUN,
     ATTR_FINGERPRINT,
     ATTR_SEED,
     ATTR_VERSION,
@@ -69,16 +70,24 @@ def _check_same_study(
         raise ConfigError(f"{where} was not created by hpsearch; choose another name "
                           "with --name")
     now = config.as_dict()
+    # A config stored without scale_target trained on the raw target: the same data as now
+    # exactly when the fingerprints agree (a class target is never scaled, a regression
+    # target is raw with scale_target = false), which the fingerprint check decides.
+    raw_target = "scale_target" not in stored[ATTR_CONFIG].get("data", {})
     changes = [
         f"{key}: stored {old!r}, now {new!r}"
         for key, old, new in _differences(stored[ATTR_CONFIG], now)
-        if key not in ("description", "name")
+        if key not in ("description", "name") and not (raw_target and key == "data.scale_target")
     ]
     if changes:
         raise ConfigError(f"{where} was created from a different study file ({changes[0]}"
                           f"{f' and {len(changes) - 1} more' if len(changes) > 1 else ''}); "
                           "restore the file or run it under a new name with --name")
     if stored.get(ATTR_FINGERPRINT) not in (None, fingerprint):
+        if raw_target and config.data.scale_target:
+            raise ConfigError(f"{where} trained on the unscaled regression target (its stored "
+                              "config has no scale_target); set scale_target = false in [data] "
+                              "to resume it, or run it under a new name with --name")
         raise ConfigError(f"{where} was run on different data (fingerprint "
                           f"{stored[ATTR_FINGERPRINT]}, now {fingerprint}); run it under a "
                           "new name with --name")
@@ -142,7 +151,7 @@ class Retrained:
 
     trial: FrozenTrial
     params: dict[str, Value]
-    run: TrainedRun  # its first run
+    run: TrainedRun  # its first run (the one `hpsearch train --save` keeps), or the refit
     epoch: int | None  # the last epoch the stored trial reported (None: it reported none)
     stored_loss: float | None
     retrained_loss: float | None  # at that same epoch: the mean over its runs
@@ -150,11 +159,14 @@ class Retrained:
 
 
 def retrain_trial(study_name: str, storage_url: str, number: int,
-                  device: str | None = None) -> Retrained:
+                  device: str | None = None, refit: bool = False) -> Retrained:
     """Train trial `number` of a stored study again: same config, parameters and seed, on
     `device` (default: the device the trial ran on; trials that predate devices ran on the CPU).
 
-    A pruned trial is trained to the end; its loss is compared at the epoch it was pruned."""
+    A pruned trial is trained to the end; its loss is compared at the epoch it was pruned.
+    `refit`: train one run (the first run's seed) on the training and validation rows
+    together, for the epochs the trial ran; nothing to compare (no loss of those rows is
+    stored)."""
     # Imported here: listing and loading studies (`hpsearch studies`, the reports) never train.
     from hpsearch.training import train_configuration
 
@@ -170,14 +182,21 @@ def retrain_trial(study_name: str, storage_url: str, number: int,
     config = stored_config(study)
     params = config.space.complete(trial.params)
     device = device or trial.user_attrs.get(ATTR_DEVICE, "cpu")
-    data = config.load_data()
     runs = evaluation_runs(config.evaluation)
     seeds = ([int(trial.user_attrs.get(ATTR_SEED, trial_seed(config.seed, number)))]
              if len(runs) == 1 else
              [run_seed(config.seed, number, run, len(runs)) for run in runs])
-    trained = tuple(train_configuration(config, data.fold(run.fold), params, seed,
-                                        device=device) for run, seed in zip(runs, seeds,
-                                                                            strict=True))
+    if refit:
+        epochs = int(trial.user_attrs.get(ATTR_EPOCHS_RUN, config.training.epochs))
+        run = train_configuration(config, config.load_data(refit=True), params, seeds[0],
+                                  device=device, epochs=epochs)
+        run = replace(run, refit=True, trial=number)
+        return Retrained(trial, params, run, None, None, None, (run,))
+    data = config.load_data()
+    trained = tuple(
+        replace(train_configuration(config, data.fold(run.fold), params, seed, device=device),
+                trial=number, fold=run.fold if data.folds else None)
+        for run, seed in zip(runs, seeds, strict=True))
     epoch = max(trial.intermediate_values, default=None)
     retrained = None
     if epoch and all(epoch <= len(t.result.history) for t in trained):

@@ -14,15 +14,17 @@ run; the batch order is drawn on the CPU, so a seed gives the same batches on ev
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hpsearch.config import StudyConfig
-from hpsearch.data import CLASSIFICATION, Dataset, Split
+from hpsearch.data import CLASSIFICATION, Dataset, Preprocessing, Split
 from hpsearch.errors import ConfigError
 from hpsearch.models import build_model, head_and_body
 from hpsearch.optimizers import OPTIMIZERS, weight_decay_of
@@ -30,6 +32,9 @@ from hpsearch.params import Value
 from hpsearch.records import COMPLETED, DIVERGED
 from hpsearch.schedulers import Schedule, build_schedule
 from hpsearch.space import CLIP_GRAD_NORM, HEAD_LR_MULT, USE_CLIP_GRAD_NORM
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STOPPED = "stopped"  # on_epoch_end asked the run to stop
 
@@ -220,17 +225,42 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
 
 @dataclass
 class TrainedRun:
-    """A finished run with what built it, for callers that inspect the model afterwards."""
+    """A finished run with what built it: its history and model, and everything needed to
+    use the model on new rows (`predict`) or to keep it in a model file (`save`;
+    `hpsearch.model_file` says what the file holds)."""
 
     result: FitResult
     model: nn.Module
+    config: StudyConfig
+    params: dict[str, Value]
+    seed: int
+    preprocessing: Preprocessing  # fit on the rows it trained on
+    train_rows: int
+    refit: bool = False  # trained on the training and validation rows together
+    trial: int | None = None  # the stored trial it trained again
+    fold: int | None = None  # that trial's fold it trained on (None: one validation split)
+
+    def predict(self, rows: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+        """Predictions for `rows` (a DataFrame, or a CSV/TSV/Parquet file): see
+        `model_file.predict`."""
+        from hpsearch.model_file import predict
+
+        return predict(self, rows)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file `path` (`model_file.save_model`); returns its path."""
+        from hpsearch.model_file import save_model
+
+        return save_model(self, path)
 
 
-def model_for(config: StudyConfig, data: Dataset, params: Mapping[str, Value]) -> nn.Module:
-    """The study's model for one configuration (on the CPU): fixed options from the study
-    file, and the trial's values of the parameters a user's factory searches."""
+def model_for(config: StudyConfig, shape: Dataset | Preprocessing,
+              params: Mapping[str, Value]) -> nn.Module:
+    """The study's model for one configuration (on the CPU), for data of `shape`'s numbers
+    of features and outputs: fixed options from the study file, and the trial's values of
+    the parameters a user's factory searches."""
     searched = {p.name: params[p.name] for p in config.space.model if p.name in params}
-    return build_model(config.model.kind, data.n_features, data.n_outputs,
+    return build_model(config.model.kind, shape.n_features, shape.n_outputs,
                        config.model.options, searched)
 
 
@@ -258,11 +288,12 @@ def clip_norm(params: Mapping[str, Value]) -> float:
 
 def start_run(
     config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
-    device: torch.device, generator: torch.Generator | None = None,
+    device: torch.device, generator: torch.Generator | None = None, epochs: int | None = None,
 ) -> EpochRunner:
     """Build the model, optimizer and schedule of one configuration on `device` (where `data`
     is), ready to train. `seed` fixes the initial weights and, unless `generator` is given,
-    seeds the batch order."""
+    seeds the batch order. `epochs`: stop after these (default: the study's epochs, which
+    are always the schedule's budget)."""
     torch.manual_seed(seed)
     model = model_for(config, data, params).to(device)
     optimizer = build_optimizer(model, params, config.model.kind)
@@ -274,21 +305,25 @@ def start_run(
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     return EpochRunner(model, optimizer, schedule, loss_function(data.task), data,
-                       config.training.epochs, batch_size, generator, clip_norm(params))
+                       epochs or config.training.epochs, batch_size, generator,
+                       clip_norm(params))
 
 
 def train_configuration(
     config: StudyConfig, data: Dataset, params: Mapping[str, Value], seed: int,
     on_epoch_end: EpochCallback | None = None, device: str | torch.device = "cpu",
+    epochs: int | None = None,
 ) -> TrainedRun:
-    """Build the model, optimizer and schedule for one configuration and train it on `device`.
+    """Build the model, optimizer and schedule for one configuration and train it on `device`
+    (for `epochs`, default the study's).
 
     `seed` fixes the initial weights and the batch order, so the same (params, seed) trains
     the same run again (bit for bit on the same machine and device).
     """
     device = resolve_device(device)
-    runner = start_run(config, data.to(device), params, seed, device)
-    return TrainedRun(runner.run(on_epoch_end), runner.model)
+    runner = start_run(config, data.to(device), params, seed, device, epochs=epochs)
+    return TrainedRun(runner.run(on_epoch_end), runner.model, config, dict(params), seed,
+                      data.preprocessing, len(data.train))
 
 
 def check_model(config: StudyConfig, data: Dataset) -> None:
@@ -316,12 +351,13 @@ def check_model(config: StudyConfig, data: Dataset) -> None:
 
 def train_single(
     config: StudyConfig, given: Mapping[str, Any], seed: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", refit: bool = False,
 ) -> tuple[dict[str, Value], TrainedRun]:
     """Train one configuration of `config`'s space: the given values, the study's fixed
-    values, and defaults for the rest (`hpsearch train --set name=value`)."""
+    values, and defaults for the rest (`hpsearch train --set name=value`). `refit`: on the
+    training and validation rows together (a final model)."""
     params = config.space.complete(given)
     # One run on the study's one validation split, whatever its evaluation's folds.
-    run = train_configuration(config, config.load_data(folds=1), params,
+    run = train_configuration(config, config.load_data(folds=1, refit=refit), params,
                               config.seed if seed is None else seed, device=device)
-    return params, run
+    return params, replace(run, refit=refit)

@@ -57,3 +57,45 @@ def test_bad_dataset_inputs():
         load_dataset("linreg", {"rows": 5})
     with pytest.raises(DataError, match="linreg needs n >= 10"):
         load_dataset("linreg", {"n": 3})
+
+
+@pytest.mark.parametrize(("name", "loader"), [
+    ("wine", "load_wine"), ("breast_cancer", "load_breast_cancer"), ("digits", "load_digits"),
+    ("iris", "load_iris")])
+def test_a_builtin_datasets_features_are_named_as_scikit_learn_names_them(name, loader):
+    # The columns of scikit-learn's DataFrame: what a CSV of new rows to predict has.
+    from sklearn import datasets
+
+    frame = getattr(datasets, loader)(as_frame=True).frame
+    assert load_dataset(name).feature_names == tuple(frame.columns[:-1])
+    assert load_dataset("linreg", {"p": 3}).feature_names == ("x0", "x1", "x2")
+
+
+def test_a_regression_target_is_standardized_on_the_training_split_only():
+    raw = load_dataset("linreg", {"n": 400, "noise": 1.0}, split_seed=3)
+    scaled = load_dataset("linreg", {"n": 400, "noise": 1.0}, split_seed=3, scale_target=True)
+    target = scaled.train.target.double()
+    assert target.mean().item() == pytest.approx(0, abs=1e-6)
+    assert target.std(unbiased=False).item() == pytest.approx(1, abs=1e-6)
+    assert abs(scaled.valid.target.double().mean().item()) > 1e-3  # not fit on valid
+    fitted = scaled.preprocessing
+    train = raw.train.target.double()
+    assert fitted.target_mean == pytest.approx(train.mean().item(), rel=1e-6)
+    assert fitted.target_scale == pytest.approx(train.std(unbiased=False).item(), rel=1e-6)
+    for name in ("train", "valid", "test"):
+        back = getattr(scaled, name).target.double() * fitted.target_scale + fitted.target_mean
+        assert torch.allclose(back, getattr(raw, name).target.double(), rtol=1e-5, atol=1e-5)
+    # A loss of the scaled target, as an RMSE in the target's units.
+    assert fitted.rmse(0.25) == pytest.approx(0.5 * fitted.target_scale)
+    assert (raw.preprocessing.target_mean, raw.preprocessing.target_scale) == (0.0, 1.0)
+    assert raw.preprocessing.rmse(0.25) == 0.5
+    assert torch.equal(raw.train.features, scaled.train.features)
+    assert raw.fingerprint != scaled.fingerprint
+
+
+def test_a_class_target_is_never_scaled():
+    plain = load_dataset("wine", split_seed=4)
+    asked = load_dataset("wine", split_seed=4, scale_target=True)
+    assert plain.fingerprint == asked.fingerprint
+    assert torch.equal(plain.train.target, asked.train.target)
+    assert asked.preprocessing.labels == (0, 1, 2) and asked.classes == ("0", "1", "2")

@@ -121,7 +121,7 @@ def test_splits_folds_and_scaling_are_scikit_learns(name):
             got = data._k_folds(rest, target, folds, seed, classify)
             assert all(same(g, e) for g, e in zip(got, expected, strict=True))
         train = features[rest]
-        assert data._standardize(features, train).tobytes() == \
+        assert data._standardized(features, *data._scaler(features, train)).tobytes() == \
             StandardScaler().fit(train).transform(features).tobytes()
 
 
@@ -142,5 +142,5 @@ def test_random_splits_and_scaling_are_scikit_learns():
                 continue
             assert same(data._split(np.arange(n), fraction, seed, stratify), tuple(expected))
         train = features[: n // 2]
-        assert data._standardize(features, train).tobytes() == \
+        assert data._standardized(features, *data._scaler(features, train)).tobytes() == \
             StandardScaler().fit(train).transform(features).tobytes()

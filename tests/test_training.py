@@ -26,6 +26,16 @@ def test_linreg_recovers_w_true_as_in_seed_003():
     assert result.last.val_loss == pytest.approx(0.04, abs=0.008)
 
 
+def test_linreg_trains_in_its_own_units_as_seed_003_does():
+    config = load_study_config("linreg")
+    assert not config.data.scale_target  # scale = false: x and y as drawn
+    _, run = train_single(config, {"scheduler": "none"})
+    assert (run.preprocessing.target_mean, run.preprocessing.target_scale) == (0.0, 1.0)
+    # Seed 003's final loss, 0.0404: the noise's variance 0.2 ** 2, in y's units.
+    assert run.result.last.val_loss == pytest.approx(0.0404, abs=0.003)
+    assert run.preprocessing.rmse(run.result.last.val_loss) == pytest.approx(0.2, abs=0.01)
+
+
 def test_seed_004_plateau_lr_falls_as_reduce_lr_on_plateau_dictates():
     config = load_study_config("wine")
     params, run = train_single(
