@@ -20,9 +20,11 @@ import contextlib
 import ctypes
 import fcntl
 import importlib
+import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import tempfile
@@ -105,12 +107,15 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
     handle, path = tempfile.mkstemp(prefix="hpsearch-slots-", suffix=".lock")
     os.close(handle)
     lock = FileLock(path)
-    errors = context.SimpleQueue()
+    # One pipe per worker for its error line: a pipe holds no semaphore, so a parent killed
+    # with kill -9 leaves nothing for multiprocessing's resource tracker to warn about.
+    pipes = [context.Pipe(duplex=False) for _ in range(count)]
     levels = (logging.getLogger().getEffectiveLevel(),
               logging.getLogger("optuna").getEffectiveLevel())
     processes = [
         context.Process(target=_worker_main, name=f"hpsearch-worker-{index}",
-                        args=(work, index, lock, errors, levels, args, os.getpid(), imports))
+                        args=(work, index, lock, pipes[index][1], levels, args, os.getpid(),
+                              imports))
         for index in range(count)
     ]
     interrupted = threading.Event()
@@ -119,19 +124,21 @@ def run_workers(work: Work, count: int, args: tuple[Any, ...],
             process.start()
         arm()
         try:
-            _supervise(processes, errors, on_poll, poll_s, interrupted)
+            _supervise(processes, [reader for reader, _ in pipes], on_poll, poll_s,
+                       interrupted)
         except BaseException:
             _stop(processes)
             raise
         finally:
-            errors.close()
+            for connection in itertools.chain.from_iterable(pipes):
+                connection.close()
             lock.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     return [process.pid for process in processes]
 
 
-def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any,
+def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: list[Any],
                on_poll: Callable[[], None], poll_s: float, interrupted: threading.Event) -> None:
     running = {process.sentinel: index for index, process in enumerate(processes)}
     while running:
@@ -153,15 +160,25 @@ def _supervise(processes: list[multiprocessing.process.BaseProcess], errors: Any
                     log.warning("worker %d (pid %d) was interrupted; the other workers go on",
                                 index, process.pid)
             else:
-                if errors.empty():
+                said = _error_line(errors[index])
+                if said is None:
                     raise HPSearchError(f"worker {index} stopped: exit code {code}")
-                storage, message = errors.get()
+                storage, message = said
                 # The storage lost is every worker's problem, and said as it is.
                 raise StorageError(message) if storage else \
                     HPSearchError(f"worker {index} stopped: {message}")
         if interrupted.is_set():
             raise KeyboardInterrupt
         on_poll()
+
+
+def _error_line(reader: Any) -> tuple[bool, str] | None:
+    """What a worker that failed said before it exited ((is it the storage's, the line)), or
+    None where it said nothing (killed before, or mid-way through saying it)."""
+    try:
+        return reader.recv() if reader.poll() else None
+    except (EOFError, OSError, pickle.UnpicklingError):
+        return None
 
 
 def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
@@ -226,13 +243,13 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except HPSearchError as exc:
-        errors.put((isinstance(exc, StorageError), str(exc)))
+        errors.send((isinstance(exc, StorageError), str(exc)))
         code = 1
     except Exception as exc:  # a bug: the line for the parent, the traceback for --debug
         log.debug("worker %d failed:\n%s", index, traceback.format_exc())
         where = traceback.extract_tb(exc.__traceback__)[-1]
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        errors.put((False, f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:"
+        errors.send((False, f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:"
                            f"{where.lineno}, {where.name})"))
         code = 1
     _exit_without_teardown(code)
