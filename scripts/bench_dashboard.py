@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -59,8 +59,11 @@ class Served:
                         f"/api/studies/{self.study_id}?after=0")
 
     def load(self, cold: bool) -> tuple[float, bytes]:
+        cache = self.app._inmemory_cache
         if cold:
-            self.app._inmemory_cache.clear()
+            cache.clear()
+        else:  # its trials as fresh as they were just read: the load serializes them only
+            cache._trials_last_fetched_at[self.study_id] = datetime.now()
         started = time.perf_counter()
         with urllib.request.urlopen(self.address) as response:
             body = response.read()
@@ -106,10 +109,6 @@ def stored_attrs(served: Served) -> Counter:
         for key, value in trial.user_attrs.items():
             held[key] += size(value)
     return held
-
-
-def median_of(action: Callable[[], float], runs: int) -> float:
-    return statistics.median(action() for _ in range(runs))
 
 
 def build(url: str, study: str, trials: int) -> None:

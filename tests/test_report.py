@@ -4,6 +4,7 @@ Optuna's own view of a real small study, and against hand-built studies for the 
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections import defaultdict
@@ -16,7 +17,14 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.errors import ConfigError, HPSearchError
 from hpsearch.optimizers import OPTIMIZERS
-from hpsearch.records import ATTR_LR_CURVE, count_trials, stored_lrs
+from hpsearch.records import (
+    ATTR_LR_CURVE,
+    ATTR_RUN_VAL_ACCURACY,
+    ATTR_RUN_VAL_LOSS,
+    count_trials,
+    run_user_attrs,
+    stored_lrs,
+)
 from hpsearch.report import (
     CORE_COLUMNS,
     SUMMARY_BY,
@@ -33,6 +41,7 @@ from hpsearch.report import (
 )
 from hpsearch.schedulers import SCHEDULERS
 from hpsearch.studies import load_stored_study, retrain_trial
+from hpsearch.training import EpochStats
 
 DISTRIBUTIONS = {
     "optimizer": CategoricalDistribution(list(OPTIMIZERS)),
@@ -134,6 +143,18 @@ def test_a_stored_lr_curve_is_the_lrs_it_trained_with_to_4_significant_digits(sm
     stored = best.user_attrs[ATTR_LR_CURVE]
     assert stored == [float(f"{lr:.4g}") for lr in trained] == stored_lrs(trained)
     assert stored != trained  # the searched lr has more digits than the curve keeps
+
+
+def test_run_records_keep_each_runs_loss_whole_and_its_accuracy_to_7_digits():
+    """The paired statistics compare the runs' losses: those are stored as they are."""
+    close = 0.1606821575178448
+    losses = [close, math.nextafter(close, 1.0), 0.04400026312748047]  # no tie to make
+    accuracies = [27 / 29, 1.0, 26 / 28]
+    histories = [[EpochStats(1, 0.1, 0.5, loss, accuracy)]
+                 for loss, accuracy in zip(losses, accuracies, strict=True)]
+    attrs = run_user_attrs(histories, epochs=1)
+    assert attrs[ATTR_RUN_VAL_LOSS] == losses
+    assert attrs[ATTR_RUN_VAL_ACCURACY] == [0.9310345, 1.0, 0.9285714]
 
 
 # -- summaries --------------------------------------------------------------------------------
