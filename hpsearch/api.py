@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from hpsearch.confirm import ConfirmOutcome
     from hpsearch.dashboard import DashboardServer
+    from hpsearch.data import Dataset
     from hpsearch.export import Exported, StudyReport
     from hpsearch.params import Value
     from hpsearch.records import TrialCounts
@@ -58,8 +59,8 @@ _REPORT_HELPERS = ("leaderboard", "param_importances", "summary", "trials_frame"
 
 __all__ = [
     "StudyLike", "config", "confirm", "dashboard", "export", "load", "load_model", "optimize",
-    "refresh_dashboards", "report", "retrain", "search", "stored", "studies", "train",
-    *_REPORT_HELPERS,
+    "refresh_dashboards", "report", "retrain", "search", "stored", "stored_name", "studies",
+    "train", *_REPORT_HELPERS,
 ]
 
 
@@ -95,7 +96,7 @@ def search(
     name: str | None = None, workers: int = 1, device: str | torch.device = AUTO,
     engine: str = AUTO, cohort_size: int = DEFAULT_COHORT_SIZE,
     on_progress: Callable[[Progress], None] | None = None,
-    on_start: Callable[[TrialCounts], None] | None = None,
+    on_start: Callable[[TrialCounts, Dataset], None] | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search until the study has `trials` finished trials, then refresh
     its dashboard note and figures (`hpsearch optimize`). `engine`: auto (the cohort engine
@@ -146,12 +147,28 @@ def studies(storage: str | None = None) -> list[StudyRow]:
     return list_studies(resolve_storage_url(storage))
 
 
-def load(name: str, storage: str | None = None) -> optuna.Study:
-    """A stored study by name (a StorageError lists the studies the storage has)."""
+def stored_name(study: StudyLike) -> str:
+    """The name `study` is stored under: a config's or a study document's name; for a path
+    (`*.toml`, or with a folder) or a name in studies/, its study file's name (a file may name
+    its study otherwise); any other string as it is (a study stored under a name of its own,
+    with `--name`). Every function that reads a stored study takes `study` this way."""
+    from hpsearch.config import study_folders
+
+    if isinstance(study, StudyConfig | Mapping):
+        return config(study).name
+    text = os.fspath(study)
+    if text.endswith(".toml") or os.sep in text or \
+            any((folder / f"{text}.toml").is_file() for folder in study_folders()):
+        return config(text).name
+    return text
+
+
+def load(name: StudyLike, storage: str | None = None) -> optuna.Study:
+    """A stored study (a StorageError lists the studies the storage has)."""
     from hpsearch.storage.urls import resolve_storage_url
     from hpsearch.studies import load_stored_study
 
-    return load_stored_study(name, resolve_storage_url(storage))
+    return load_stored_study(stored_name(name), resolve_storage_url(storage))
 
 
 def stored(study: optuna.Study) -> StudyConfig:
@@ -175,7 +192,7 @@ def train(
     return train_single(config(study), dict(params or {}), seed, device=device, refit=refit)
 
 
-def retrain(name: str, trial: int, storage: str | None = None,
+def retrain(name: StudyLike, trial: int, storage: str | None = None,
             device: str | None = None, refit: bool = False) -> Retrained:
     """Train stored trial `trial` again with its parameters and seed (`hpsearch train
     --trial`); its validation loss is compared with the stored one. `device` defaults to
@@ -185,7 +202,8 @@ def retrain(name: str, trial: int, storage: str | None = None,
     from hpsearch.storage.urls import resolve_storage_url
     from hpsearch.studies import retrain_trial
 
-    return retrain_trial(name, resolve_storage_url(storage), trial, device=device, refit=refit)
+    return retrain_trial(stored_name(name), resolve_storage_url(storage), trial, device=device,
+                         refit=refit)
 
 
 def load_model(path: str | os.PathLike) -> TrainedRun:
@@ -197,7 +215,7 @@ def load_model(path: str | os.PathLike) -> TrainedRun:
     return load(path)
 
 
-def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None,
+def confirm(name: StudyLike, top: int = 3, seeds: int = 10, storage: str | None = None,
             workers: int = 1, device: str = AUTO, trials: Sequence[int] = (),
             on_start: Callable[[int, int], None] | None = None,
             on_progress: Callable[[int], None] | None = None, engine: str = AUTO,
@@ -208,44 +226,47 @@ def confirm(name: str, top: int = 3, seeds: int = 10, storage: str | None = None
     from hpsearch.confirm import run_confirmation
     from hpsearch.storage.urls import resolve_storage_url
 
-    return run_confirmation(name, resolve_storage_url(storage), top=top, seeds=seeds,
+    return run_confirmation(stored_name(name), resolve_storage_url(storage), top=top, seeds=seeds,
                             trials=trials, workers=workers, device=device, on_start=on_start,
                             on_progress=on_progress, engine=engine, cohort_size=cohort_size)
 
 
-def report(name: str, top: int = 10, by: Sequence[str] = (),
+def report(name: StudyLike, top: int = 10, by: Sequence[str] = (),
            storage: str | None = None) -> StudyReport:
     """Which schedule and optimizer win: leaderboard, summaries, verdict (`hpsearch report`);
     render it with `hpsearch.export.renderer("table" | "markdown" | "csv")`."""
     from hpsearch.export import SUMMARY_BY, build_report
     from hpsearch.storage.urls import resolve_storage_url
 
-    return build_report(name, resolve_storage_url(storage), top, tuple(by) or SUMMARY_BY)
+    return build_report(stored_name(name), resolve_storage_url(storage), top,
+                        tuple(by) or SUMMARY_BY)
 
 
-def export(name: str, out: str | os.PathLike, top: int = 10,
+def export(name: StudyLike, out: str | os.PathLike, top: int = 10,
            storage: str | None = None) -> Exported:
     """Write the study's report as CSV, markdown and PNG files to `out` (`hpsearch export`)."""
     from hpsearch.export import export_report
     from hpsearch.storage.urls import resolve_storage_url
 
-    return export_report(name, resolve_storage_url(storage), out, top)
+    return export_report(stored_name(name), resolve_storage_url(storage), out, top)
 
 
-def dashboard(name: str | None = None, storage: str | None = None, host: str = "127.0.0.1",
+def dashboard(name: StudyLike | None = None, storage: str | None = None, host: str = "127.0.0.1",
               port: int = 8080) -> DashboardServer:
     """optuna-dashboard on the storage, notes and figures refreshed, ready to
     `serve_forever()` (`hpsearch dashboard`)."""
     from hpsearch.dashboard import start_dashboard
     from hpsearch.storage.urls import resolve_storage_url
 
-    return start_dashboard(resolve_storage_url(storage), name, host, port)
+    return start_dashboard(resolve_storage_url(storage),
+                           None if name is None else stored_name(name), host, port)
 
 
-def refresh_dashboards(name: str | None = None, storage: str | None = None) -> list[str]:
+def refresh_dashboards(name: StudyLike | None = None, storage: str | None = None) -> list[str]:
     """Rewrite the dashboard notes and figures of the study `name` (default: every hpsearch
     study in the storage); the names refreshed (`hpsearch dashboard --refresh`)."""
     from hpsearch.dashboard import refresh_studies
     from hpsearch.storage.urls import resolve_storage_url
 
-    return refresh_studies(resolve_storage_url(storage), name)
+    return refresh_studies(resolve_storage_url(storage),
+                           None if name is None else stored_name(name))

@@ -20,6 +20,7 @@ from hpsearch.errors import HPSearchError
 # not wait for torch, Optuna or pandas, and the reading commands never import torch.
 if TYPE_CHECKING:
     from hpsearch.config import EvaluationConfig
+    from hpsearch.data import Dataset
     from hpsearch.params import Value
     from hpsearch.records import TrialCounts
     from hpsearch.search.run import Progress, SearchOutcome
@@ -31,8 +32,17 @@ STORAGE_HELP = ("Storage URL (default: $HPSEARCH_STORAGE, else sqlite:///hpsearc
                 "sqlite:///runs/wine.db or postgresql+psycopg://user@host/db.")
 
 
+STORED_STUDY_HELP = ("A stored study: its name, or its study file (a path, or a name in "
+                     "studies/), whose name it is stored under.")
+
+
 def _storage_option(function: Callable) -> Callable:
     return click.option("--storage", metavar="URL", help=STORAGE_HELP)(function)
+
+
+def _stored_study_option(function: Callable) -> Callable:
+    return click.option("--study", "study", required=True, metavar="NAME|PATH",
+                        help=STORED_STUDY_HELP)(function)
 
 
 def _command(function: Callable) -> Callable:
@@ -69,8 +79,24 @@ def _command(function: Callable) -> Callable:
             click.echo("Interrupted. What was stored is kept; run the same command again to "
                        "continue.", err=True)
             raise SystemExit(130) from None
+        except BrokenPipeError:
+            # The reader of our output has closed it (`| head`): it has read what it wanted,
+            # and the command's work is done. Nothing more to say, and nowhere to say it.
+            _drop_stdout()
+            raise SystemExit(0) from None
 
     return wrapper
+
+
+def _drop_stdout() -> None:
+    """Send what is left to write on stdout nowhere, so that the interpreter's final flush
+    does not fail on the closed pipe too."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -100,7 +126,7 @@ def cli(debug: bool, verbose: bool) -> None:
                    "study: re-running continues up to it.")
 @_storage_option
 @click.option("--name", help="Store the study under this name instead of the file's name.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads (1 is fastest for small models; each worker uses 1).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes on this machine sharing the study (about one per core).")
@@ -111,7 +137,9 @@ def cli(debug: bool, verbose: bool) -> None:
                    "once as one stacked model: built-in MLPs), auto (cohort where it can).")
 @click.option("--cohort-size", type=int, default=hp.DEFAULT_COHORT_SIZE, show_default=True,
               help="Trials the cohort engine trains at once.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True,
+              help="No header (what is searched, what was inferred from the data) and no "
+                   "progress bar: only the summary.")
 @_command
 def optimize(study: str, trials: int, storage: str | None, name: str | None, threads: int,
              workers: int, device: str, engine: str, cohort_size: int, quiet: bool) -> None:
@@ -136,8 +164,9 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
 
     config = hp.config(study, name)
     url = resolve_storage_url(storage)
-    torch.set_num_threads(max(1, threads))
-    progress = _ProgressBar(config.name, trials, disable=quiet)
+    torch.set_num_threads(threads)
+    progress = _ProgressBar(config.name, trials, disable=quiet, url=mask_url(url),
+                            evaluation=config.evaluation)
     try:
         outcome = hp.search(config, trials, storage=url, workers=workers, device=device,
                             engine=engine, cohort_size=cohort_size,
@@ -159,16 +188,28 @@ def optimize(study: str, trials: int, storage: str | None, name: str | None, thr
 
 
 class _ProgressBar:
-    """tqdm bar of finished trials with the best validation loss so far (to stderr)."""
+    """The search's header (to stdout), then a tqdm bar of finished trials with the best
+    validation loss so far (to stderr); neither with --quiet."""
 
-    def __init__(self, study_name: str, target: int, disable: bool):
+    def __init__(self, study_name: str, target: int, disable: bool, url: str,
+                 evaluation: EvaluationConfig):
         self.study_name = study_name
         self.target = target
         self.disable = disable
+        self.url = url
+        self.evaluation = evaluation
         self.bar = None
 
-    def start(self, counts: TrialCounts) -> None:
+    def start(self, counts: TrialCounts, data: Dataset) -> None:
+        """Say what is searched (what was inferred from the data too), then show the bar."""
         from tqdm import tqdm
+
+        if not self.disable:
+            click.echo(f"Study {self.study_name!r} in {self.url}: the target is {self.target} "
+                       f"finished trials ({counts.finished} finished so far).")
+            for line in data.describe():
+                click.echo(f"  {line}")
+            click.echo(f"  evaluation: {self.evaluation.describe()}")
 
         self.bar = tqdm(total=self.target, initial=min(counts.finished, self.target),
                         desc=self.study_name, unit="trial", disable=self.disable or None,
@@ -200,8 +241,11 @@ def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfi
         ran += f" with {outcome.workers} workers"
     if outcome.ran and outcome.engine == hp.COHORT:
         ran += f", cohort engine, {outcome.cohort_size} trials at a time"
-    click.echo(f"Study {name!r} in {mask_url(url)}: {c.finished} of {outcome.target} finished "
-               f"trials ({ran}).")
+    # More finished than the target: an earlier, larger --trials, or (by at most one trial
+    # each) other commands sharing the study.
+    finished = f"{c.finished} of {outcome.target}" if c.finished <= outcome.target else \
+        f"{c.finished} (the target is {outcome.target})"
+    click.echo(f"Study {name!r} in {mask_url(url)}: {finished} finished trials ({ran}).")
     click.echo(f"  complete {c.complete}, pruned {c.pruned}, diverged {c.diverged}, "
                f"failed {c.failed}")
     if evaluation.runs > 1:
@@ -239,7 +283,8 @@ def _print_params(params: Mapping[str, Value]) -> None:
 
 @cli.command()
 @click.option("--study", "study", required=True, metavar="NAME|PATH",
-              help="A study file (with --set), or a stored study's name (with --trial).")
+              help="A study file or a name in studies/ (with --set); a stored study, by its "
+                   "name or its study file (with --trial).")
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Fix one parameter (repeatable); the others take the study's fixed values, "
                    "else their defaults.")
@@ -250,7 +295,8 @@ def _print_params(params: Mapping[str, Value]) -> None:
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Print every K-th epoch.")
 @_storage_option
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch CPU threads.")
 @click.option("--device", type=click.Choice(hp.DEVICES), default=None,
               help="Where to train: auto, cpu, cuda, mps (default: auto; with --trial: the "
                    "device the trial ran on).")
@@ -280,11 +326,12 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
 
     from hpsearch.params import parse_assignment
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(threads)
     if trial_number is not None:
         if assignments or seed is not None:
             raise HPSearchError("--trial re-trains a stored trial as it was: it takes no --set "
                                 "or --seed")
+        study = hp.stored_name(study)
         again = hp.retrain(study, trial_number, storage=storage, device=device, refit=refit)
         state = again.trial.state.name.lower()
         if refit:
@@ -304,6 +351,7 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
             same = "identical" if difference == 0 else f"differs by {difference:.3g}"
             click.echo(f"Epoch {again.epoch}: stored validation loss {again.stored_loss:.6g}, "
                        f"re-trained {again.retrained_loss:.6g} ({same}).")
+        _fail_if_diverged(again.run, save_path)
         _save(again.run, save_path, len(again.runs))
         return
     config = hp.config(study)
@@ -319,7 +367,18 @@ def train(study: str, assignments: tuple[str, ...], trial_number: int | None, se
         layer = run.model[0]
         click.echo(f"Weights: {[round(w, 4) for w in layer.weight.detach()[0].tolist()]}")
         click.echo(f"Bias:    {layer.bias.detach()[0].item():.4f}")
+    _fail_if_diverged(run, save_path)
     _save(run, save_path, 1)
+
+
+def _fail_if_diverged(run: TrainedRun, save_path: str | None) -> None:
+    """A run that diverged is a failed training (exit 1), and not a model to keep."""
+    from hpsearch.records import DIVERGED
+
+    if run.result.end_reason == DIVERGED:
+        unsaved = "; no model was saved" if save_path else ""
+        raise HPSearchError(f"the run diverged at epoch {len(run.result.history)}{unsaved} "
+                            "(a lower lr, or gradient clipping, may keep it finite)")
 
 
 def _print_refit(run: TrainedRun) -> None:
@@ -431,6 +490,11 @@ def studies(storage: str | None) -> None:
                    f"{c.diverged:>8} {c.failed:>6} {c.running:>7} {c.waiting:>6} {best:>11} "
                    f"{number:>6}  "
                    f"{row.created}")
+    for row in rows:
+        if row.confirms:
+            click.echo(f"{row.name}: the confirmation runs of {row.confirms!r} (one seed "
+                       f"each, no best value): `hpsearch report --study {row.confirms}` shows "
+                       "the confirmed verdict.")
 
 
 @cli.command()
@@ -445,9 +509,13 @@ def space(study: str) -> None:
         hpsearch space --study wine
     """
     config = hp.config(study)
+    described = config.load_data(arrays=True).describe()
+    click.echo(f"Data {described[0]}")
+    for line in described[1:]:
+        click.echo(f"  {line}")
+    click.echo(f"Evaluation: {config.evaluation.describe()}.")
     click.echo(f"Search space of {config.name} (optimizers: {', '.join(config.space.optimizers)};"
                f" schedulers: {', '.join(config.space.schedulers)}):")
-    click.echo(f"Evaluation: {config.evaluation.describe()}.")
     params = config.space.relevant()
     width = max(len(p.name) for p in params)
     for param in params:
@@ -456,9 +524,9 @@ def space(study: str) -> None:
 
 
 @cli.command()
-@click.option("--study", "study", metavar="NAME",
+@click.option("--study", "study", metavar="NAME|PATH",
               help="Open this stored study's page (default: the list of studies); only its "
-                   "note and figures are refreshed.")
+                   "note and figures are refreshed. Its name, or its study file.")
 @_storage_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on. Any other lets other machines in: the dashboard "
@@ -506,16 +574,20 @@ def dashboard(study: str | None, storage: str | None, host: str, port: int,
 
 
 @cli.command()
-@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@_stored_study_option
 @click.option("--top", type=int, default=10, show_default=True,
               help="Trials in the leaderboard.")
 @click.option("--by", "by", multiple=True, metavar="scheduler|optimizer|pair",
               help="Which 'who wins' table to show (repeatable; default: all three).")
 @click.option("--format", "fmt", default="table", show_default=True,
               metavar="table|markdown|csv", help="Aligned text, GitHub markdown, or CSV.")
+@click.option("--wide", is_flag=True,
+              help="Text: every column of a table on one line, however wide (default: fit 120 "
+                   "columns).")
 @_storage_option
 @_command
-def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | None) -> None:
+def report(study: str, top: int, by: tuple[str, ...], fmt: str, wide: bool,
+           storage: str | None) -> None:
     """Which schedule and optimizer win: leaderboard, per-group summaries and a verdict.
 
     The summaries give, per scheduler, optimizer or optimizer x scheduler pair, the trial
@@ -528,12 +600,12 @@ def report(study: str, top: int, by: tuple[str, ...], fmt: str, storage: str | N
     """
     from hpsearch.export import renderer
 
-    render = renderer(fmt)  # an unknown format fails before the study is read
+    render = renderer(fmt, wide)  # an unknown format fails before the study is read
     click.echo(render(hp.report(study, top, by, storage)))
 
 
 @cli.command()
-@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@_stored_study_option
 @click.option("--out", "out", required=True, metavar="FOLDER",
               help="Folder to write to (created if needed; files of the same names are "
                    "replaced).")
@@ -550,6 +622,7 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
     \b
         hpsearch export --study wine --out results/wine
     """
+    study = hp.stored_name(study)
     exported = hp.export(study, out, top, storage)
     click.echo(f"Wrote {len(exported.files)} files for study {study!r} to {exported.folder}:")
     click.echo("  " + " ".join(exported.files))
@@ -559,7 +632,7 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
 
 
 @cli.command()
-@click.option("--study", "study", required=True, metavar="NAME", help="A stored study's name.")
+@_stored_study_option
 @click.option("--top", type=int, default=3, show_default=True,
               help="Confirm the best K complete trials and the best K of each scheduler "
                    "(equal parameters count once).")
@@ -572,7 +645,7 @@ def export(study: str, out: str, top: int, storage: str | None) -> None:
               help="Worker processes training runs side by side (about one per core).")
 @click.option("--device", type=click.Choice(hp.DEVICES), default="auto", show_default=True,
               help="Where runs train: auto (CUDA, else MPS, else CPU), cpu, cuda, mps.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads without --workers (each worker uses 1).")
 @click.option("--engine", type=click.Choice(hp.ENGINES), default="auto", show_default=True,
               help="What trains the runs: auto (cohort where the model stacks), reference, "
@@ -589,7 +662,8 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
     split and on the held-out test split the search never saw. Prints per configuration the
     mean and 95% interval of each metric and how optimistic the search's value was, and
     paired Wilcoxon comparisons (Holm-corrected) of the best configuration and the best
-    schedule against the runners-up, with a verdict: winner, tied, or more seeds needed.
+    schedule against the runners-up, with a verdict: winner, not the winner, tied
+    (identical), or inconclusive (not significant, or more seeds needed).
     Runs are stored as the study NAME:confirm in the same storage (optuna-dashboard shows
     it; `hpsearch report` and `export` include it); re-running resumes. Example:
 
@@ -605,7 +679,8 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
     from hpsearch.storage.urls import mask_url, resolve_storage_url
 
     url = resolve_storage_url(storage)
-    torch.set_num_threads(max(1, threads))
+    study = hp.stored_name(study)
+    torch.set_num_threads(threads)
     bars: list[Any] = []
 
     def start(to_run: int, stored: int) -> None:

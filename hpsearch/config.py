@@ -174,14 +174,17 @@ class StudyConfig:
             document["evaluation"] = plain(self.evaluation)
         return document
 
-    def load_data(self, folds: int | None = None, refit: bool = False) -> Dataset:
+    def load_data(self, folds: int | None = None, refit: bool = False,
+                  arrays: bool = False) -> Dataset:
         """The study's dataset, split and scaled as the study file says: into the folds of
         its evaluation, or `folds` (1: one validation split, as `hpsearch train` trains).
-        `refit`: one training split of every row not held out for test (a final model)."""
+        `refit`: one training split of every row not held out for test (a final model).
+        `arrays`: numpy arrays instead of tensors (described without importing torch)."""
         d = self.data
         split = {"valid_fraction": d.valid_fraction, "test_fraction": d.test_fraction,
                  "split_seed": d.split_seed, "scale": d.scale, "scale_target": d.scale_target,
-                 "folds": self.evaluation.folds if folds is None else folds, "refit": refit}
+                 "folds": self.evaluation.folds if folds is None else folds, "refit": refit,
+                 "arrays": arrays}
         if d.table is not None:
             return load_table(d.table, **split)
         return load_dataset(d.dataset, d.options, **split)
@@ -207,6 +210,8 @@ def study_path(name_or_path: str) -> Path:
     """The study file for `--study`: a path to a .toml file, or the name of a known study."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or os.sep in name_or_path:
+        if candidate.is_dir():
+            raise ConfigError(f"study file {name_or_path} is a folder, not a .toml file")
         if not candidate.is_file():
             raise ConfigError(f"study file {name_or_path} does not exist")
         return candidate

@@ -44,6 +44,7 @@ class RawData:
 
 @dataclass(frozen=True)
 class Split:
+    # Tensors; numpy arrays where the data is only described (`load_dataset(arrays=True)`).
     features: torch.Tensor
     target: torch.Tensor  # class indices (int64) or values of shape (n, 1) (float32)
 
@@ -89,6 +90,40 @@ class Dataset:
     @property
     def n_folds(self) -> int:
         return len(self.folds) or 1
+
+    def describe(self) -> list[str]:
+        """What was inferred from the data, for people: the task and its loss, the rows of
+        each split (and of each fold's), the model's inputs after encoding."""
+        p = self.preprocessing
+        if self.task == CLASSIFICATION:
+            labels = ", ".join(map(str, p.labels[:8])) + (", ..." if len(p.labels) > 8 else "")
+            task = f"classification into {len(p.labels)} classes ({labels}); loss: cross-entropy"
+        else:
+            scaled = (f"the target standardized on the training split (mean {p.target_mean:.4g}, "
+                      f"std {p.target_scale:.4g})" if p.target_scale != 1.0 or p.target_mean
+                      else "the target as it is")
+            task = f"regression; loss: mean squared error of {scaled}"
+        held_out = f"{len(self.test)} test (held out: the search never sees them)"
+        if self.folds:
+            def sizes(split: str) -> str:
+                return " or ".join(map(str, sorted({len(getattr(f, split)) for f in self.folds})))
+
+            rows = (f"rows: {len(self.train) + len(self.valid)} cut into {self.n_folds} folds "
+                    f"(each run trains on {sizes('train')} and validates on {sizes('valid')}), "
+                    f"{held_out}")
+        else:
+            rows = f"rows: {len(self.train)} train, {len(self.valid)} validation, {held_out}"
+        numeric = [c for c in p.columns if c.kind == NUMERIC]
+        encoded = [c for c in p.columns if c.kind == CATEGORICAL]
+        inputs = f"inputs: {self.n_features} features"
+        if encoded:
+            one_hot = ", ".join(f"{len(c.categories)} one-hot from {c.name!r}" for c in encoded)
+            inputs += f" ({len(numeric)} numeric, {one_hot})"
+        else:
+            inputs += " (numeric)"
+        if any(p.mean) or any(scale != 1.0 for scale in p.scale):
+            inputs += ", numbers standardized on each run's training rows"
+        return [f"{self.name}: {task}", rows, inputs]
 
     def fold(self, index: int) -> Dataset:
         """Fold `index`'s splits (0 without folds: this dataset)."""
@@ -269,11 +304,12 @@ DATASETS: dict[str, Callable[..., RawData]] = {
 def load_dataset(
     name: str, options: Mapping[str, Any] | None = None, *, valid_fraction: float = 0.2,
     test_fraction: float = 0.2, split_seed: int = 0, scale: bool = True, folds: int = 1,
-    scale_target: bool = False, refit: bool = False,
+    scale_target: bool = False, refit: bool = False, arrays: bool = False,
 ) -> Dataset:
     """Load `name`, split it train/valid/test (or into `folds` folds beside the test rows) and
     scale features (and, with `scale_target`, a regression target) on each training part.
-    `refit`: train on every row not held out for test (see `_assemble`)."""
+    `refit`: train on every row not held out for test (see `_assemble`). `arrays`: splits of
+    numpy arrays, not tensors (to describe the data without importing torch)."""
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is unknown; known: {', '.join(DATASETS)}")
     try:
@@ -289,7 +325,7 @@ def load_dataset(
 
     return _assemble(name, raw.task, raw.target, encode, valid_fraction=valid_fraction,
                      test_fraction=test_fraction, split_seed=split_seed, scale=scale,
-                     folds=folds, scale_target=scale_target, refit=refit)
+                     folds=folds, scale_target=scale_target, refit=refit, arrays=arrays)
 
 
 @dataclass(frozen=True)
@@ -311,6 +347,7 @@ def _assemble(
     name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded], *,
     valid_fraction: float, test_fraction: float, split_seed: int, scale: bool,
     where: str = "", folds: int = 1, scale_target: bool = False, refit: bool = False,
+    arrays: bool = False,
 ) -> Dataset:
     """Split (seeded, stratified for classification): the test rows first, then the rest into
     train and valid, or into `folds` folds (each fold the valid part once, the others its
@@ -321,7 +358,7 @@ def _assemble(
     indices = np.arange(len(target))
     stratify = target if classify else None
     rest, test_idx = _split(indices, test_fraction, split_seed, stratify, where)
-    scaling = {"scale": scale, "scale_target": scale_target and not classify}
+    scaling = {"scale": scale, "scale_target": scale_target and not classify, "arrays": arrays}
     if refit:
         return _fold(name, task, target, encode, rest, rest, test_idx, **scaling)
     if folds == 1:
@@ -341,11 +378,9 @@ def _assemble(
 
 def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray], _Encoded],
           train_idx: np.ndarray, valid_idx: np.ndarray, test_idx: np.ndarray,
-          scale: bool, scale_target: bool = False) -> Dataset:
+          scale: bool, scale_target: bool = False, arrays: bool = False) -> Dataset:
     """The train, valid and test splits of these rows, encoded and scaled as fit on the train
-    rows (a regression target too, with `scale_target`)."""
-    # Imported here, with the data: a study file is read (`hpsearch space`) without torch.
-    import torch
+    rows (a regression target too, with `scale_target`); as tensors, or numpy `arrays`."""
 
     classify = task == CLASSIFICATION
     encoded = encode(train_idx)
@@ -377,6 +412,11 @@ def _fold(name: str, task: str, target: np.ndarray, encode: Callable[[np.ndarray
                                   float(target_scale))
 
     def split(idx: np.ndarray) -> Split:
+        if arrays:
+            return Split(features[idx], target[idx])
+        # Imported here, with the data: a study file is read (`hpsearch space`) without torch.
+        import torch
+
         return Split(torch.from_numpy(features[idx]), torch.from_numpy(target[idx]))
 
     digest = hashlib.sha256()
@@ -577,7 +617,7 @@ class TableSource:
 def load_table(
     source: TableSource, *, valid_fraction: float = 0.2, test_fraction: float = 0.2,
     split_seed: int = 0, scale: bool = True, folds: int = 1, scale_target: bool = False,
-    refit: bool = False,
+    refit: bool = False, arrays: bool = False,
 ) -> Dataset:
     """Load a CSV or Parquet file: the target and the task; numeric features scaled and text
     columns one-hot encoded (fit on the training split); a seeded, stratified split. The
@@ -611,7 +651,8 @@ def load_table(
 
     return _assemble(source.label, task, target, encode, valid_fraction=valid_fraction,
                      test_fraction=test_fraction, split_seed=split_seed, scale=scale,
-                     where=where, folds=folds, scale_target=scale_target, refit=refit)
+                     where=where, folds=folds, scale_target=scale_target, refit=refit,
+                     arrays=arrays)
 
 
 def read_table(source: TableSource, text_columns: Sequence[str] = ()) -> Any:

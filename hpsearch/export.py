@@ -104,7 +104,7 @@ def _read_report(study_name: str, storage_url: str, top: int,
     by = list(dict.fromkeys(check_by(name) for name in by))
     if top < 1:  # checked before the (possibly long) read of the study
         raise ConfigError(f"--top must be >= 1; got {top}")
-    study = load_stored_study(study_name, storage_url)
+    study = load_stored_study(study_name, storage_url, read_only=True)
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials)
     if not (frame["state"] == "complete").any():
@@ -156,8 +156,8 @@ def renderer(fmt: str, wide: bool = False) -> Callable[[StudyReport], str]:
 
 def _as_text(report: StudyReport, wide: bool = False) -> str:
     fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
-    parts = [wrap(f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}"),
-             ""]
+    parts = [wrap(f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}",
+                  TEXT_WIDTH), ""]
     if report.confirmation is not None:
         parts += ["Confirmed verdict", wrap(confirmed_lead(report)), ""]
     board = report.leaderboard
@@ -302,9 +302,9 @@ def confirmation_text(analysis: Analysis, study_name: str, wide: bool = False) -
     """The confirmation of `study_name` for a terminal: tables and verdict."""
     table, comparisons = confirmation_tables(analysis)
     fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
-    parts = [f"Confirmation (study {confirm_study_name(study_name)!r}): mean [95% interval] "
-             "over seeds; test = the held-out split; search_value = what the search saw",
-             fit(table, ["rank", "config"])]
+    parts = [wrap(f"Confirmation (study {confirm_study_name(study_name)!r}): mean [95% "
+                  "interval] over seeds; test = the held-out split; search_value = what the "
+                  "search saw", TEXT_WIDTH), fit(table, ["rank", "config"])]
     if not comparisons.empty:
         parts += ["", "Paired comparisons (validation loss on the same seeds; Wilcoxon "
                       "signed-rank, Holm-corrected per question)",

@@ -18,6 +18,7 @@ from hpsearch.errors import ConfigError, StorageError
 from hpsearch.params import Value
 from hpsearch.records import (
     ATTR_CONFIG,
+    ATTR_CONFIRM_OF,
     ATTR_DEVICE,
     ATTR_EPOCHS_RUN,
     ATTR_FINGERPRINT,
@@ -102,9 +103,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-def load_stored_study(study_name: str, storage_url: str) -> optuna.Study:
-    """An existing study, or a StorageError that lists the studies the storage has."""
-    storage = open_storage(storage_url)
+def load_stored_study(study_name: str, storage_url: str,
+                      read_only: bool = False) -> optuna.Study:
+    """An existing study, or a StorageError that lists the studies the storage has.
+    `read_only`: for commands that only read it (see `open_storage`)."""
+    storage = open_storage(storage_url, read_only=read_only)
     names = study_names(storage)
     if study_name not in names:
         raise StorageError(f"no study {study_name!r} in {mask_url(storage_url)}; it has: "
@@ -127,20 +130,24 @@ class StudyRow:
     best_value: float | None
     best_trial: int | None
     created: str
+    confirms: str | None = None  # a confirmation's runs (`NAME:confirm`): the study they confirm
 
 
 def list_studies(storage_url: str) -> list[StudyRow]:
-    storage = open_storage(storage_url)
+    """The studies of a storage, read-only. A confirmation's runs have no best value: each is
+    one seed of a configuration, and their lowest loss is a lucky seed, not a result."""
+    storage = open_storage(storage_url, read_only=True)
     rows = []
     for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         trials = storage.get_all_trials(storage.get_study_id_from_name(frozen.study_name),
                                         deepcopy=False)
-        best = best_of(trials)
+        confirms = frozen.user_attrs.get(ATTR_CONFIRM_OF)
+        best = None if confirms else best_of(trials)
         starts = [t.datetime_start for t in trials if t.datetime_start]
         rows.append(StudyRow(
             frozen.study_name, count_trials(trials), best.value if best else None,
             best.number if best else None,
-            min(starts).strftime("%Y-%m-%d %H:%M") if starts else "",
+            min(starts).strftime("%Y-%m-%d %H:%M") if starts else "", confirms,
         ))
     return rows
 

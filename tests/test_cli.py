@@ -43,7 +43,14 @@ def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     result = run("optimize", "--study", str(path), "--trials", "6", "--storage", url, *options)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    header, lines = result.output.splitlines()[:5], result.output.splitlines()[5:]
+    # What is searched and what was inferred from the data, before the search.
+    assert header == [
+        f"Study 'small' in {url}: the target is 6 finished trials (0 finished so far).",
+        "  wine: classification into 3 classes (0, 1, 2); loss: cross-entropy",
+        "  rows: 106 train, 36 validation, 36 test (held out: the search never sees them)",
+        "  inputs: 13 features (numeric), numbers standardized on each run's training rows",
+        "  evaluation: 1 run per trial (one validation split, one seed)"]
     assert re.fullmatch(rf"Study 'small' in {re.escape(url)}: 6 of 6 finished trials \(ran 6 "
                         rf"trials in [\d.]+ s{engine_note}\)\.", lines[0]), lines[0]
     assert re.match(r"  complete \d, pruned \d, diverged 0, failed 0", lines[1])
@@ -54,7 +61,8 @@ def test_optimize_prints_best_trial_and_counts_then_resumes(write_study, tmp_pat
     again = run("optimize", "--study", str(path), "--trials", "8", "--storage", url, *options)
     assert again.exit_code == 0, again.output
     assert "8 of 8 finished trials (ran 2 trials in " in again.output
-    assert again.output.splitlines()[0].endswith(f"{engine_note}).")
+    assert again.output.splitlines()[0].endswith("(6 finished so far).")
+    assert again.output.splitlines()[5].endswith(f"{engine_note}).")
     studies = run("studies", "--storage", url)
     assert studies.exit_code == 0
     row = studies.output.splitlines()[2].split()
@@ -224,3 +232,92 @@ def test_a_database_lost_while_a_report_reads_it_is_one_line(write_study, monkey
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: lost the storage {url}: "), result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def searched(write_study, tmp_path):
+    """(study file, storage URL) of a fresh 4-trial search of the small wine study."""
+    path = write_study()
+    url = f"sqlite:///{tmp_path / 'searched.db'}"
+    made = run("optimize", "--study", str(path), "--trials", "4", "--storage", url, "--quiet")
+    assert made.exit_code == 0, made.output
+    return path, url
+
+
+@pytest.mark.parametrize("command", [
+    ["report", "--top", "2"], ["export", "--out", "{tmp}/out"], ["train", "--trial", "0"],
+    ["dashboard", "--refresh"], ["confirm", "--top", "1", "--seeds", "2", "--quiet"]],
+    ids=lambda command: command[0])
+def test_study_is_a_stored_name_or_its_study_file_for_every_command(searched, tmp_path,
+                                                                      command):
+    path, url = searched
+    command = [part.format(tmp=tmp_path) for part in command]
+    by_name = run(*command[:1], "--study", "small", *command[1:], "--storage", url)
+    by_file = run(*command[:1], "--study", str(path), *command[1:], "--storage", url)
+    assert by_name.exit_code == 0, by_name.output
+    assert by_file.exit_code == 0, by_file.output
+    if command[0] in ("report", "export"):  # reading only: the same output
+        assert by_file.output == by_name.output
+
+
+def test_read_commands_open_the_storage_read_only(searched, tmp_path):
+    _, url = searched
+    database = tmp_path / "searched.db"
+    database.chmod(0o444)
+    before = database.read_bytes()
+    listed = run("studies", "--storage", url)
+    assert listed.exit_code == 0 and "small" in listed.output
+    assert run("report", "--study", "small", "--storage", url).exit_code == 0
+    assert database.read_bytes() == before
+    typo = tmp_path / "serched.db"
+    for command in (["studies"], ["report", "--study", "small"]):
+        result = run(*command, "--storage", f"sqlite:///{typo}")
+        assert (result.exit_code, result.output) == (
+            1, f"Error: cannot open storage sqlite:///{typo}: no such file\n")
+    assert not typo.exists()  # never an empty database left behind
+
+
+def test_small_input_defects_are_one_line_errors(write_study, tmp_path):
+    threads = run("optimize", "--study", str(write_study()), "--trials", "1", "--threads", "0")
+    assert threads.exit_code == 2 and "'--threads': 0 is not in the range x>=1" in threads.output
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    as_study = run("optimize", "--study", str(folder), "--trials", "1")
+    assert (as_study.exit_code, as_study.output) == (
+        1, f"Error: study file {folder} is a folder, not a .toml file\n")
+
+
+def test_a_target_below_the_stored_count_is_said_as_it_is(searched):
+    path, url = searched
+    result = run("optimize", "--study", str(path), "--trials", "2", "--storage", url, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        f"Study 'small' in {url}: 4 (the target is 2) finished trials (nothing to run: the "
+        "target was already reached).")
+
+
+def test_a_training_that_diverges_exits_1_and_saves_nothing(tmp_path):
+    model = tmp_path / "m.pt"
+    result = run("train", "--study", "linreg", "--set", "scheduler=none", "--set", "lr=50",
+                 "--save", str(model))
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1].startswith("Error: the run diverged at epoch ")
+    assert "no model was saved" in result.output and not model.exists()
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(searched):
+    """`hpsearch report | head`: the pipe is closed before the report is written."""
+    import os
+    import subprocess
+    import sys
+
+    _, url = searched
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "hpsearch", "report", "--study", "small",
+                               "--storage", url], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")

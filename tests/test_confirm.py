@@ -328,15 +328,26 @@ def test_confirm_command_prints_tables_and_verdict_and_resumes(parent):
     assert lines[0] == (f"Confirmed 2 configurations of 'small' over 6 seeds in {parent}: ran "
                         f"12 runs in {seconds} s (cohort engine); 0 runs were stored already.")
     assert lines[2].startswith("Confirmation (study 'small:confirm'): mean [95% interval]")
-    assert lines[3].split()[:9] == ["rank", "config", "optimizer", "scheduler", "lr", "seeds",
-                                    "diverged", "val_loss", "val_accuracy"]
-    assert lines[4].split()[:7] == ["1", "#0", "adam", "none", "0.01", "6", "0"]
+    table = next(i for i, line in enumerate(lines) if line.startswith("rank "))
+    # No run diverged: the text leaves that column of zeros out (the verdict counts them).
+    assert lines[table].split()[:8] == ["rank", "config", "optimizer", "scheduler", "lr",
+                                        "seeds", "val_loss", "val_accuracy"]
+    assert lines[table + 1].split()[:6] == ["1", "#0", "adam", "none", "0.01", "6"]
+    assert max(map(len, lines[1:])) <= 120  # the tables and the verdict fit a terminal
     assert "Best configuration #0: winner." in " ".join(lines)
 
     code, output = run("confirm", "--study", "small", "--trial", "0", "--trial", "2",
                        "--seeds", "6", "--storage", parent, "--quiet")
     assert code == 0, output
     assert output.splitlines()[0].endswith(": nothing to run; 12 runs were stored already.")
+
+    # A confirmation's runs are seeds, not a search: no best value to list.
+    code, output = run("studies", "--storage", parent)
+    assert code == 0, output
+    rows = {line.split()[0]: line.split() for line in output.splitlines()[2:]}
+    assert rows["small:confirm"][1:10] == ["12", "12", "0", "0", "0", "0", "0", "-", "-"]
+    assert rows["small"][8] != "-"
+    assert output.splitlines()[-1].startswith("small:confirm: the confirmation runs of 'small'")
 
 
 def test_report_and_export_include_the_confirmation(parent, tmp_path):
@@ -395,8 +406,9 @@ def test_the_report_leads_with_the_confirmed_verdict_and_where_search_and_it_dis
     run_confirmation("small", parent, seeds=6, trials=[0, 3], engine="reference")
     text = renderer("table")(build_report("small", parent, 3))
     lines = text.splitlines()
-    assert lines[2] == "Confirmed verdict"
-    lead = " ".join(lines[3:text.splitlines().index("Leaderboard (top 3, by validation loss)")])
+    start = lines.index("Confirmed verdict")
+    assert lines[start - 1] == "" and lines[0].startswith("Study 'small' in ")  # right after
+    lead = " ".join(lines[start + 1:lines.index("Leaderboard (top 3, by validation loss)")])
     assert "The search and the confirmation disagree on the winner: the search's best trial #3 "\
            "ranks 2 of 2 in the confirmation" in lead
     assert "the confirmation's best is #0" in lead

@@ -94,7 +94,7 @@ class Progress:
 def run_search(
     config: StudyConfig, storage_url: str, target: int,
     on_progress: Callable[[Progress], None] | None = None,
-    on_start: Callable[[TrialCounts], None] | None = None,
+    on_start: Callable[[TrialCounts, Dataset], None] | None = None,
     workers: int = 1,
     heartbeat_s: int = HEARTBEAT_S,
     device: str | torch.device = AUTO,
@@ -133,7 +133,7 @@ def run_search(
         if config.sampler.kind == "grid":
             target = min(target, _enqueue_grid(study, config, target))
         if on_start is not None:
-            on_start(counts)
+            on_start(counts, data)
         started = time.perf_counter()
         ran_by: set[str] = set()
         if counts.finished < target:
