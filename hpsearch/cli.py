@@ -230,7 +230,12 @@ class _ProgressBar:
 def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfig) -> None:
     from optuna.trial import TrialState
 
-    from hpsearch.records import ATTR_END_DETAIL, ATTR_VAL_ACCURACY, ATTR_VAL_LOSS_STD
+    from hpsearch.records import (
+        ATTR_END_DETAIL,
+        ATTR_VAL_ACCURACY,
+        ATTR_VAL_LOSS_STD,
+        ATTR_VAL_RMSE,
+    )
     from hpsearch.storage.urls import mask_url
 
     c = outcome.counts
@@ -270,6 +275,8 @@ def _print_outcome(outcome: SearchOutcome, url: str, evaluation: EvaluationConfi
         line += f" (std {best.user_attrs[ATTR_VAL_LOSS_STD]:.3g} over {evaluation.runs} runs)"
     if accuracy is not None:
         line += f", validation accuracy {accuracy:.4f}"
+    if ATTR_VAL_RMSE in best.user_attrs:
+        line += f", RMSE {best.user_attrs[ATTR_VAL_RMSE]:.5g} in the target's units"
     click.echo(line)
     _print_params(best.params)
 

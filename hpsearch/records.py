@@ -35,6 +35,7 @@ ATTR_SEED = "seed"
 ATTR_LR_CURVE = "lr_curve"
 ATTR_TRAIN_LOSS = "train_loss"
 ATTR_VAL_ACCURACY = "val_accuracy"
+ATTR_VAL_RMSE = "val_rmse"  # regression: the validation loss as an RMSE in the target's units
 ATTR_EPOCHS_RUN = "epochs_run"
 ATTR_END_REASON = "end_reason"  # one of END_REASONS
 ATTR_END_DETAIL = "end_detail"

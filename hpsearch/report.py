@@ -48,6 +48,7 @@ from hpsearch.records import (
     ATTR_SEED,
     ATTR_TRAIN_LOSS,
     ATTR_VAL_ACCURACY,
+    ATTR_VAL_RMSE,
     DIVERGED,
 )
 from hpsearch.schedulers import SCHEDULERS, WARMUP
@@ -136,6 +137,11 @@ def trials_frame(study: StudyOrTrials) -> pd.DataFrame:
         "optimizer": "str", "lr": "float64", "scheduler": "str",
     }
     frame = frame.astype(dtypes)
+    # A regression study's loss in the target's own units, next to the loss.
+    if any(ATTR_VAL_RMSE in t.user_attrs for t in trials):
+        frame.insert(frame.columns.get_loc("value") + 1, "val_rmse", pd.array(
+            [t.user_attrs.get(ATTR_VAL_RMSE) for t in trials], dtype="Float64").astype(
+                "float64"))
     runs = {t.number: t.user_attrs[ATTR_RUN_VAL_LOSS] for t in trials
             if ATTR_RUN_VAL_LOSS in t.user_attrs}
     if runs:
@@ -373,7 +379,9 @@ def leaderboard(frame: pd.DataFrame, top: int) -> pd.DataFrame:
     ranks[len(complete):] = pd.NA
     columns = {
         "rank": ranks, "number": board["number"], "state": board["state"],
-        "value": board["value"], "val_accuracy": board["val_accuracy"],
+        "value": board["value"],
+        **({"val_rmse": board["val_rmse"]} if "val_rmse" in board else {}),
+        "val_accuracy": board["val_accuracy"],
         "optimizer": board["optimizer"], "lr": board["lr"], "momentum": board["momentum"],
         "weight_decay": board["weight_decay"], "scheduler": board["scheduler"],
         "epochs_run": board["epochs_run"], "duration_s": board["duration_s"],
@@ -430,6 +438,8 @@ def verdict(frame: pd.DataFrame) -> str:
     best = complete.iloc[0]
     accuracy = ("" if _missing(best["val_accuracy"])
                 else f", validation accuracy {best['val_accuracy']:.4g}")
+    if "val_rmse" in best and not _missing(best["val_rmse"]):
+        accuracy += f" (RMSE {best['val_rmse']:.4g} in the target's units)"
     sentences.append(f"The best trial is #{best['number']}: {best['optimizer']} with "
                      f"{best['scheduler']} at lr {best['lr']:.3g}, validation loss "
                      f"{best['value']:.4g}{accuracy}.")

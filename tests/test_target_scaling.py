@@ -4,10 +4,13 @@ setting keeps the raw target it trained on, and resumes."""
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from click.testing import CliRunner
 
+import hpsearch.api as hp
 from hpsearch.cli import cli
 from hpsearch.config import parse_study, stored_study_config
 from hpsearch.errors import ConfigError
@@ -100,3 +103,28 @@ def test_a_stored_regression_study_without_the_setting_keeps_its_raw_target(
     resumed = run("optimize", "--study", str(raw), "--trials", "3", *options)
     assert resumed.exit_code == 0, resumed.output
     assert "3 of 3 finished trials (ran 1 trials" in resumed.output
+
+
+@pytest.mark.parametrize("engine", ["reference", "cohort"])
+@pytest.mark.parametrize("folds", [1, 3])
+def test_a_regression_trial_records_its_validation_rmse_in_the_targets_units(tmp_path, engine,
+                                                                            folds):
+    """The mean over its runs of each run's RMSE (each fold scales the target on its own
+    training rows); reports show it next to the loss."""
+    config = parse_study({**_document(options={"n": 300, "p": 3, "noise": 0.5, "seed": 0}),
+                    "search": {"optimizers": ["sgd"], "schedulers": ["none"]},
+                    "evaluation": {"folds": folds, "seeds": 1}, "pruner": {"kind": "none"}},
+                   "reg")
+    data = config.load_data()
+    url = f"sqlite:///{tmp_path / 'reg.db'}"
+    study = hp.search(config, 3, storage=url, engine=engine).study
+    for trial in study.trials:
+        runs = trial.user_attrs.get("run_val_loss", [trial.value])
+        expected = sum(math.sqrt(loss) * data.fold(k).preprocessing.target_scale
+                       for k, loss in enumerate(runs)) / len(runs)
+        assert trial.user_attrs["val_rmse"] == pytest.approx(expected, rel=1e-9)
+    report = run("report", "--study", "reg", "--storage", url, "--top", "1")
+    assert report.exit_code == 0, report.output
+    header = next(line for line in report.output.splitlines() if line.startswith("rank "))
+    assert header.split()[3:5] == ["value", "val_rmse"]
+    assert "RMSE" in report.output

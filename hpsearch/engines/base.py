@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from hpsearch.data import Dataset
 from hpsearch.params import Value
 from hpsearch.training import EpochStats
 
@@ -50,6 +51,7 @@ class Engine(Protocol):
 
     name: str
     device: torch.device
+    data: Dataset  # what its members train and validate on (each on its fold's splits)
 
     def __len__(self) -> int: ...
 

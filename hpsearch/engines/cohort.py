@@ -87,7 +87,7 @@ class Cohort:
         self.config = config
         self.device = resolve_device(device)
         self.dtype = dtype
-        moved = data.to(self.device)
+        self.data = moved = data.to(self.device)
         self.folds = [_cast(moved.fold(index), dtype) for index in range(moved.n_folds)]
         # (fold, batch size) -> its members: a group shares its data and its steps per epoch.
         self.groups: dict[tuple[int, int], _Group] = {}

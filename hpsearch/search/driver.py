@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
+from hpsearch.data import REGRESSION
 from hpsearch.engines import Engine, EpochOutcome, Member
 from hpsearch.params import Value
 from hpsearch.records import (
@@ -56,6 +58,7 @@ from hpsearch.records import (
     ATTR_SEED,
     ATTR_TEST_ACCURACY,
     ATTR_TEST_LOSS,
+    ATTR_VAL_RMSE,
     ATTR_WORKER,
     COMPLETED,
     DIVERGED,
@@ -307,6 +310,9 @@ class SearchDriver:
         if len(running.members) > 1:
             attrs |= run_user_attrs([m.history for m in running.members],
                                     len(running.history))
+        rmse = self._rmse(running)
+        if rmse is not None:
+            attrs[ATTR_VAL_RMSE] = rmse
         if test is not None:
             attrs[ATTR_TEST_LOSS] = test[0]
             if test[1] is not None:
@@ -328,6 +334,17 @@ class SearchDriver:
             trial_log.info("Trial %d pruned. %s", trial.number, detail)
         if not told:
             _warn_lost(trial.number)
+
+    def _rmse(self, running: _Running) -> float | None:
+        """A regression trial's validation loss in the target's own units: the mean over its
+        runs of each run's RMSE at its last epoch (each fold has its own target scale); None
+        for classification, or where there is no finite loss."""
+        data, epochs = self.engine.data, len(running.history)
+        if data.task != REGRESSION or epochs == 0:
+            return None
+        errors = [data.fold(m.fold).preprocessing.rmse(m.history[epochs - 1].val_loss)
+                  for m in running.members]
+        return mean(errors) if all(math.isfinite(e) for e in errors) else None
 
     def fail_all(self, detail: str = INTERRUPTED_DETAIL) -> None:
         for running in self.running:
