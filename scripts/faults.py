@@ -77,8 +77,8 @@ EXPECTED_EXIT = {"kill-worker": 0, "kill-parent": -signal.SIGKILL, "sigint": 130
                  "sigterm": 130}
 # Trials per case, and the seconds after the first trial started within which the fault
 # lands: a cohort trains its trials together, so it needs more of them for a few seconds.
-TRIALS = {"reference": 8, "cohort": 40}
-WINDOW_S = {"reference": 6.0, "cohort": 1.5}
+TRIALS = {"reference": 12, "cohort": 60}
+WINDOW_S = {"reference": 3.0, "cohort": 1.0}
 SERVERS = {  # storage -> (admin URL, URL of a database named {db})
     "postgresql": ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                    "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"),
