@@ -2,7 +2,10 @@
 
 `start_dashboard` serves optuna-dashboard's own WSGI app on the storage hpsearch uses, opened with
 hpsearch's settings (SQLite in WAL mode with a busy timeout, so that the dashboard polling the
-file never fails a running search, nor the search the dashboard). `refresh_dashboard` writes a
+file never fails a running search, nor the search the dashboard) as a `WriteThroughStorage`:
+every read sees every commit (a running search live), every write (a note, a figure, an edit
+in the browser) goes straight to the database, and trials are read with hpsearch's plain
+queries, each finished trial once. `refresh_dashboard` writes a
 study's note (its config and the "which schedule wins" tables) and its figures (learning-rate
 and validation-loss curves of the best trial per scheduler, final validation loss by scheduler
 and by optimizer) with the dashboard's own note and custom-plot API, so plain `optuna-dashboard`
@@ -12,24 +15,24 @@ shows them too.
 from __future__ import annotations
 
 import errno
+import functools
+import importlib.util
 import ipaddress
 import logging
 import socket
-import sqlite3
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from types import ModuleType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import optuna
-import optuna_dashboard
 import pandas as pd
 import plotly.graph_objects as go
-import sqlalchemy.exc
 from optuna.trial import FrozenTrial
-from sqlalchemy.engine import make_url
 
 import hpsearch
 from hpsearch.config import StudyConfig
@@ -90,7 +93,8 @@ def refresh_dashboard(study: optuna.Study) -> None:
     config = stored_config(study)
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials)
-    previous = optuna_dashboard.get_note(study)
+    notes, figures = _note_and_figure_modules()
+    previous = notes.get_note(study)
     from hpsearch.confirm import load_confirmation
 
     body = study_note(study.study_name, config, frame, load_confirmation(study)) + kept_notes(
@@ -98,9 +102,48 @@ def refresh_dashboard(study: optuna.Study) -> None:
     # An unchanged note keeps its version: a person editing it in the browser meanwhile is not
     # told that it changed under them.
     if body != previous:
-        optuna_dashboard.save_note(study, body)
+        notes.save_note(study, body)
     for figure_id, figure in study_figures(trials, frame).items():
-        optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+        figures.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+
+
+@functools.cache
+def _note_and_figure_modules() -> tuple[Any, Any]:
+    """optuna-dashboard's code that reads and writes a note (`get_note`, `save_note`) and a
+    figure (`save_plotly_graph_object`) in its own format: its `_note` and `_custom_plot_data`
+    modules, which import only Optuna. Its package imports its whole web app first, and the
+    app imports scikit-learn (for Optuna's fANOVA importances), which a search never needs:
+    where the package is not imported yet, the two modules are loaded from its files on their
+    own. The package's public functions (the same ones) on any failure."""
+    if "optuna_dashboard" not in sys.modules:
+        try:
+            notes, figures = _load_alone("_note"), _load_alone("_custom_plot_data")
+            for module, name in ((notes, "get_note"), (notes, "save_note"),
+                                 (figures, "save_plotly_graph_object")):
+                if not callable(getattr(module, name, None)):
+                    raise AttributeError(f"{module.__name__} has no {name}")
+            return notes, figures
+        except Exception:
+            logger.debug("optuna-dashboard's note and figure modules did not load on their "
+                         "own; importing the package", exc_info=True)
+    import optuna_dashboard
+
+    return optuna_dashboard, optuna_dashboard
+
+
+def _load_alone(name: str) -> ModuleType:
+    """optuna-dashboard's module `name`, executed without its package (and kept out of
+    sys.modules, so that a later import of the package gets its own)."""
+    package = importlib.util.find_spec("optuna_dashboard")  # finds it, executes nothing
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("optuna_dashboard is not installed as a package")
+    path = Path(next(iter(package.submodule_search_locations))) / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{__name__}.optuna_dashboard{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def refresh_studies(storage_url: str, study_name: str | None = None) -> list[str]:
@@ -283,33 +326,11 @@ def _hpsearch_study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 def _open_existing_storage(storage_url: str) -> optuna.storages.BaseStorage:
     """Open a storage that must already hold studies: a dashboard on a mistyped SQLite path
     must say so, not create an empty file (or Optuna's tables in somebody else's database)."""
-    _check_sqlite_file(storage_url)
-    storage = open_storage(storage_url, write_behind=False)
+    storage = open_storage(storage_url, write_behind=False, must_exist=True)
     if not storage.get_all_studies():
         raise StorageError(f"no studies in {mask_url(storage_url)}; run `hpsearch optimize` "
                            "on it first")
     return storage
-
-
-def _check_sqlite_file(storage_url: str) -> None:
-    try:
-        parsed = make_url(storage_url)
-    except sqlalchemy.exc.ArgumentError:
-        return  # not a URL: open_storage says so, with the expected forms
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return
-    path = Path(parsed.database)
-    if not path.is_file():
-        raise StorageError(f"storage {mask_url(storage_url)} does not exist (no file {path})")
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            tables = {row[0] for row in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"cannot open storage {mask_url(storage_url)}: {exc}") from None
-    if "studies" not in tables:
-        raise StorageError(f"storage {mask_url(storage_url)} is not an Optuna storage "
-                           "(it has no studies table)")
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -386,6 +407,8 @@ def start_dashboard(storage_url: str, study_name: str | None = None, host: str =
     server = _bind(host, port)
     try:
         _refresh_each(storage_url, names)
+        import optuna_dashboard  # its web app: only the server needs it
+
         server.set_app(optuna_dashboard.wsgi(storage))
     except BaseException:
         server.server_close()

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import optuna
 import optuna_dashboard
@@ -29,9 +30,12 @@ from hpsearch.dashboard import (
     FIGURE_LR_CURVES,
     KEEP_LINE,
     DashboardServer,
+    _load_alone,
+    _note_and_figure_modules,
     refresh_dashboard,
     refresh_studies,
     start_dashboard,
+    study_figures,
 )
 from hpsearch.plots import plot_lr_curves
 from hpsearch.records import ATTR_LR_CURVE, count_trials
@@ -241,6 +245,55 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
     assert "| Trials | 24 finished:" in optuna_dashboard.get_note(study)
 
 
+def test_a_search_in_a_fresh_process_writes_the_note_and_figures_the_dashboard_reads(
+        write_study, tmp_path):
+    """The search's process loads optuna-dashboard's note and figure code on its own (without
+    the package's web app): what it writes is what the dashboard's public API and its app
+    read."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    subprocess.run([*HPSEARCH, "optimize", "--study", str(write_study()), "--trials", "4",
+                    "--storage", url, "--quiet"], check=True, capture_output=True, timeout=300)
+    study = load_stored_study("small", url)
+    note = optuna_dashboard.get_note(study)
+    assert note.startswith("## hpsearch study `small`\n") and note.endswith(f"{KEEP_LINE}\n")
+    assert "| Trials | 4 finished:" in note
+
+    app = optuna_dashboard.wsgi(open_storage(url, write_behind=False))
+    server = make_server("127.0.0.1", 0, app, handler_class=_Silent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_address[1]}/api/studies/{study._study_id}"
+        with urllib.request.urlopen(address, timeout=30) as reply:
+            detail = json.load(reply)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert detail["note"]["body"] == note
+    trials = study.get_trials()
+    expected = study_figures(trials, trials_frame(trials))
+    served = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+    assert served == {key: json.loads(figure.to_json()) for key, figure in expected.items()}
+
+
+def test_the_note_and_figure_code_is_optuna_dashboards_own_loaded_alone_or_imported():
+    notes, figures = _load_alone("_note"), _load_alone("_custom_plot_data")
+    for loaded, public in ((notes.save_note, optuna_dashboard.save_note),
+                           (notes.get_note, optuna_dashboard.get_note),
+                           (figures.save_plotly_graph_object,
+                            optuna_dashboard.save_plotly_graph_object)):
+        assert loaded is not public
+        assert loaded.__code__.co_filename == public.__code__.co_filename
+        assert loaded.__code__.co_code == public.__code__.co_code
+    assert sys.modules["optuna_dashboard._note"] is not notes  # the package's stays its own
+    # Here the package is imported already: its public functions are used.
+    assert _note_and_figure_modules.__wrapped__() == (optuna_dashboard, optuna_dashboard)
+
+
+class _Silent(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_the_command_prints_the_url_serves_it_and_stops_on_ctrl_c(study_copy):
     url, name = study_copy
     process = subprocess.Popen([*HPSEARCH, "dashboard", "--storage", url, "--study", name,
@@ -305,8 +358,11 @@ def test_an_unknown_study_lists_the_studies(study_copy):
 def test_storages_without_studies_are_one_line(tmp_path, refresh):
     missing = tmp_path / "missing.db"
     assert run_dashboard("--storage", f"sqlite:///{missing}", *refresh) == (
-        1, f"Error: storage sqlite:///{missing} does not exist (no file {missing})\n")
+        1, f"Error: cannot open storage sqlite:///{missing}: no such file\n")
     assert not missing.exists()
+    assert run_dashboard("--storage", f"sqlite:///{tmp_path}", *refresh) == (
+        1, f"Error: cannot open storage sqlite:///{tmp_path}: is a folder, not a database "
+           "file\n")
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     open_storage(empty)
@@ -317,8 +373,8 @@ def test_storages_without_studies_are_one_line(tmp_path, refresh):
     with sqlite3.connect(other) as connection:
         connection.execute("CREATE TABLE things (id INTEGER)")
     assert run_dashboard("--storage", f"sqlite:///{other}", *refresh) == (
-        1, f"Error: storage sqlite:///{other} is not an Optuna storage (it has no studies "
-           "table)\n")
+        1, f"Error: cannot open storage sqlite:///{other}: it is not an Optuna storage (it "
+           "has no studies table)\n")
     with sqlite3.connect(other) as connection:
         assert [r[0] for r in connection.execute("SELECT name FROM sqlite_master")] == ["things"]
 

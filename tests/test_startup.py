@@ -88,6 +88,17 @@ def test_the_reading_commands_never_import_torch(tmp_path, stored, args):
                                                        ("--storage", stored)))
 
 
+def test_a_search_and_its_dashboard_refresh_never_import_scikit_learn(tmp_path):
+    """optuna-dashboard's package imports scikit-learn (its app's importances): the refresh at
+    the end of a search writes the note and figures without it."""
+    study = tmp_path / "small.toml"
+    study.write_text('[data]\ndataset = "wine"\n[training]\nepochs = 5\n')
+    loaded = loaded_by(tmp_path, "optimize", "--study", str(study), "--trials", "3",
+                       "--storage", f"sqlite:///{tmp_path / 'small.db'}", "--quiet")
+    assert "plotly" in loaded  # the figures were made
+    assert "sklearn" not in loaded
+
+
 @pytest.mark.parametrize("name", ["wine", "breast_cancer", "digits", "iris"])
 def test_the_bundled_datasets_are_scikit_learns(name):
     raw = data.DATASETS[name]()

@@ -34,6 +34,13 @@ def changed_trial_ids(session: orm.Session, study_id: int, after: int,
             sqlalchemy.or_(trial.trial_id > after, trial.trial_id.in_(unfinished)))))
 
 
+def count_trials(session: orm.Session, study_id: int, up_to: int) -> int:
+    """How many trials the study has with ids up to `up_to`."""
+    trial = models.TrialModel
+    return session.scalar(sqlalchemy.select(sqlalchemy.func.count(trial.trial_id)).where(
+        trial.study_id == study_id, trial.trial_id <= up_to))
+
+
 def load_trials(session: orm.Session, trial_ids: list[int]) -> list[FrozenTrial]:
     """The trials with these ids, in id order, read with one plain query per table."""
     trials: dict[int, dict[str, Any]] = {}

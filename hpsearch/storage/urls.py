@@ -18,6 +18,7 @@ import functools
 import os
 import sqlite3
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from sqlalchemy.engine import URL, make_url
 from hpsearch.errors import StorageError
 from hpsearch.records import ATTR_END_DETAIL, ATTR_END_REASON
 from hpsearch.storage.write_behind import WriteBehindStorage
+from hpsearch.storage.write_through import WriteThroughStorage
 
 DEFAULT_STORAGE = "sqlite:///hpsearch.db"
 STORAGE_ENV = "HPSEARCH_STORAGE"
@@ -78,27 +80,34 @@ def mask_url(url: str) -> str:
 
 
 def open_storage(url: str, write_behind: bool = True, heartbeat_s: int = HEARTBEAT_S,
-                 read_only: bool = False) -> optuna.storages.BaseStorage:
+                 read_only: bool = False, must_exist: bool = False
+                 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the Optuna storage at `url`, or raise one StorageError.
 
     Searches get a `WriteBehindStorage` (their running trials kept in memory, written in
-    batches); `write_behind=False` gives the plain RDB storage, for readers such as the
-    dashboard that should see every commit at once. Both record heartbeats every
-    `heartbeat_s` seconds while `study.optimize` runs a trial (see the module's docstring).
+    batches); `write_behind=False` gives a `WriteThroughStorage`, for readers such as the
+    dashboard that should see every commit at once and write straight to the database. Both
+    record heartbeats every `heartbeat_s` seconds while `study.optimize` runs a trial (see the
+    module's docstring).
 
-    `read_only` is for the commands that only read (listings, reports): a SQLite file is
-    opened read-only (so a file the user may not write can be read) and must exist, so that a
-    mistyped path is an error instead of a new empty database left behind. Other databases
-    are opened as usual: opening them creates no file."""
+    `must_exist` is for the commands that open a study already stored (the dashboard): a
+    SQLite file must exist and hold Optuna's tables, so that a mistyped path is an error
+    instead of a new empty database left behind (nor are Optuna's tables added to another
+    program's file). `read_only` is for the commands that only read (listings, reports) and
+    implies `must_exist`: a SQLite file is opened read-only, so a file the user may not write
+    can be read. Other databases are opened as usual: opening them creates no file."""
     if url == IN_MEMORY:
         return optuna.storages.InMemoryStorage()
     parsed = _parse(url)
+    shown = mask_url(url)
     engine_kwargs: dict = {}
-    if parsed.get_backend_name() == "sqlite" and read_only:
-        url = _read_only_sqlite(parsed)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    elif parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and (read_only or must_exist):
+        path = _existing_sqlite(parsed, shown)
+        if read_only:  # SQLite's own mode=ro: no statement can write, whatever the permissions
+            url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    if parsed.get_backend_name() == "sqlite" and not read_only:
         _prepare_sqlite(parsed)
+    if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     elif parsed.get_backend_name() in ("postgresql", "mysql", "mariadb"):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -113,11 +122,11 @@ def open_storage(url: str, write_behind: bool = True, heartbeat_s: int = HEARTBE
         raise _missing_driver(url, getattr(missing, "name", None)) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
             RuntimeError, ValueError) as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)}: "
-                           f"{_first_line(exc, parsed)}") from None
+        raise StorageError(f"cannot open storage {shown}: {_first_line(exc, parsed)}"
+                           ) from None
     if parsed.get_backend_name() == "sqlite" and not read_only:
         _relax_sqlite_sync(rdb)
-    return WriteBehindStorage(rdb) if write_behind else rdb
+    return WriteBehindStorage(rdb) if write_behind else WriteThroughStorage(rdb)
 
 
 def reopen_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
@@ -261,14 +270,25 @@ def _postgres_options(parsed: URL) -> str:
     return f"{given} -c synchronous_commit=off".strip()
 
 
-def _read_only_sqlite(parsed: URL) -> str:
-    """The URL that opens the SQLite file of `parsed` read-only (SQLite's own `mode=ro`: no
-    statement can write, whatever the file's permissions), checked to exist."""
+def _existing_sqlite(parsed: URL, shown: str) -> Path:
+    """The file of `parsed`, checked to be a SQLite database holding Optuna's tables (read
+    without writing: SQLite's mode=ro)."""
     path = Path(parsed.database or "")
     if not parsed.database or parsed.database == ":memory:" or not path.is_file():
         what = "is a folder, not a database file" if path.is_dir() else "no such file"
-        raise StorageError(f"cannot open storage sqlite:///{path}: {what}")
-    return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        raise StorageError(f"cannot open storage {shown}: {what}")
+    try:
+        with contextlib.closing(sqlite3.connect(
+                f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True,
+                timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot open storage {shown}: {exc}") from None
+    if "studies" not in tables:
+        raise StorageError(f"cannot open storage {shown}: it is not an Optuna storage (it has "
+                           "no studies table)")
+    return path
 
 
 def _prepare_sqlite(parsed: URL) -> None:
