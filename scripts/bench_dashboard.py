@@ -3,18 +3,24 @@
 broken down by part, and its load time.
 
     python scripts/bench_dashboard.py --storage sqlite:////tmp/big.db
+    python scripts/bench_dashboard.py --storage sqlite:////tmp/big.db --readers write-through rdb
     python scripts/bench_dashboard.py --storage sqlite:////tmp/big.db --build 5000
     python scripts/bench_dashboard.py --storage sqlite:////tmp/big.db \\
         --compare sqlite:////tmp/big_old.db --labels now before
 
 `--build N` first runs `hpsearch optimize --study STUDY --trials N` on the storage (resuming
 it up to N). Each storage is served by optuna-dashboard's own WSGI app (wsgiref, in a thread,
-as `hpsearch dashboard` serves it), read over HTTP with urllib: `--requests` loads with the
-dashboard's trial cache emptied first (the storage read and the serialization: a page opened
-or polled after the cache's 10 s), then as many with the cache warm (serialization only);
-medians, interleaved between the storages. The sizes: each part's JSON in the response, per
-trial and in all; and what the storage holds per trial (its user attrs, untruncated: the
-dashboard cuts a JSON attr at 1,024 characters, a storage read does not).
+as `hpsearch dashboard` serves it), read over HTTP with urllib, through a reader: `write-through`
+(what `hpsearch dashboard` serves: hpsearch's WriteThroughStorage) or `rdb` (Optuna's plain
+RDBStorage, with hpsearch's settings); `--readers write-through rdb` serves the one storage
+through both, side by side. `--requests` loads of each kind, medians, interleaved between the
+columns: the first load (a storage and an app opened just before: a study page opened on a
+dashboard just started), a load after the dashboard's trial cache expired (the storage as the
+earlier loads left it: a page polled after the cache's 10 s; the write-through storage then
+reads only what changed), and loads with the cache warm (serialization only). The sizes: each
+part's JSON in the response, per trial and in all; and what the storage holds per trial (its
+user attrs, untruncated: the dashboard cuts a JSON attr at 1,024 characters, a storage read
+does not).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 import optuna_dashboard
 
-from hpsearch.storage.urls import open_storage
+from hpsearch.storage.urls import close_storage, open_storage
 
 # The parts of a serialized trial that get their own line; the rest is "trial: other".
 TRIAL_PARTS = ("params", "intermediate_values", "user_attrs")
@@ -46,11 +52,24 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+READERS = ("write-through", "rdb")
+
+# The loads measured: (kind, what the report calls it).
+LOADS = (("first", "load, first (median s)"), ("expired", "load, cache expired (median s)"),
+         ("warm", "load, cache warm (median s)"))
+
+
+def open_reader(url: str, reader: str) -> optuna.storages.BaseStorage:
+    storage = open_storage(url, write_behind=False)
+    return storage if reader == "write-through" else storage._backend
+
+
 class Served:
     """One storage served by optuna-dashboard's app on a free port, in a thread."""
 
-    def __init__(self, url: str, study: str):
-        self.storage = open_storage(url, write_behind=False)
+    def __init__(self, url: str, study: str, reader: str):
+        self.url, self.reader = url, reader
+        self.storage = open_reader(url, reader)
         self.study_id = self.storage.get_study_id_from_name(study)
         self.app = optuna_dashboard.wsgi(self.storage)
         self.server: WSGIServer = make_server("127.0.0.1", 0, self.app, handler_class=_Quiet)
@@ -58,11 +77,16 @@ class Served:
         self.address = (f"http://127.0.0.1:{self.server.server_address[1]}"
                         f"/api/studies/{self.study_id}?after=0")
 
-    def load(self, cold: bool) -> tuple[float, bytes]:
+    def load(self, kind: str) -> tuple[float, bytes]:
+        if kind == "first":  # a new storage and app: nothing read yet
+            close_storage(self.storage)
+            self.storage = open_reader(self.url, self.reader)
+            self.app = optuna_dashboard.wsgi(self.storage)
+            self.server.set_app(self.app)
         cache = self.app._inmemory_cache
-        if cold:
+        if kind == "expired":
             cache.clear()
-        else:  # its trials as fresh as they were just read: the load serializes them only
+        elif kind == "warm":  # its trials as fresh as they were just read: serialization only
             cache._trials_last_fetched_at[self.study_id] = datetime.now()
         started = time.perf_counter()
         with urllib.request.urlopen(self.address) as response:
@@ -124,34 +148,42 @@ def main() -> None:
                         help="first search the study up to N finished trials")
     parser.add_argument("--compare", metavar="URL", help="another storage holding the study")
     parser.add_argument("--labels", nargs=2, default=("storage", "compare"))
+    parser.add_argument("--readers", nargs="+", choices=READERS, default=[READERS[0]],
+                        help="how the dashboard reads the storage: write-through (hpsearch "
+                             "dashboard's), rdb (Optuna's RDBStorage); two: side by side")
     parser.add_argument("--requests", type=int, default=5)
     args = parser.parse_args()
+    if len(args.readers) > 2 or (args.compare and len(args.readers) > 1):
+        parser.error("--readers takes two readers of one storage, or one with --compare")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.build:
         build(args.storage, args.study, args.build)
-    urls = [args.storage] + ([args.compare] if args.compare else [])
-    labels = list(args.labels[:len(urls)])
-    served = [Served(url, args.study) for url in urls]
+    if args.compare:
+        columns = list(zip(args.labels, (args.storage, args.compare), args.readers * 2,
+                           strict=True))
+    else:
+        columns = [(reader, args.storage, reader) for reader in args.readers]
+    labels = [label for label, _, _ in columns]
+    served = [Served(url, args.study, reader) for _, url, reader in columns]
     try:
-        cold: dict[str, list[float]] = {label: [] for label in labels}
-        warm: dict[str, list[float]] = {label: [] for label in labels}
+        times: dict[str, dict[str, list[float]]] = {
+            kind: {label: [] for label in labels} for kind, _ in LOADS}
         bodies: dict[str, bytes] = {}
-        for _ in range(args.requests):  # interleaved: a busy moment slows every storage alike
-            for label, one in zip(labels, served, strict=True):
-                seconds, bodies[label] = one.load(cold=True)
-                cold[label].append(seconds)
-        for _ in range(args.requests):
-            for label, one in zip(labels, served, strict=True):
-                warm[label].append(one.load(cold=False)[0])
+        for kind, _ in LOADS:
+            # Interleaved: a busy moment slows every column alike.
+            for _ in range(args.requests):
+                for label, one in zip(labels, served, strict=True):
+                    seconds, bodies[label] = one.load(kind)
+                    times[kind][label].append(seconds)
         held = {label: stored_attrs(one) for label, one in zip(labels, served, strict=True)}
     finally:
         for one in served:
             one.close()
-    report(labels, bodies, cold, warm, held)
+    report(labels, bodies, times, held)
 
 
-def report(labels: list[str], bodies: dict[str, bytes], cold: dict[str, list[float]],
-           warm: dict[str, list[float]], held: dict[str, Counter]) -> None:
+def report(labels: list[str], bodies: dict[str, bytes], times: dict[str, dict[str, list[float]]],
+           held: dict[str, Counter]) -> None:
     counts, parts = {}, {}
     for label in labels:
         counts[label], parts[label] = breakdown(bodies[label])
@@ -170,10 +202,8 @@ def report(labels: list[str], bodies: dict[str, bytes], cold: dict[str, list[flo
     row("response, MB", [len(bodies[label]) / 1e6 for label in labels], ".2f")
     row("response, bytes a trial", [len(bodies[label]) / counts[label] for label in labels],
         ".0f")
-    row("load, storage read (median s)", [statistics.median(cold[label]) for label in labels],
-        ".3f")
-    row("load, cache warm (median s)", [statistics.median(warm[label]) for label in labels],
-        ".3f")
+    for kind, name in LOADS:
+        row(name, [statistics.median(times[kind][label]) for label in labels], ".3f")
     print("\nresponse by part, bytes a trial (study-level parts: their bytes / trials)")
     for name in names:
         row(name, [parts[label].get(name, 0) / counts[label] for label in labels], ".0f")
