@@ -33,7 +33,7 @@ from hpsearch.records import (
 )
 from hpsearch.search.pruning import build_pruner
 from hpsearch.search.samplers import build_sampler
-from hpsearch.storage.urls import HEARTBEAT_S, mask_url, open_storage
+from hpsearch.storage.urls import HEARTBEAT_S, close_storage, mask_url, open_storage
 
 if TYPE_CHECKING:
     from hpsearch.training import TrainedRun
@@ -41,6 +41,23 @@ if TYPE_CHECKING:
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in storage.get_all_studies())
+
+
+def stored_document(storage_url: str, study_name: str) -> dict[str, Any] | None:
+    """The config document stored with study `study_name`, or None where the storage holds no
+    such study made by hpsearch (or cannot be read now: opening the study says why). A peek:
+    it opens the storage read-only, so it creates nothing."""
+    try:
+        storage = open_storage(storage_url, write_behind=False, read_only=True)
+    except StorageError:
+        return None
+    try:
+        for frozen in storage.get_all_studies():
+            if frozen.study_name == study_name:
+                return frozen.user_attrs.get(ATTR_CONFIG)
+        return None
+    finally:
+        close_storage(storage)
 
 
 def open_study(config: StudyConfig, storage_url: str, fingerprint: str,
@@ -85,10 +102,6 @@ def _check_same_study(
                           f"{f' and {len(changes) - 1} more' if len(changes) > 1 else ''}); "
                           "restore the file or run it under a new name with --name")
     if stored.get(ATTR_FINGERPRINT) not in (None, fingerprint):
-        if raw_target and config.data.scale_target:
-            raise ConfigError(f"{where} trained on the unscaled regression target (its stored "
-                              "config has no scale_target); set scale_target = false in [data] "
-                              "to resume it, or run it under a new name with --name")
         raise ConfigError(f"{where} was run on different data (fingerprint "
                           f"{stored[ATTR_FINGERPRINT]}, now {fingerprint}); run it under a "
                           "new name with --name")

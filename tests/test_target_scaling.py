@@ -90,19 +90,19 @@ def test_a_stored_regression_study_without_the_setting_keeps_its_raw_target(
     again = run("train", "--study", "lin", "--trial", "0", "--storage", url)
     assert again.exit_code == 0, again.output
     assert "(identical)" in again.output
-    # The study file without the setting now means a scaled target: another study.
+    # The study file without the setting now means a scaled target, but the stored study
+    # resumes unchanged: on the raw target it trained on.
     scaled = write_study("lin", text=LINREG.format(scale_target=""))
-    refused = run("optimize", "--study", str(scaled), "--trials", "3", *options)
-    assert refused.exit_code == 1
-    assert refused.output.splitlines() == [
-        f"Error: study 'lin' in {url} trained on the unscaled regression target (its stored "
-        "config has no scale_target); set scale_target = false in [data] to resume it, or run "
-        "it under a new name with --name"]
-    # Saying so resumes it.
-    raw = write_study("lin", text=LINREG.format(scale_target="scale_target = false"))
-    resumed = run("optimize", "--study", str(raw), "--trials", "3", *options)
+    resumed = run("optimize", "--study", str(scaled), "--trials", "3", *options)
     assert resumed.exit_code == 0, resumed.output
     assert "3 of 3 finished trials (ran 1 trials" in resumed.output
+    newest = run("train", "--study", "lin", "--trial", "2", "--storage", url)
+    assert newest.exit_code == 0 and "(identical)" in newest.output, newest.output
+    # A new study from that file scales its target.
+    fresh = run("optimize", "--study", str(scaled), "--name", "lin2", "--trials", "1", *options)
+    assert fresh.exit_code == 0, fresh.output
+    stored = optuna.load_study(study_name="lin2", storage=url).user_attrs[ATTR_CONFIG]
+    assert stored["data"]["scale_target"] is True
 
 
 @pytest.mark.parametrize("engine", ["reference", "cohort"])

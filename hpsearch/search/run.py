@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -20,7 +20,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig, stored_study_config
-from hpsearch.data import Dataset
+from hpsearch.data import REGRESSION, Dataset
 from hpsearch.engines import (
     AUTO,
     COHORT,
@@ -49,7 +49,7 @@ from hpsearch.storage.urls import (
     reopen_storage,
     storage_errors,
 )
-from hpsearch.studies import open_study
+from hpsearch.studies import open_study, stored_document
 from hpsearch.training import check_model, resolve_device
 
 
@@ -114,6 +114,7 @@ def run_search(
         raise ConfigError("--workers needs a storage the workers share; an in-memory study "
                           "lives in one process")
     data = config.load_data()
+    config, data = _with_stored_target(config, data, storage_url)
     # Before the study exists: a model that can't train, or a device this machine lacks,
     # leaves nothing behind.
     check_model(config, data)
@@ -150,6 +151,20 @@ def run_search(
                   and (t.number >= first or t.number in queued) for t in trials)
     return SearchOutcome(study, final, target, ran, time.perf_counter() - started, workers,
                          engine, engine_note, cohort_size if engine == COHORT else 0)
+
+
+def _with_stored_target(config: StudyConfig, data: Dataset,
+                        storage_url: str) -> tuple[StudyConfig, Dataset]:
+    """The config and data to resume with: a regression study stored before its config
+    recorded `scale_target` trained on the raw target, and resumes on it unchanged, from a
+    study file that now means a scaled target as from one that says `scale_target = false`."""
+    if data.task != REGRESSION or not config.data.scale_target or storage_url == IN_MEMORY:
+        return config, data
+    document = stored_document(storage_url, config.name)
+    if document is None or "scale_target" in document.get("data", {}):
+        return config, data
+    raw = replace(config, data=replace(config.data, scale_target=False))
+    return raw, raw.load_data()
 
 
 @dataclass(frozen=True)
