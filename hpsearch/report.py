@@ -335,14 +335,14 @@ def group_comparisons(frame: pd.DataFrame, by: str, alpha: float = ALPHA) -> pd.
     stored = frame.attrs.get(RUNS, {})
     if complete.empty or not all(number in stored for number in complete["number"]):
         return pd.DataFrame()
-    runs = {number: pd.Series(stored[number]) for number in complete["number"]}
     overall = complete.iloc[0]
+    best_runs = pd.Series(stored[overall["number"]])
     best_of_group = complete.groupby(keys, sort=False).first().reset_index()
     rows = []
     for _, group in best_of_group.iterrows():
         if group["number"] == overall["number"]:
             continue
-        d = paired_differences(runs[overall["number"]], runs[group["number"]])
+        d = paired_differences(best_runs, pd.Series(stored[group["number"]]))
         mean, low, high = mean_interval(d)
         rows.append({**{k: group[k] for k in keys}, "best_trial": group["number"],
                      "runs": len(d), "wins": int((d < 0).sum()), "losses": int((d > 0).sum()),
