@@ -227,3 +227,13 @@ def test_the_readers_storage_sees_a_study_made_again_under_the_same_id(tmp_path)
     assert [t.params.keys() for t in reader.get_all_trials(study_id)] == [{"n"}, {"n"}]
     assert fields(reader.get_all_trials(study_id)) == fields(
         optuna.storages.RDBStorage(url).get_all_trials(study_id))
+
+
+def test_a_read_only_opening_reads_the_file_it_names_whatever_characters_its_path_has(tmp_path):
+    """A space or `#` in the path (a SQLite URI would end at the `#`)."""
+    path = tmp_path / "odd dir#1" / "r.db"
+    path.parent.mkdir()
+    optuna.create_study(study_name="odd", storage=f"sqlite:///{path}")
+    storage = open_storage(f"sqlite:///{path}", write_behind=False, read_only=True)
+    assert [s.study_name for s in storage.get_all_studies()] == ["odd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd dir#1"]  # nothing else made

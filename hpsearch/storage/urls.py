@@ -104,7 +104,7 @@ def open_storage(url: str, write_behind: bool = True, heartbeat_s: int = HEARTBE
     if parsed.get_backend_name() == "sqlite" and (read_only or must_exist):
         path = _existing_sqlite(parsed, shown)
         if read_only:  # SQLite's own mode=ro: no statement can write, whatever the permissions
-            url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+            url = f"sqlite:///file:{_uri_path(path, decoded_by_sqlalchemy=True)}?mode=ro&uri=true"
     if parsed.get_backend_name() == "sqlite" and not read_only:
         _prepare_sqlite(parsed)
     if parsed.get_backend_name() == "sqlite":
@@ -270,6 +270,14 @@ def _postgres_options(parsed: URL) -> str:
     return f"{given} -c synchronous_commit=off".strip()
 
 
+def _uri_path(path: Path, decoded_by_sqlalchemy: bool = False) -> str:
+    """`path` as a SQLite URI wants it: percent-encoded, so that a space, `?`, `#` or `%` in
+    it is part of the name. Inside a SQLAlchemy URL it is encoded once more: SQLAlchemy
+    decodes the URL's database part before SQLite reads it."""
+    encoded = urllib.parse.quote(str(path.resolve()))
+    return urllib.parse.quote(encoded, safe="/") if decoded_by_sqlalchemy else encoded
+
+
 def _existing_sqlite(parsed: URL, shown: str) -> Path:
     """The file of `parsed`, checked to be a SQLite database holding Optuna's tables (read
     without writing: SQLite's mode=ro)."""
@@ -279,7 +287,7 @@ def _existing_sqlite(parsed: URL, shown: str) -> Path:
         raise StorageError(f"cannot open storage {shown}: {what}")
     try:
         with contextlib.closing(sqlite3.connect(
-                f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True,
+                f"file:{_uri_path(path)}?mode=ro", uri=True,
                 timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
             tables = {row[0] for row in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
