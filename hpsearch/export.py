@@ -155,7 +155,6 @@ def renderer(fmt: str, wide: bool = False) -> Callable[[StudyReport], str]:
 
 
 def _as_text(report: StudyReport, wide: bool = False) -> str:
-    fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
     parts = [wrap(f"Study {report.study_name!r} in {report.storage}: {_tally(report.trials)}",
                   TEXT_WIDTH), ""]
     if report.confirmation is not None:
@@ -165,10 +164,10 @@ def _as_text(report: StudyReport, wide: bool = False) -> str:
     if wide:
         parts += [text_table(board)]
     else:
-        parts += [fit(board.drop(columns=list(PARAM_COLUMNS)), KEYS["leaderboard"]), "",
+        parts += [_fitted_table(board.drop(columns=list(PARAM_COLUMNS)), KEYS["leaderboard"]), "",
                   "Their schedule's and optimizer's own parameters", _param_lines(board)]
     for by, table in report.summaries.items():
-        parts += ["", f"{TITLES[by]} (by {by})", fit(table, KEYS[by])]
+        parts += ["", f"{TITLES[by]} (by {by})", _shown_table(table, KEYS[by], wide)]
     parts += ["", "Parameter importances (fANOVA, over the complete trials)"]
     parts += [_importance_lines(report.importances) if report.importances is not None
               else wrap(f"None: {report.no_importances}.")]
@@ -176,6 +175,11 @@ def _as_text(report: StudyReport, wide: bool = False) -> str:
     if report.confirmation is not None:
         parts += ["", confirmation_text(report.confirmation, report.study_name, wide)]
     return "\n".join(parts)
+
+
+def _shown_table(table: pd.DataFrame, keys: Sequence[str], wide: bool) -> str:
+    """`table` for a terminal: every column on one line if `wide`, else `_fitted_table`."""
+    return text_table(table) if wide else _fitted_table(table, keys)
 
 
 def _fitted_table(table: pd.DataFrame, keys: Sequence[str], width: int = TEXT_WIDTH) -> str:
@@ -301,14 +305,13 @@ def _interval(row: pd.Series, metric: str, digits: int, mean: str | None = None)
 def confirmation_text(analysis: Analysis, study_name: str, wide: bool = False) -> str:
     """The confirmation of `study_name` for a terminal: tables and verdict."""
     table, comparisons = confirmation_tables(analysis)
-    fit = (lambda table, _keys: text_table(table)) if wide else _fitted_table
     parts = [wrap(f"Confirmation (study {confirm_study_name(study_name)!r}): mean [95% "
                   "interval] over seeds; test = the held-out split; search_value = what the "
-                  "search saw", TEXT_WIDTH), fit(table, ["rank", "config"])]
+                  "search saw", TEXT_WIDTH), _shown_table(table, ["rank", "config"], wide)]
     if not comparisons.empty:
         parts += ["", "Paired comparisons (validation loss on the same seeds; Wilcoxon "
                       "signed-rank, Holm-corrected per question)",
-                  fit(comparisons, ["question", "other"])]
+                  _shown_table(comparisons, ["question", "other"], wide)]
     parts += ["", "Confirmation verdict", wrap(analysis.verdict)]
     return "\n".join(parts)
 

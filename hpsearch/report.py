@@ -78,6 +78,7 @@ class RunLosses(dict):
     def __deepcopy__(self, memo: dict) -> RunLosses:
         return self
 
+
 SUMMARY_BY = ("scheduler", "optimizer", "pair")
 _GROUP_KEYS = {"scheduler": ["scheduler"], "optimizer": ["optimizer"],
                "pair": ["optimizer", "scheduler"]}
