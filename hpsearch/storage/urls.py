@@ -136,7 +136,7 @@ def reopen_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.
     try:
         return open_storage(url, heartbeat_s=heartbeat_s)
     except StorageError as exc:
-        reason = str(exc).split(": ", 1)[-1]
+        reason = str(exc).removeprefix(f"cannot open storage {mask_url(url)}: ")
         raise StorageError(f"lost the storage {mask_url(url)}: {reason}") from None
 
 
