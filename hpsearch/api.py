@@ -105,18 +105,22 @@ def search(
 
     Ctrl-C after the search ended, while the note is refreshed, raises `SearchInterrupted`
     (a KeyboardInterrupt) carrying the outcome: the search itself is complete."""
+    from hpsearch.refresh_helper import Refresh
     from hpsearch.search.run import run_search
     from hpsearch.storage.urls import resolve_storage_url
 
-    outcome = run_search(config(study, name), resolve_storage_url(storage), trials,
-                         on_progress=on_progress, on_start=on_start, workers=workers,
-                         device=device, engine=engine, cohort_size=cohort_size)
+    url, resolved = resolve_storage_url(storage), config(study, name)
+    refresh = Refresh(url, resolved.name)
     try:
-        from hpsearch.dashboard import refresh_dashboard
-
-        refresh_dashboard(outcome.study)
-    except KeyboardInterrupt:
-        raise SearchInterrupted(outcome) from None
+        outcome = run_search(resolved, url, trials, on_progress=on_progress, on_start=on_start,
+                             workers=workers, device=device, engine=engine,
+                             cohort_size=cohort_size, on_underway=refresh.start)
+        try:
+            refresh.finish(outcome.study)
+        except KeyboardInterrupt:
+            raise SearchInterrupted(outcome) from None
+    finally:
+        refresh.close()
     return outcome
 
 

@@ -720,4 +720,15 @@ def confirm(study: str, top: int, seeds: int, trial_numbers: tuple[int, ...], wo
 
 
 def main() -> None:
-    cli(prog_name="hpsearch")
+    """The `hpsearch` command, ended without the interpreter's teardown once its work is done
+    (see `hpsearch.fast_exit`)."""
+    try:
+        cli(prog_name="hpsearch")
+        code: Any = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if code is not None and not isinstance(code, int):  # SystemExit("message"): Python's own
+        raise SystemExit(code)
+    from hpsearch.fast_exit import exit_without_teardown
+
+    exit_without_teardown(code or 0)

@@ -90,21 +90,50 @@ PRUNER_SETTINGS = {
 
 def refresh_dashboard(study: optuna.Study) -> None:
     """Rewrite an hpsearch study's note and figures from its trials as they are now."""
-    config = stored_config(study)
-    trials = study.get_trials(deepcopy=False)
-    frame = trials_frame(trials)
     notes, figures = _note_and_figure_modules()
     previous = notes.get_note(study)
-    from hpsearch.confirm import load_confirmation
-
-    body = study_note(study.study_name, config, frame, load_confirmation(study)) + kept_notes(
-        previous)
+    body, drawn = _note_and_figures(study, previous)
     # An unchanged note keeps its version: a person editing it in the browser meanwhile is not
     # told that it changed under them.
     if body != previous:
         notes.save_note(study, body)
-    for figure_id, figure in study_figures(trials, frame).items():
+    for figure_id, figure in drawn.items():
         figures.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+
+
+def _note_and_figures(study: optuna.Study, previous: str) -> tuple[str, dict[str, go.Figure]]:
+    """The note (keeping what a person wrote in `previous`) and figures of `study` now."""
+    from hpsearch.confirm import load_confirmation
+
+    config = stored_config(study)
+    trials = study.get_trials(deepcopy=False)
+    frame = trials_frame(trials)
+    summaries = {by: summary(frame, by=by) for by in ("scheduler", "optimizer")}
+    body = study_note(study.study_name, config, frame, load_confirmation(study),
+                      summaries) + kept_notes(previous)
+    return body, study_figures(trials, frame, summaries["scheduler"])
+
+
+def prepare_refresh(study: optuna.Study | None = None) -> None:
+    """Pay now what the first `refresh_dashboard` of a process pays before its work: SciPy's
+    statistics (its paired comparisons) imported; plotly's trace and layout classes with
+    their validators, which plotly imports as a figure first uses them (one tiny figure of
+    each kind, drawn and encoded as a refresh does, and thrown away); and with `study`, its
+    note and figures computed from its trials so far and thrown away (the first queries and
+    table operations of a process are its slowest)."""
+    import scipy.stats  # noqa: F401
+
+    _note_and_figure_modules()
+    curve = pd.DataFrame({"number": [0, 0], "epoch": [1, 2], "lr": [1.0, 0.5]})
+    _curves(curve, {0: "curve"}, "lr", "curves", "lr", log=True).to_json()
+    values = [1.0] * 9 + [100.0]  # one far above the rest: the axis is cut
+    boxes = pd.DataFrame({"state": COMPLETE, "value": values, "number": range(len(values)),
+                          "scheduler": "scheduler"})
+    _final_loss_by(boxes, "scheduler").to_json()
+    if study is not None:
+        _, drawn = _note_and_figures(study, "")
+        for figure in drawn.values():
+            figure.to_json()
 
 
 @functools.cache
@@ -161,9 +190,13 @@ def _refresh_each(storage_url: str, names: Iterable[str]) -> None:
 
 
 def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame,
-               confirmation: Analysis | None = None) -> str:
+               confirmation: Analysis | None = None,
+               summaries: Mapping[str, pd.DataFrame] | None = None) -> str:
     """The hpsearch part of a study's note (markdown), ending with KEEP_LINE; `frame` is the
-    study's `trials_frame`; with its `confirmation`, the note leads with its verdict."""
+    study's `trials_frame`; with its `confirmation`, the note leads with its verdict.
+    `summaries`: the frame's `summary` by scheduler and by optimizer, where the caller has
+    them already."""
+    summaries = summaries or {by: summary(frame, by=by) for by in ("scheduler", "optimizer")}
     counts = {state: int((frame["state"] == state).sum()) for state in STATES}
     finished = counts[COMPLETE] + counts[PRUNED] + counts[DIVERGED]
     settings = [
@@ -196,9 +229,9 @@ def study_note(study_name: str, config: StudyConfig, frame: pd.DataFrame,
         lines += ["### Confirmed verdict", "", f"{confirmation.verdict} {lead}".strip(), ""]
     lines += ["| Setting | Value |", "|---|---|"]
     lines += [f"| {key} | {_cell(value)} |" for key, value in settings]
-    lines += ["", verdict(frame)]
+    lines += ["", verdict(frame, summaries)]
     for by, title in (("scheduler", "Which schedule wins"), ("optimizer", "Which optimizer wins")):
-        lines += ["", f"### {title}", "", markdown_table(summary(frame, by=by))]
+        lines += ["", f"### {title}", "", markdown_table(summaries[by])]
     lines += [
         "",
         f"Written by hpsearch {hpsearch.__version__} from {finished} finished trials; "
@@ -220,9 +253,13 @@ def kept_notes(note: str) -> str:
     return after.lstrip("\n") if found else note
 
 
-def study_figures(trials: Sequence[FrozenTrial], frame: pd.DataFrame) -> dict[str, go.Figure]:
-    """hpsearch's figures of a study, by their dashboard id; `frame` is its `trials_frame`."""
-    best = summary(frame, by="scheduler").dropna(subset=["best_trial"])
+def study_figures(trials: Sequence[FrozenTrial], frame: pd.DataFrame,
+                  by_scheduler: pd.DataFrame | None = None) -> dict[str, go.Figure]:
+    """hpsearch's figures of a study, by their dashboard id; `frame` is its `trials_frame`,
+    `by_scheduler` its `summary` by scheduler where the caller has it already."""
+    if by_scheduler is None:
+        by_scheduler = summary(frame, by="scheduler")
+    best = by_scheduler.dropna(subset=["best_trial"])
     curves = curves_frame(trials, numbers=[int(n) for n in best["best_trial"]])
     names = {int(row.best_trial): f"{row.scheduler} (#{row.best_trial}, {row.optimizer})"
              for row in best.itertuples()}

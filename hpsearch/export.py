@@ -117,10 +117,12 @@ def _read_report(study_name: str, storage_url: str, top: int,
         importances, no_importances = param_importances(trials), ""
     except HPSearchError as exc:
         importances, no_importances = None, str(exc)
+    summaries = {name: summary(frame, name)
+                 for name in dict.fromkeys([*by, "scheduler", "optimizer"])}
     report = StudyReport(
         study_name=study_name, storage=mask_url(storage_url), trials=frame,
-        leaderboard=leaderboard(frame, top), summaries={name: summary(frame, name) for name in by},
-        verdict=verdict(frame), top=top, about=_about(study.user_attrs),
+        leaderboard=leaderboard(frame, top), summaries={name: summaries[name] for name in by},
+        verdict=verdict(frame, summaries), top=top, about=_about(study.user_attrs),
         confirmation=load_confirmation(study), importances=importances,
         no_importances=no_importances,
     )

@@ -424,9 +424,10 @@ def _short(value: Any) -> str:
 
 
 # -- the verdict ------------------------------------------------------------------------------
-def verdict(frame: pd.DataFrame) -> str:
+def verdict(frame: pd.DataFrame, summaries: Mapping[str, pd.DataFrame] | None = None) -> str:
     """A paragraph in plain words: the best trial, the best schedule and optimizer, by how much
-    each leads its runner-up, and on how many trials each judgement rests."""
+    each leads its runner-up, and on how many trials each judgement rests. `summaries`: the
+    frame's `summary` by scheduler and by optimizer, where the caller has them already."""
     counts = {state: int((frame["state"] == state).sum()) for state in STATES}
     tally = ", ".join(f"{n} {state}" for state, n in counts.items()
                       if n or state in (COMPLETE, PRUNED, DIVERGED))
@@ -445,7 +446,7 @@ def verdict(frame: pd.DataFrame) -> str:
                      f"{best['scheduler']} at lr {best['lr']:.3g}, validation loss "
                      f"{best['value']:.4g}{accuracy}.")
     for key, noun in (("scheduler", "schedule"), ("optimizer", "optimizer")):
-        table = summary(frame, key)
+        table = summaries[key] if summaries and key in summaries else summary(frame, key)
         sentences += _group_verdict(table, key, noun)
         sentences += _paired_verdict(table, key, noun)
     return " ".join(sentences)

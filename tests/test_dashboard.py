@@ -22,6 +22,7 @@ import optuna_dashboard
 import pytest
 from click.testing import CliRunner
 
+from hpsearch import refresh_helper
 from hpsearch.cli import cli
 from hpsearch.dashboard import (
     FIGURE_LOSS_BY_OPTIMIZER,
@@ -247,12 +248,15 @@ def test_a_search_runs_to_the_end_while_the_dashboard_polls_and_refreshes(
 
 def test_a_search_in_a_fresh_process_writes_the_note_and_figures_the_dashboard_reads(
         write_study, tmp_path):
-    """The search's process loads optuna-dashboard's note and figure code on its own (without
-    the package's web app): what it writes is what the dashboard's public API and its app
-    read."""
+    """The search's refresh helper loads optuna-dashboard's note and figure code on its own
+    (without the package's web app): what it writes is what the dashboard's public API and its
+    app read."""
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     subprocess.run([*HPSEARCH, "optimize", "--study", str(write_study()), "--trials", "4",
                     "--storage", url, "--quiet"], check=True, capture_output=True, timeout=300)
+    # The command ends without the interpreter's teardown, its storage closed first: SQLite
+    # has folded its write-ahead log into the file, as at a normal exit.
+    assert sorted(path.name for path in tmp_path.glob("fresh.db*")) == ["fresh.db"]
     study = load_stored_study("small", url)
     note = optuna_dashboard.get_note(study)
     assert note.startswith("## hpsearch study `small`\n") and note.endswith(f"{KEEP_LINE}\n")
@@ -394,3 +398,83 @@ def test_unreachable_and_unknown_storages_are_one_line():
     assert output.startswith("Error: cannot open storage postgresql+psycopg://me:***@127.0.0.1"
                              ":1/db: ")
     assert output.count("\n") == 1 and "secret" not in output
+
+
+@pytest.fixture
+def helper_refresh(study_copy, monkeypatch) -> Iterator[tuple[str, str, optuna.Study]]:
+    """(url, name, study) of a private study copy whose note and figures were refreshed in
+    this process and then erased; `Refresh.start` starts its helper here (this process has
+    refreshed a dashboard already, and would refresh by itself)."""
+    url, name = study_copy
+    study = load_stored_study(name, url)
+    refresh_dashboard(study)
+    expected = _dashboard_state(study)
+    optuna_dashboard.save_note(study, "")
+    storage = study._storage
+    for key in storage.get_study_system_attrs(study._study_id):
+        if key.startswith("dashboard:plot_data:"):
+            storage.set_study_system_attr(study._study_id, key, "")
+    assert _dashboard_state(study) != expected
+    monkeypatch.setattr(refresh_helper, "_refreshed_before", lambda: False)
+    yield url, name, expected
+
+
+def _dashboard_state(study: optuna.Study) -> tuple[str, dict[str, str]]:
+    """A study's note and figures as the dashboard reads them."""
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    figures = optuna_dashboard._custom_plot_data.get_plotly_graph_objects(attrs)
+    return optuna_dashboard.get_note(study), {key: value for key, value in figures.items()
+                                              if value}
+
+
+def test_the_refresh_helper_writes_the_note_and_figures_the_search_would(helper_refresh):
+    url, name, expected = helper_refresh
+    refresh = refresh_helper.Refresh(url, name)
+    refresh.start()
+    helper = refresh._helper
+    assert helper is not None
+    refresh.finish(load_stored_study(name, url))
+    assert helper.returncode == 0  # the helper refreshed: this process did not
+    assert _dashboard_state(load_stored_study(name, url)) == expected
+
+
+def test_a_failed_helper_leaves_the_refresh_to_the_search(helper_refresh, monkeypatch):
+    url, name, expected = helper_refresh
+    monkeypatch.setattr(refresh_helper, "_HELPER_CODE", "import sys; sys.exit(3)")
+    refresh = refresh_helper.Refresh(url, name)
+    refresh.start()
+    helper = refresh._helper
+    assert helper is not None
+    refresh.finish(load_stored_study(name, url))
+    assert helper.returncode == 3
+    assert _dashboard_state(load_stored_study(name, url)) == expected
+
+
+def test_a_helper_writes_nothing_when_the_search_ends_otherwise(helper_refresh):
+    """Closed (the search failed or was interrupted), or its stdin closed (the search's
+    process is gone), the helper ends without touching the study."""
+    url, name, _ = helper_refresh
+    erased = _dashboard_state(load_stored_study(name, url))
+    refresh = refresh_helper.Refresh(url, name)
+    refresh.start()
+    helper = refresh._helper
+    refresh.close()
+    assert helper.returncode is not None
+    refresh.start()
+    helper = refresh._helper
+    helper.stdin.close()
+    assert helper.wait(timeout=300) == 0
+    assert _dashboard_state(load_stored_study(name, url)) == erased
+
+
+def test_a_search_refreshes_in_its_own_process_where_it_has_before_or_in_memory(
+        tmp_path, monkeypatch):
+    """This process has imported what a refresh needs (it imported hpsearch.dashboard), or
+    the study lives in its memory only: no helper is started."""
+    refresh = refresh_helper.Refresh(f"sqlite:///{tmp_path / 'x.db'}", "small")
+    refresh.start()
+    assert refresh._helper is None
+    monkeypatch.setattr(refresh_helper, "_refreshed_before", lambda: False)
+    in_memory = refresh_helper.Refresh("memory", "small")
+    in_memory.start()
+    assert in_memory._helper is None

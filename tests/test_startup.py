@@ -11,45 +11,47 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna_dashboard
 import pytest
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 import hpsearch.api as hp
-from hpsearch import data, engines, training
+from hpsearch import __version__, data, engines, training
 from hpsearch.cli import STORAGE_HELP, cli
 from hpsearch.storage.urls import STORAGE_ENV
 
 HEAVY = ("torch", "optuna", "pandas", "sklearn", "scipy", "matplotlib", "plotly")
 
-# Runs the `hpsearch` command in this process, then writes which HEAVY packages it loaded.
-WRAPPER = """
-import json, os, runpy, sys
+# Writes which HEAVY packages the process loaded when it exits (the command ends without the
+# interpreter's teardown, but runs the atexit handlers), then runs the code that follows.
+RECORDER = """
+import atexit, json, os, sys
+
+@atexit.register
+def record():
+    heavy = set(os.environ["HPSEARCH_TEST_HEAVY"].split())
+    with open(os.environ["HPSEARCH_TEST_MODULES"], "w") as out:
+        json.dump(sorted({name.split(".")[0] for name in sys.modules} & heavy), out)
+"""
+# The `hpsearch` command, in this process.
+WRAPPER = RECORDER + """
+import runpy
 sys.argv = ["hpsearch", *sys.argv[1:]]
-try:
-    runpy.run_module("hpsearch", run_name="__main__")
-except SystemExit as exc:
-    code = exc.code or 0
-else:
-    code = 0
-heavy = set(os.environ["HPSEARCH_TEST_HEAVY"].split())
-loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
-with open(os.environ["HPSEARCH_TEST_MODULES"], "w") as out:
-    json.dump({"code": code, "loaded": loaded}, out)
+runpy.run_module("hpsearch", run_name="__main__")
 """
 
 
-def loaded_by(tmp_path: Path, *args: str) -> list[str]:
-    """The HEAVY packages `hpsearch ARGS` imports, run in a fresh interpreter."""
+def loaded_by(tmp_path: Path, *args: str, code: str = WRAPPER, stdin: str = "") -> list[str]:
+    """The HEAVY packages `hpsearch ARGS` (or the Python `code`) imports, run in a fresh
+    interpreter, which must exit 0."""
     record = tmp_path / "modules.json"
     env = {**os.environ, "HPSEARCH_TEST_MODULES": str(record),
            "HPSEARCH_TEST_HEAVY": " ".join(HEAVY)}
-    subprocess.run([sys.executable, "-c", WRAPPER, *args], check=True, env=env,
-                   cwd=tmp_path, stdout=subprocess.DEVNULL, timeout=300)
-    result = json.loads(record.read_text())
-    assert result["code"] == 0, args
-    return result["loaded"]
+    subprocess.run([sys.executable, "-c", code, *args], check=True, env=env, input=stdin,
+                   text=True, cwd=tmp_path, stdout=subprocess.DEVNULL, timeout=300)
+    return json.loads(record.read_text())
 
 
 def test_the_cli_spells_the_values_of_the_modules_it_does_not_import():
@@ -89,12 +91,20 @@ def test_the_reading_commands_never_import_torch(tmp_path, stored, args):
 
 
 def test_a_search_and_its_dashboard_refresh_never_import_scikit_learn(tmp_path):
-    """optuna-dashboard's package imports scikit-learn (its app's importances): the refresh at
-    the end of a search writes the note and figures without it."""
+    """The command's process leaves the refresh to its helper, which imported pandas, SciPy's
+    statistics and plotly meanwhile; optuna-dashboard's package imports scikit-learn (its
+    app's importances): the helper writes the note and figures without it."""
     study = tmp_path / "small.toml"
     study.write_text('[data]\ndataset = "wine"\n[training]\nepochs = 5\n')
+    url = f"sqlite:///{tmp_path / 'small.db'}"
     loaded = loaded_by(tmp_path, "optimize", "--study", str(study), "--trials", "3",
-                       "--storage", f"sqlite:///{tmp_path / 'small.db'}", "--quiet")
+                       "--storage", url, "--quiet")
+    assert {"pandas", "plotly", "sklearn"}.isdisjoint(loaded)
+    assert "Written by hpsearch" in optuna_dashboard.get_note(hp.load("small", url))
+
+    helper = RECORDER + "from hpsearch.refresh_helper import serve; serve()"
+    request = json.dumps({"storage": url, "study": "small"}) + "\nrefresh\n"
+    loaded = loaded_by(tmp_path, code=helper, stdin=request)
     assert "plotly" in loaded  # the figures were made
     assert "sklearn" not in loaded
 
@@ -155,3 +165,19 @@ def test_random_splits_and_scaling_are_scikit_learns():
         train = features[: n // 2]
         assert data._standardized(features, *data._scaler(features, train)).tobytes() == \
             StandardScaler().fit(train).transform(features).tobytes()
+
+
+@pytest.mark.parametrize(("args", "code", "out", "err"), [
+    (("--version",), 0, f"hpsearch, version {__version__}\n", ""),
+    (("report", "--study", "wine", "--storage", "sqlite:///missing.db"), 1, "",
+     "Error: cannot open storage sqlite:///missing.db: no such file\n"),
+    (("no-such-command",), 2, "", "No such command 'no-such-command'"),
+])
+def test_the_command_exits_with_its_status_and_all_its_output(tmp_path, args, code, out, err):
+    """The command ends without the interpreter's teardown: its exit status, what it printed
+    and its error line all get out (and a mistyped storage path leaves no file)."""
+    done = subprocess.run([sys.executable, "-m", "hpsearch", *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert (done.returncode, done.stdout) == (code, out)
+    assert done.stderr == err if code < 2 else err in done.stderr
+    assert list(tmp_path.iterdir()) == []

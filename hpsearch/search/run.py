@@ -100,12 +100,14 @@ def run_search(
     device: str | torch.device = AUTO,
     engine: str = AUTO,
     cohort_size: int = DEFAULT_COHORT_SIZE,
+    on_underway: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     """Run the study until it has `target` finished trials, in this process (`workers=1`) or
     in `workers` worker processes, with `engine` (see `engines.choose_engine`) on `device`.
     `on_progress` is called when this process ended trials (after a round), or with workers
-    every `POLL_S` seconds while the counts change. Trials of dead workers (no heartbeat for
-    `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
+    every `POLL_S` seconds while the counts change; `on_underway` once, at the first of those
+    moments (by then the search has imported all it imports). Trials of dead workers (no
+    heartbeat for `GRACE_BEATS * heartbeat_s`) are failed first and retried."""
     if target < 1:
         raise ConfigError(f"--trials must be >= 1; got {target}")
     if workers < 1:
@@ -141,7 +143,7 @@ def run_search(
             settings = DriveSettings(study.study_name, storage_url, target, engine,
                                      cohort_size, device_type, heartbeat_s)
             ran_by = drive(study, config, data, settings, workers,
-                           _ProgressReporter(study, on_progress))
+                           _ProgressReporter(study, on_progress, on_underway))
         # Read afresh: the workers' (and other machines') trials are newer than any snapshot.
         port.refresh()
         trials = study.get_trials(deepcopy=False)
@@ -225,16 +227,22 @@ def _drive(study: optuna.Study, config: StudyConfig, data: Dataset, settings: Dr
 
 
 class _ProgressReporter:
-    """Calls `on_progress` when the study's counts changed (two COUNT-like queries)."""
+    """Calls `on_underway` the first time it is called, and `on_progress` when the study's
+    counts changed (two COUNT-like queries)."""
 
-    def __init__(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None):
+    def __init__(self, study: optuna.Study, on_progress: Callable[[Progress], None] | None,
+                 on_underway: Callable[[], None] | None = None):
         self.study = study
         self.port = port_for_study(study)
         self.on_progress = on_progress
+        self.on_underway = on_underway
         self.last: Progress | None = None
         self._complete = 0
 
     def __call__(self, *_: Any) -> None:
+        if self.on_underway is not None:
+            underway, self.on_underway = self.on_underway, None
+            underway()
         if self.on_progress is None:
             return
         states = self.port.count_states(self.study)

@@ -35,6 +35,7 @@ from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 from hpsearch.errors import HPSearchError, StorageError
+from hpsearch.fast_exit import exit_without_teardown
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
         errors.send((False, f"{first_line} (in {where.filename.rsplit('/', 1)[-1]}:"
                            f"{where.lineno}, {where.name})"))
         code = 1
-    _exit_without_teardown(code)
+    exit_without_teardown(code)
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -268,18 +269,6 @@ def _stop_with_parent(parent: int) -> None:
 
 # prctl(2): ask for a signal when the parent dies.
 PR_SET_PDEATHSIG = 1
-
-
-def _exit_without_teardown(code: int) -> None:
-    """End the worker process now. The interpreter's usual teardown collects every module, and
-    with torch and scikit-learn loaded that takes a noticeable time per worker, all of it after
-    the last trial, with nothing left to do. Nothing is lost by skipping it: `work` wrote
-    its trials as they ended and closed its storage, the error line is in the parent's pipe
-    already (a SimpleQueue writes at once), and the logs and stdio are flushed here."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 class Interruptions:

@@ -20,6 +20,7 @@ import sqlite3
 import time
 import urllib.parse
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def open_storage(url: str, write_behind: bool = True, heartbeat_s: int = HEARTBE
                            ) from None
     if parsed.get_backend_name() == "sqlite" and not read_only:
         _relax_sqlite_sync(rdb)
+    _opened.add(rdb)
     return WriteBehindStorage(rdb) if write_behind else WriteThroughStorage(rdb)
 
 
@@ -212,6 +214,19 @@ def close_storage(storage: optuna.storages.BaseStorage) -> None:
     rdb = getattr(storage, "_backend", storage)
     if isinstance(rdb, optuna.storages.RDBStorage):
         rdb.engine.dispose()
+
+
+# Every database storage `open_storage` opened in this process and not yet collected.
+_opened: weakref.WeakSet[optuna.storages.RDBStorage] = weakref.WeakSet()
+
+
+def close_open_storages() -> None:
+    """Close the connections of every storage this process opened: a process that ends
+    without the interpreter's teardown (`hpsearch.fast_exit`) closes them here, so that SQLite
+    folds its write-ahead log into the database file as a normal exit would."""
+    for rdb in list(_opened):
+        with contextlib.suppress(Exception):  # a database already gone: nothing to close
+            rdb.engine.dispose()
 
 
 def _parse(url: str) -> URL:
