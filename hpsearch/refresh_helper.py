@@ -10,9 +10,10 @@ process waits for it. A background thread would not do: an import holds the inte
 which the search's thread needs between its torch calls.
 
 The helper runs in a session of its own, so the terminal's Ctrl-C reaches only the search,
-which stops it; it ends by itself when the search's process is gone (its stdin closes). Where
-it could not start, died or failed, the search's process refreshes the note itself, as it
-would without a helper, so that an error is said as it always is.
+which stops it; it ends with the search's process however that ends (`kill -9` included: the
+kernel sends it SIGTERM then, on Linux; its stdin closes anyway). Where it could not start,
+died or failed, the search's process refreshes the note itself, as it would without a helper,
+so that an error is said as it always is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +56,8 @@ class Refresh:
 
         if self.storage_url == IN_MEMORY or _refreshed_before():
             return  # a study only this process sees; or nothing left to import
-        request = json.dumps({"storage": self.storage_url, "study": self.study_name}) + "\n"
+        request = json.dumps({"storage": self.storage_url, "study": self.study_name,
+                              "parent": os.getpid()}) + "\n"
         with contextlib.suppress(OSError):
             helper = subprocess.Popen(
                 [sys.executable, "-P", "-c", _HELPER_CODE, _SOURCE_ROOT],
@@ -108,10 +111,13 @@ def serve() -> None:
     try:
         request = sys.stdin.buffer.readline()
         if request:
+            from hpsearch.search.workers import stop_with_parent
+
+            named = json.loads(request)
+            stop_with_parent(named["parent"])  # SIGTERM ends the helper with its search
             from hpsearch.dashboard import prepare_refresh, refresh_dashboard
             from hpsearch.studies import load_stored_study
 
-            named = json.loads(request)
             prepare_refresh(load_stored_study(named["study"], named["storage"]))
         if sys.stdin.buffer.readline() == REFRESH:
             # Read afresh: the trials the search ended since.

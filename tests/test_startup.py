@@ -103,7 +103,8 @@ def test_a_search_and_its_dashboard_refresh_never_import_scikit_learn(tmp_path):
     assert "Written by hpsearch" in optuna_dashboard.get_note(hp.load("small", url))
 
     helper = RECORDER + "from hpsearch.refresh_helper import serve; serve()"
-    request = json.dumps({"storage": url, "study": "small"}) + "\nrefresh\n"
+    request = json.dumps({"storage": url, "study": "small", "parent": os.getpid()}) \
+        + "\nrefresh\n"
     loaded = loaded_by(tmp_path, code=helper, stdin=request)
     assert "plotly" in loaded  # the figures were made
     assert "sklearn" not in loaded

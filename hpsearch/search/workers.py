@@ -231,7 +231,7 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
         # Nothing to fail yet: a stop signal (or the parent's death) during the imports ends
         # the worker at once, and an import that fails is the parent's one line.
         with interruptions.interruptible():
-            _stop_with_parent(parent)
+            stop_with_parent(parent)
             import optuna
             import torch
 
@@ -256,10 +256,11 @@ def _worker_main(work: Work, index: int, lock: SlotLock, errors: Any,
     exit_without_teardown(code)
 
 
-def _stop_with_parent(parent: int) -> None:
-    """Have this worker stopped as Ctrl-C stops it (its running trials marked failed) when its
-    parent dies, however it dies (`kill -9` included): on Linux the kernel sends SIGTERM then
-    (prctl's parent-death signal). A parent already gone by now: stop at once."""
+def stop_with_parent(parent: int) -> None:
+    """Have this process get SIGTERM when its parent (PID `parent`) dies, however it dies
+    (`kill -9` included): on Linux the kernel sends it (prctl's parent-death signal). A
+    worker stops then as Ctrl-C stops it (its running trials marked failed); a process that
+    does not handle SIGTERM ends. A parent already gone by now: SIGTERM at once."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
