@@ -114,13 +114,14 @@ def _note_and_figures(study: optuna.Study, previous: str) -> tuple[str, dict[str
     return body, study_figures(trials, frame, summaries["scheduler"])
 
 
-def prepare_refresh(study: optuna.Study | None = None) -> None:
-    """Pay now what the first `refresh_dashboard` of a process pays before its work: SciPy's
-    statistics (its paired comparisons) imported; plotly's trace and layout classes with
-    their validators, which plotly imports as a figure first uses them (one tiny figure of
-    each kind, drawn and encoded as a refresh does, and thrown away); and with `study`, its
-    note and figures computed from its trials so far and thrown away (the first queries and
-    table operations of a process are its slowest)."""
+def prepare_refresh(study: optuna.Study) -> None:
+    """Pay now what the first `refresh_dashboard` of `study` in a process pays before its
+    work: SciPy's statistics (its paired comparisons) imported; plotly's trace and layout
+    classes with their validators, which plotly imports as a figure first uses them (one tiny
+    figure of each kind, drawn and encoded as a refresh does, and thrown away: the study may
+    have no complete trial yet); and the study's note and figures computed from its trials so
+    far and thrown away (the first queries and table operations of a process are its
+    slowest)."""
     import scipy.stats  # noqa: F401
 
     _note_and_figure_modules()
@@ -130,10 +131,9 @@ def prepare_refresh(study: optuna.Study | None = None) -> None:
     boxes = pd.DataFrame({"state": COMPLETE, "value": values, "number": range(len(values)),
                           "scheduler": "scheduler"})
     _final_loss_by(boxes, "scheduler").to_json()
-    if study is not None:
-        _, drawn = _note_and_figures(study, "")
-        for figure in drawn.values():
-            figure.to_json()
+    _, drawn = _note_and_figures(study, "")
+    for figure in drawn.values():
+        figure.to_json()
 
 
 @functools.cache

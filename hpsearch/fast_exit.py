@@ -22,6 +22,8 @@ def exit_without_teardown(code: int) -> None:
     if any(thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
            for thread in threading.enumerate()):
         sys.exit(code)
+    # Looked up, not imported: a command that opened no storage (`--help`) must not import
+    # Optuna to close none.
     storage_urls = sys.modules.get("hpsearch.storage.urls")
     if storage_urls is not None:
         storage_urls.close_open_storages()

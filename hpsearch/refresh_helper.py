@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import optuna
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,18 @@ def _refreshed_before() -> bool:
     return "hpsearch.dashboard" in sys.modules
 
 
+def prepared_refresh(study: optuna.Study, told: Callable[[], bool]) -> None:
+    """`prepare_refresh(study)`, then wait for `told()` (the search has ended) and, where it
+    is true, refresh the study's note and figures from its trials as they are then."""
+    from hpsearch.dashboard import prepare_refresh, refresh_dashboard
+    from hpsearch.storage.port import port_for_study
+
+    prepare_refresh(study)
+    if told():
+        port_for_study(study).refresh()  # the trials the search ended since
+        refresh_dashboard(study)
+
+
 def serve() -> None:
     """The helper: read the study to refresh from stdin (one JSON line: storage URL and study
     name), import what a refresh needs and compute the study's note once (`prepare_refresh`),
@@ -115,13 +129,10 @@ def serve() -> None:
 
             named = json.loads(request)
             stop_with_parent(named["parent"])  # SIGTERM ends the helper with its search
-            from hpsearch.dashboard import prepare_refresh, refresh_dashboard
             from hpsearch.studies import load_stored_study
 
-            prepare_refresh(load_stored_study(named["study"], named["storage"]))
-        if sys.stdin.buffer.readline() == REFRESH:
-            # Read afresh: the trials the search ended since.
-            refresh_dashboard(load_stored_study(named["study"], named["storage"]))
+            prepared_refresh(load_stored_study(named["study"], named["storage"]),
+                             told=lambda: sys.stdin.buffer.readline() == REFRESH)
         code = 0
     except BaseException:  # any failure: the search's process refreshes instead
         code = 1

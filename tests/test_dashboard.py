@@ -41,8 +41,9 @@ from hpsearch.dashboard import (
 from hpsearch.plots import plot_lr_curves
 from hpsearch.records import ATTR_LR_CURVE, count_trials
 from hpsearch.report import curves_frame, markdown_table, summary, trials_frame
+from hpsearch.search.run import run_search
 from hpsearch.storage.urls import open_storage
-from hpsearch.studies import load_stored_study
+from hpsearch.studies import load_stored_study, stored_config
 
 FIGURES = {FIGURE_LR_CURVES, FIGURE_LOSS_CURVES, FIGURE_LOSS_BY_SCHEDULER,
            FIGURE_LOSS_BY_OPTIMIZER}
@@ -436,6 +437,23 @@ def test_the_refresh_helper_writes_the_note_and_figures_the_search_would(helper_
     refresh.finish(load_stored_study(name, url))
     assert helper.returncode == 0  # the helper refreshed: this process did not
     assert _dashboard_state(load_stored_study(name, url)) == expected
+
+
+def test_the_helper_writes_the_trials_the_search_ended_after_it_prepared(helper_refresh):
+    """The helper computes the note once early; the note it writes at the end has every
+    trial, as a refresh in this process then finds (it leaves the note unchanged)."""
+    url, name, _ = helper_refresh
+    study = load_stored_study(name, url)
+
+    def search_ends() -> bool:  # the search runs two more trials, then tells the helper
+        run_search(stored_config(study), url, 18, engine="reference")
+        return True
+
+    refresh_helper.prepared_refresh(study, told=search_ends)
+    written = _dashboard_state(load_stored_study(name, url))
+    assert "| Trials | 18 finished:" in written[0]
+    refresh_dashboard(load_stored_study(name, url))
+    assert _dashboard_state(load_stored_study(name, url)) == written
 
 
 def test_a_failed_helper_leaves_the_refresh_to_the_search(helper_refresh, monkeypatch):

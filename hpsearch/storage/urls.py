@@ -226,7 +226,7 @@ def close_open_storages() -> None:
     folds its write-ahead log into the database file as a normal exit would."""
     for rdb in list(_opened):
         with contextlib.suppress(Exception):  # a database already gone: nothing to close
-            rdb.engine.dispose()
+            close_storage(rdb)
 
 
 def _parse(url: str) -> URL:
